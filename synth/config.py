@@ -1,0 +1,75 @@
+"""The run config: one typed, validated document per job (YAML in `configs/`)."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from synth import storage
+from synth.data import SplitConfig
+from synth.engine.diffusion import DiffusionConfig
+from synth.errors import ConfigError
+from synth.table import CodecConfig
+from synth.train.config import TrainConfig
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(Strict):
+    uri: str = Field("bundled:adult", description="Parquet file or folder: local path, s3://, gs://, or bundled:NAME")
+    codec: CodecConfig = Field(default_factory=CodecConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    target: str | None = Field(None, description="column used for ML-efficacy evaluation")
+
+
+class ScalingConfig(Strict):
+    num_workers: int = Field(0, ge=0, description="Ray Train workers; 0 trains in this process")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(1.0, ge=0)
+
+
+class EvalConfig(Strict):
+    rows: int = Field(10_000, ge=1, description="synthetic rows drawn for evaluation")
+    seed: int = 0
+
+
+class RunConfig(Strict):
+    name: str = "adult"
+    output: str = Field("runs/adult", description="run folder: model/, synthetic/, evaluation.json")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)
+
+    @property
+    def artifact_uri(self) -> str:
+        return storage.join(self.output, "model")
+
+    @classmethod
+    def from_yaml(cls, uri: str) -> "RunConfig":
+        import yaml
+
+        if not storage.exists(uri):
+            raise ConfigError(f"config {uri!r} does not exist")
+        try:
+            raw = yaml.safe_load(storage.read_bytes(uri)) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config {uri!r} is not valid YAML: {e}") from None
+        return cls.parse(raw, source=uri)
+
+    @classmethod
+    def parse(cls, raw: dict, source: str = "config") -> "RunConfig":
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as e:
+            raise ConfigError(format_validation_error(e, source)) from None
+
+
+def format_validation_error(e: ValidationError, source: str) -> str:
+    lines = [f"{source} is invalid:"]
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {loc}: {err['msg']}")
+    return "\n".join(lines)

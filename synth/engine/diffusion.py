@@ -1,0 +1,174 @@
+"""The diffusion engine: a denoiser over codec features, trained with one noise process and
+objective, sampled by any sampler of `synth.diffusion.samplers`, with classifier-free guidance
+on categorical columns.
+
+Categorical columns use a Gaussian relaxation of their one-hot block decoded by argmax (see
+docs/architecture.md for why). Condition indices are read straight off the encoded one-hot
+blocks, so a training batch is just the encoded rows.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import torch
+from pydantic import BaseModel, Field
+from torch import Tensor, nn
+
+from synth.artifact import Artifact
+from synth.diffusion.guidance import guided_denoiser
+from synth.diffusion.objectives import ObjectiveConfig
+from synth.diffusion.processes import ProcessConfig, timesteps
+from synth.diffusion.samplers import DEFAULT_SPACING, SAMPLERS
+from synth.engine.base import Conditions, Engine, register
+from synth.errors import ConfigError
+from synth.nets import MLPConfig, ResidualMLP
+from synth.table import TableCodec
+
+MAX_STEPS = 1000
+
+
+class DiffusionConfig(BaseModel):
+    family: Literal["diffusion"] = "diffusion"
+    process: ProcessConfig = Field(default_factory=ProcessConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    net: MLPConfig = Field(default_factory=MLPConfig)
+    condition_columns: list[str] | None = Field(
+        None, description="categorical columns usable as conditions; null = all categorical columns")
+    cond_drop_all: float = Field(0.2, ge=0, le=1, description="share of training rows with no condition")
+    cond_drop_each: float = Field(0.5, ge=0, le=1, description="otherwise, chance each condition is hidden")
+    sampler: str = "dpmpp_2m"
+    steps: int = Field(20, ge=1, le=MAX_STEPS)
+    guidance: float = Field(1.0, ge=0)
+    sample_batch_size: int = Field(8192, ge=1)
+
+
+@register
+class DiffusionEngine(Engine):
+    family = "diffusion"
+
+    def __init__(self, config: DiffusionConfig, codec: TableCodec):
+        self.config = config
+        self.codec = codec
+        self.process = config.process.build()
+        self.objective = config.objective.build()
+        names = codec.categorical_names() if config.condition_columns is None else config.condition_columns
+        self.cond_columns = [codec.categorical(c).name for c in names]
+        self.cond_slices = [codec.slice_of(c) for c in self.cond_columns]
+        self.cond_cards = [s.stop - s.start for s in self.cond_slices]
+        self.net = ResidualMLP(codec.width, config.net, self.cond_cards)
+        self.ema = copy.deepcopy(self.net).requires_grad_(False)
+
+    # -- training -------------------------------------------------------------------------
+    def conditions_from_features(self, x0: Tensor) -> Tensor:
+        if not self.cond_columns:
+            return torch.zeros(x0.shape[0], 0, dtype=torch.long, device=x0.device)
+        return torch.stack([x0[:, s].argmax(dim=1) for s in self.cond_slices], dim=1)
+
+    def null_conditions(self, n: int, device: torch.device | str = "cpu") -> Tensor:
+        return torch.tensor(self.cond_cards, dtype=torch.long, device=device).expand(n, -1).clone()
+
+    def loss(self, net: nn.Module, x0: Tensor, generator: torch.Generator | None) -> Tensor:
+        n, dev = x0.shape[0], x0.device
+        cond = self.conditions_from_features(x0)
+        if self.cond_columns:
+            drop_all = torch.rand(n, 1, generator=generator, device=dev) < self.config.cond_drop_all
+            drop_each = torch.rand(cond.shape, generator=generator, device=dev) < self.config.cond_drop_each
+            cond = torch.where(drop_all | drop_each, self.null_conditions(n, dev), cond)
+        t = self.objective.sample_t(n, generator, dev)
+        noise = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype)
+        x_t = self.process.q_sample(x0, t, noise)
+        out = net(x_t, t, cond)
+        return self.objective.loss(out.float(), x0, noise, t, self.process).mean()
+
+    @torch.no_grad()
+    def update_ema(self, net: nn.Module, decay: float) -> None:
+        for e, p in zip(self.ema.parameters(), net.parameters()):
+            e.lerp_(p.detach().to(e.device), 1.0 - decay)
+
+    # -- sampling -------------------------------------------------------------------------
+    def validate_request(self, n: int, sampler: str, steps: int, guidance: float) -> None:
+        if not isinstance(n, (int, np.integer)) or n < 1:
+            raise ConfigError(f"rows must be a positive integer, got {n!r}")
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+        if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= MAX_STEPS:
+            raise ConfigError(f"steps must be an integer in 1..{MAX_STEPS}, got {steps!r}")
+        if not (isinstance(guidance, (int, float)) and math.isfinite(guidance) and guidance >= 0):
+            raise ConfigError(f"guidance must be a finite number >= 0, got {guidance!r}")
+
+    def encode_conditions(self, n: int, conditions: Conditions | None) -> tuple[Tensor, dict[str, list]]:
+        """Condition index tensor (n, k) and the requested value of each conditioned column per row."""
+        cond = self.null_conditions(n)
+        requested: dict[str, list] = {}
+        for name, value in (conditions or {}).items():
+            col = self.codec.categorical(name)
+            if name not in self.cond_columns:
+                raise ConfigError(f"column {name!r} is not a condition column of this model; "
+                                  f"condition columns are {self.cond_columns}")
+            values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value] * n
+            if len(values) != n:
+                raise ConfigError(f"condition {name!r} has {len(values)} values for {n} rows; "
+                                  "give one value or one per row")
+            cond[:, self.cond_columns.index(name)] = torch.from_numpy(col.codes(values))
+            requested[name] = values
+        return cond, requested
+
+    def model_fn(self, net: nn.Module):
+        def fn(x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+            return self.objective.to_x0(net(x, t, cond), x, t, self.process)
+        return fn
+
+    @torch.no_grad()
+    def sample_features(self, x: Tensor, cond: Tensor, *, sampler: str, steps: int, guidance: float,
+                        generator: torch.Generator | None) -> Tensor:
+        """Run the sampler from prior draws `x` (n, width) under condition indices `cond`."""
+        self.ema.eval()
+        null = self.null_conditions(x.shape[0], x.device)
+        den = guided_denoiser(self.model_fn(self.ema), cond, null, guidance)
+        ts = timesteps(self.process, steps, DEFAULT_SPACING[sampler])
+        return SAMPLERS[sampler](den, x, ts, process=self.process, generator=generator)
+
+    def prior(self, n: int, generator: torch.Generator) -> Tensor:
+        return self.process.prior((n, self.codec.width), generator=generator)
+
+    def decode(self, feats: Tensor | np.ndarray, requested: dict[str, list], seed: int) -> pa.Table:
+        feats = feats.numpy() if isinstance(feats, Tensor) else feats
+        table = self.codec.decode(feats, np.random.default_rng(seed))
+        for name, values in requested.items():  # requested values are met exactly
+            i = table.schema.get_field_index(name)
+            table = table.set_column(i, table.schema.field(i), self.codec.categorical(name).to_arrow(values))
+        return table
+
+    def sample(self, n: int, conditions: Conditions | None = None, *, sampler: str | None = None,
+               steps: int | None = None, guidance: float | None = None, seed: int = 0) -> pa.Table:
+        sampler = sampler or self.config.sampler
+        steps = self.config.steps if steps is None else steps
+        guidance = self.config.guidance if guidance is None else guidance
+        self.validate_request(n, sampler, steps, guidance)
+        cond, requested = self.encode_conditions(n, conditions)
+        gen = torch.Generator().manual_seed(int(seed))
+        parts = []
+        bs = self.config.sample_batch_size
+        for start in range(0, n, bs):
+            c = cond[start:start + bs]
+            x = self.prior(c.shape[0], gen)
+            parts.append(self.sample_features(x, c, sampler=sampler, steps=steps, guidance=guidance, generator=gen))
+        return self.decode(torch.cat(parts), requested, seed)
+
+    # -- artifact -------------------------------------------------------------------------
+    def sampling_state(self) -> dict[str, Tensor]:
+        return {k: v.float() for k, v in self.ema.state_dict().items()}
+
+    def config_dict(self) -> dict[str, Any]:
+        return self.config.model_dump(mode="json")
+
+    @classmethod
+    def from_artifact(cls, art: Artifact) -> "DiffusionEngine":
+        engine = cls(DiffusionConfig.model_validate(art.engine["config"]), TableCodec.from_dict(art.codec))
+        engine.ema.load_state_dict(art.tensors)
+        engine.net.load_state_dict(art.tensors)
+        return engine

@@ -1,0 +1,174 @@
+"""The table codec: column kinds inferred from Arrow schema + statistics, rows <-> float features.
+
+    stats = TableStats.empty(schema); stats.add_batch(b) ...   (or merged from many workers)
+    codec = TableCodec.from_stats(stats, CodecConfig(overrides={"zip": "categorical"}))
+    x = codec.encode(table)          # (n, codec.width) float64
+    table2 = codec.decode(x)         # same values, same Arrow schema
+
+The state is plain JSON (`to_dict`/`from_dict`), stored in the model artifact.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, Field
+
+from synth.errors import ConfigError, DataError
+from synth.table.arrow_types import schema_from_b64, schema_to_b64
+from synth.table.columns import KINDS, CategoricalColumn, NumericColumn, column_from_dict
+from synth.table.stats import ColumnStats, TableStats
+
+Kind = Literal["continuous", "integer", "datetime", "categorical", "boolean"]
+
+
+class CodecConfig(BaseModel):
+    """How columns are modelled. Defaults are inferred; `overrides` pins a column's kind."""
+
+    overrides: dict[str, Kind] = Field(default_factory=dict)
+    ignore: list[str] = Field(default_factory=list, description="columns left out of the model")
+    max_onehot: int = Field(100, ge=2, description="one-hot slots per categorical; rarer values share one")
+    low_cardinality_int: int = Field(10, ge=0, description="integer columns with at most this many values are categorical")
+
+
+def infer_kind(stats: ColumnStats, cfg: CodecConfig) -> str:
+    if stats.family == "bool":
+        return "boolean"
+    if stats.family == "string":
+        return "categorical"
+    if stats.family == "temporal":
+        return "datetime"
+    distinct = stats.distinct_exact
+    if stats.integral and distinct is not None and distinct <= cfg.low_cardinality_int:
+        return "categorical"
+    return "integer" if stats.integral else "continuous"
+
+
+class TableCodec:
+    SCHEMA_VERSION = 1
+
+    def __init__(self, schema: pa.Schema, columns: list[CategoricalColumn | NumericColumn], num_rows: int):
+        self.schema = schema  # the modelled columns, in order, with their exact Arrow types
+        self.columns = columns
+        self.num_rows = num_rows
+        self.slices: list[slice] = []
+        start = 0
+        for c in columns:
+            self.slices.append(slice(start, start + c.width))
+            start += c.width
+        self.width = start
+        self.by_name = {c.name: c for c in columns}
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_stats(cls, stats: TableStats, cfg: CodecConfig | None = None) -> "TableCodec":
+        cfg = cfg or CodecConfig()
+        names = [f.name for f in stats.schema]
+        for col in list(cfg.overrides) + list(cfg.ignore):
+            if col not in names:
+                raise ConfigError(f"override names column {col!r}, which is not in the data; columns are {names}")
+        if stats.num_rows == 0:
+            raise DataError("the reference table has no rows; give it at least a few hundred rows to learn from")
+        columns = []
+        fields = []
+        for f in stats.schema:
+            if f.name in cfg.ignore:
+                continue
+            s = stats.columns[f.name]
+            if s.nulls == s.count:
+                raise DataError(f"column {f.name!r} is entirely null; drop it or list it under `ignore`")
+            if s.nonfinite:
+                raise DataError(
+                    f"column {f.name!r} has {s.nonfinite} NaN or infinite values; replace them with nulls "
+                    "(missing values are modelled) or with finite numbers")
+            kind = cfg.overrides.get(f.name) or infer_kind(s, cfg)
+            nullable = s.nulls > 0
+            if kind in ("categorical", "boolean"):
+                if s.counts is None and (s.sketch is None or not s.sketch.exact):
+                    raise ConfigError(f"column {f.name!r} has too many distinct values to be categorical; "
+                                      "model it as continuous or integer")
+                if kind == "boolean" and s.family != "bool":
+                    raise ConfigError(f"column {f.name!r} is {f.type}, not boolean; declare it categorical")
+                if s.counts_overflow:
+                    raise DataError(f"column {f.name!r} has over {len(s.counts)} distinct values; "
+                                    "it looks like an identifier: list it under `ignore`")
+                columns.append(CategoricalColumn.fit(s, kind, f.type, nullable, cfg.max_onehot))
+            else:
+                if s.family == "string" or s.family == "bool":
+                    raise ConfigError(f"column {f.name!r} holds {f.type} values and cannot be {kind}; "
+                                      "declare it categorical")
+                if kind == "datetime" and s.family != "temporal":
+                    raise ConfigError(f"column {f.name!r} is {f.type}, not a timestamp or date")
+                if kind != "datetime" and s.family == "temporal":
+                    raise ConfigError(f"column {f.name!r} is a {f.type}; its kind must be datetime")
+                columns.append(NumericColumn.fit(s, kind, f.type, nullable))
+            fields.append(f)
+        return cls(pa.schema(fields), columns, stats.num_rows)
+
+    @classmethod
+    def fit(cls, batches: Iterable[pa.RecordBatch | pa.Table], cfg: CodecConfig | None = None,
+            schema: pa.Schema | None = None) -> "TableCodec":
+        stats = None
+        for b in batches:
+            if stats is None:
+                stats = TableStats.empty(b.schema)
+            stats.add_batch(b)
+        if stats is None:
+            if schema is None:
+                raise DataError("the reference table has no rows")
+            stats = TableStats.empty(schema)
+        return cls.from_stats(stats, cfg)
+
+    # -- encode / decode ------------------------------------------------------------------
+    def encode(self, table: pa.Table | pa.RecordBatch, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Rows to features (n, width). With `rng`, heavy numeric values are dequantised (training)."""
+        missing = [c.name for c in self.columns if c.name not in table.schema.names]
+        if missing:
+            raise DataError(f"columns {missing} are missing from the table to encode")
+        out = np.empty((table.num_rows, self.width), dtype=np.float64)
+        for col, sl in zip(self.columns, self.slices):
+            arr = table.column(col.name)
+            if isinstance(arr, pa.ChunkedArray):
+                arr = arr.combine_chunks()
+            out[:, sl] = col.encode(arr, rng)
+        return out
+
+    def decode(self, feats: np.ndarray, rng: np.random.Generator | None = None) -> pa.Table:
+        feats = np.asarray(feats, dtype=np.float64)
+        arrays = [col.decode(feats[:, sl], rng) for col, sl in zip(self.columns, self.slices)]
+        return pa.Table.from_arrays(arrays, schema=self.schema)
+
+    # -- helpers for conditioning and reporting --------------------------------------------
+    def categorical(self, name: str) -> CategoricalColumn:
+        col = self.by_name.get(name)
+        if col is None:
+            raise ConfigError(f"unknown column {name!r}; columns are {[c.name for c in self.columns]}")
+        if not isinstance(col, CategoricalColumn):
+            raise ConfigError(f"column {name!r} is {col.kind}; conditions are supported on categorical "
+                              f"and boolean columns: {self.categorical_names()}")
+        return col
+
+    def categorical_names(self) -> list[str]:
+        return [c.name for c in self.columns if isinstance(c, CategoricalColumn)]
+
+    def kinds(self) -> dict[str, str]:
+        return {c.name: c.kind for c in self.columns}
+
+    def slice_of(self, name: str) -> slice:
+        return self.slices[[c.name for c in self.columns].index(name)]
+
+    # -- state ----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema_version": self.SCHEMA_VERSION, "schema": schema_to_b64(self.schema),
+                "num_rows": self.num_rows, "columns": [c.to_dict() for c in self.columns]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TableCodec":
+        if d.get("schema_version") != cls.SCHEMA_VERSION:
+            raise ConfigError(f"codec state version {d.get('schema_version')} is not supported "
+                              f"(this synth reads version {cls.SCHEMA_VERSION}); retrain the model")
+        return cls(schema_from_b64(d["schema"]), [column_from_dict(c) for c in d["columns"]], d["num_rows"])
+
+
+__all__ = ["KINDS", "CodecConfig", "TableCodec", "infer_kind"]

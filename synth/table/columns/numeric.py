@@ -1,0 +1,180 @@
+"""Continuous, integer and datetime columns through a quantile-normal transform.
+
+The monotone map x -> u in [0, 1] is the (sketched) empirical CDF: light support points are
+joined linearly through their mid-CDF, heavy points (point masses such as 0 in capital-gain)
+become flat segments [F(v-), F(v)] so that every u in the segment decodes to exactly v.
+Then z = Phi^-1(u). Training can dequantise: a heavy value gets a random u in its segment, so
+the feature is continuous and close to N(0, 1). Nullable columns add a +/-1 missing flag.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from scipy.special import ndtr, ndtri
+
+from synth.table.stats import ColumnStats
+
+HEAVY_SHARE = 1e-3
+U_EPS = 1e-9
+
+
+@dataclass
+class NumericColumn:
+    name: str
+    kind: str  # continuous | integer | datetime
+    arrow_type: str
+    nullable: bool
+    knots_x: np.ndarray  # support points (datetime: seconds since epoch)
+    knots_f: np.ndarray  # CDF before each point, then after the last: len = len(knots_x) + 1
+    heavy: np.ndarray  # bool per support point
+    min: float
+    max: float
+    resolution: float = 0.0  # datetime: step in seconds; integer: 1
+    origin: int = 0  # datetime: the minimum in the column's own unit (exact integer)
+
+    @classmethod
+    def fit(cls, stats: ColumnStats, kind: str, arrow_type: pa.DataType, nullable: bool) -> "NumericColumn":
+        sk = stats.sketch
+        w = sk.weights
+        share = w / w.sum()
+        f = np.concatenate([[0.0], np.cumsum(share)])
+        f[-1] = 1.0
+        heavy = (w > 1) & (share >= HEAVY_SHARE) if sk.exact else share >= max(HEAVY_SHARE, 2.0 / sk.capacity)
+        res = 0.0
+        if kind == "datetime":
+            from synth.table.stats import _unit_ns
+
+            res = stats.resolution * _unit_ns(arrow_type) / 1e9
+        elif kind == "integer":
+            res = 1.0
+        return cls(stats.name, kind, str(arrow_type), nullable, sk.values.copy(), f, heavy,
+                   stats.min, stats.max, res, stats.imin if kind == "datetime" else 0)
+
+    # -- the polyline used by both directions ---------------------------------------------
+    def _polyline(self) -> tuple[np.ndarray, np.ndarray]:
+        if not hasattr(self, "_poly"):
+            xs, us = [], []
+            for i, v in enumerate(self.knots_x):
+                lo, hi = self.knots_f[i], self.knots_f[i + 1]
+                if self.heavy[i]:
+                    xs += [v, v]
+                    us += [lo, hi]
+                else:
+                    xs.append(v)
+                    us.append(0.5 * (lo + hi))
+            # compressed sketches hold centroids: pin the exact extremes to the CDF ends
+            if self.min < xs[0]:
+                xs.insert(0, self.min)
+                us.insert(0, U_EPS)
+            if self.max > xs[-1]:
+                xs.append(self.max)
+                us.append(1 - U_EPS)
+            self._poly = (np.asarray(xs), np.asarray(us))
+        return self._poly
+
+    @property
+    def width(self) -> int:
+        return 2 if self.nullable else 1
+
+    def encode(self, arr: pa.Array, rng: np.random.Generator | None = None) -> np.ndarray:
+        n = len(arr)
+        mask = np.asarray(arr.is_null().to_numpy(zero_copy_only=False)) if arr.null_count else np.zeros(n, bool)
+        x = self._to_float(arr)
+        xs, us = self._polyline()
+        u = _interp_monotone(x, xs, us)
+        # values sitting exactly on a heavy point: middle of its flat segment (or random in it)
+        idx = np.clip(np.searchsorted(self.knots_x, x), 0, len(self.knots_x) - 1)
+        on_heavy = self.heavy[idx] & (self.knots_x[idx] == x)
+        lo, hi = self.knots_f[idx], self.knots_f[idx + 1]
+        r = rng.random(n) if rng is not None else np.full(n, 0.5)
+        u = np.where(on_heavy, lo + r * (hi - lo), u)
+        z = ndtri(np.clip(u, U_EPS, 1 - U_EPS))
+        if rng is not None:
+            z = np.where(mask, rng.standard_normal(n), z)
+        else:
+            z = np.where(mask, 0.0, z)
+        if not self.nullable:
+            return z[:, None]
+        return np.stack([z, np.where(mask, 1.0, -1.0)], axis=1)
+
+    def decode(self, feats: np.ndarray, rng: np.random.Generator | None = None) -> pa.Array:
+        xs, us = self._polyline()
+        u = ndtr(feats[:, 0].astype(np.float64))
+        x = np.interp(u, us, xs)
+        x = np.clip(x, self.min, self.max)
+        mask = feats[:, 1] > 0 if self.nullable else None
+        return self._from_float(x, mask)
+
+    # -- Arrow <-> float ------------------------------------------------------------------
+    def _to_float(self, arr: pa.Array) -> np.ndarray:
+        if self.kind == "datetime":
+            from synth.table.stats import _unit_ns
+
+            from synth.table.stats import temporal_ints
+
+            unit = _unit_ns(arr.type)
+            ints = temporal_ints(arr)
+            return ints.astype(np.float64) * (unit / 1e9)
+        return arr.cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
+
+    def _from_float(self, x: np.ndarray, mask: np.ndarray | None) -> pa.Array:
+        t = _parse_type(self.arrow_type)
+        if self.kind == "datetime":
+            from synth.table.stats import _unit_ns
+
+            unit_s = _unit_ns(t) / 1e9
+            steps = np.rint((x - self.min) / self.resolution).astype(np.int64)
+            step_units = int(round(self.resolution / unit_s))
+            ints = self.origin + steps * step_units
+            from synth.table.stats import ints_to_temporal
+
+            return ints_to_temporal(ints, mask, t)
+        if self.kind == "integer":
+            return pa.array(np.rint(x).astype(np.int64), mask=mask).cast(t)
+        return pa.array(x, type=pa.float64(), mask=mask).cast(t)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "kind": self.kind, "arrow_type": self.arrow_type, "nullable": self.nullable,
+            "knots_x": self.knots_x.tolist(), "knots_f": self.knots_f.tolist(), "heavy": self.heavy.tolist(),
+            "min": self.min, "max": self.max, "resolution": self.resolution, "origin": self.origin,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "NumericColumn":
+        return cls(d["name"], d["kind"], d["arrow_type"], d["nullable"], np.asarray(d["knots_x"], float),
+                   np.asarray(d["knots_f"], float), np.asarray(d["heavy"], bool), d["min"], d["max"],
+                   d["resolution"], d["origin"])
+
+
+def _interp_monotone(x: np.ndarray, xs: np.ndarray, us: np.ndarray) -> np.ndarray:
+    """Linear interpolation on a non-decreasing xs that may repeat a value (flat segments)."""
+    k = np.clip(np.searchsorted(xs, x, side="right") - 1, 0, len(xs) - 1)
+    k1 = np.minimum(k + 1, len(xs) - 1)
+    dx = xs[k1] - xs[k]
+    t = np.where(dx > 0, (x - xs[k]) / np.where(dx > 0, dx, 1.0), 0.0)
+    u = us[k] + np.clip(t, 0.0, 1.0) * (us[k1] - us[k])
+    return np.where(x < xs[0], us[0], u)
+
+
+_TYPES: dict[str, pa.DataType] = {}
+
+
+def _parse_type(s: str) -> pa.DataType:
+    """Arrow type from its string form (ints, floats, timestamps with unit/tz, dates)."""
+    if s not in _TYPES:
+        if s.startswith("timestamp["):
+            inner = s[len("timestamp["):-1].split(",")
+            unit = inner[0].strip()
+            tz = inner[1].split("=", 1)[1].strip() if len(inner) > 1 else None
+            _TYPES[s] = pa.timestamp(unit, tz=tz)
+        elif s == "date32[day]":
+            _TYPES[s] = pa.date32()
+        elif s == "date64[ms]":
+            _TYPES[s] = pa.date64()
+        else:
+            _TYPES[s] = pa.type_for_alias(s)
+    return _TYPES[s]

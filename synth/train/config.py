@@ -1,0 +1,24 @@
+"""Typed training settings."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class TrainConfig(BaseModel):
+    steps: int = Field(4000, ge=1, description="optimizer steps (deterministic stopping point)")
+    time_budget_s: float | None = Field(None, gt=0, description="stop earlier when this wall time is spent")
+    batch_size: int = Field(512, ge=1, description="rows per optimizer step, summed over workers")
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on GPUs that support it, fp32 on CPU")
+    seed: int = 0
+    eval_every: int = Field(500, ge=1, description="steps between validation-loss reports")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads per worker (default: all cores)")

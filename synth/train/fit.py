@@ -1,0 +1,99 @@
+"""Fit a model from a run config: data -> codec -> encode -> train -> artifact.
+
+`fit(cfg)` trains in this process when `cfg.scaling.num_workers == 0` and on Ray Train
+otherwise; both run the same loop (`synth.train.loop.train`) and write the same artifact.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from synth import storage
+from synth.config import RunConfig
+from synth.data import fingerprint, load_splits
+from synth.engine import save_engine
+from synth.engine.diffusion import DiffusionEngine
+from synth.manifest import base_manifest
+from synth.table import TableCodec
+from synth.train import loop
+
+
+@dataclass
+class Prepared:
+    codec: TableCodec
+    train: pa.Table
+    val: pa.Table
+    test: pa.Table
+    fingerprint: dict
+    split: dict
+
+
+def prepare(cfg: RunConfig) -> Prepared:
+    """Read and split the reference data, fit the codec on the training rows only."""
+    train, val, test = load_splits(cfg.data.uri, cfg.data.split)
+    codec = TableCodec.fit([train], cfg.data.codec, schema=train.schema)
+    if cfg.data.target is not None and cfg.data.target not in codec.by_name:
+        from synth.errors import ConfigError
+
+        raise ConfigError(f"data.target names column {cfg.data.target!r}, which is not modelled; "
+                          f"columns are {list(codec.by_name)}")
+    split = {"method": "row-content hash", **cfg.data.split.model_dump(),
+             "rows": {"train": train.num_rows, "val": val.num_rows, "test": test.num_rows}}
+    return Prepared(codec, train, val, test, fingerprint(cfg.data.uri), split)
+
+
+def encode_tensor(codec: TableCodec, table: pa.Table, seed: int | None) -> torch.Tensor:
+    rng = np.random.default_rng(seed) if seed is not None else None
+    return torch.from_numpy(codec.encode(table, rng).astype(np.float32))
+
+
+@dataclass
+class FitResult:
+    artifact_uri: str
+    artifact_id: str
+    metrics: dict
+    prepared: Prepared
+
+
+def fit(cfg: RunConfig, report: Callable[[dict], None] | None = None) -> FitResult:
+    t0 = time.perf_counter()
+    storage.check_writable(cfg.output)
+    prep = prepare(cfg)
+    t_prep = time.perf_counter() - t0
+    torch.manual_seed(cfg.train.seed)
+    engine = DiffusionEngine(cfg.model, prep.codec)
+    x_train = encode_tensor(prep.codec, prep.train, seed=cfg.train.seed)
+    x_val = encode_tensor(prep.codec, prep.val, seed=None)
+    t1 = time.perf_counter()
+    metrics = loop.train(engine, loop.shuffled_batches(x_train, cfg.train.batch_size, cfg.train.seed),
+                         cfg.train, x_val=x_val, report=report)
+    t_train = time.perf_counter() - t1
+    manifest = model_manifest(cfg, prep, metrics, {"prepare_s": t_prep, "train_s": t_train,
+                                                   "total_s": time.perf_counter() - t0}, workers=0)
+    artifact_id = save_engine(engine, cfg.artifact_uri, manifest)
+    return FitResult(cfg.artifact_uri, artifact_id, metrics, prep)
+
+
+def model_manifest(cfg: RunConfig, prep: Prepared, metrics: dict, wall: dict, workers: int) -> dict:
+    m = cfg.model
+    return base_manifest(
+        "model",
+        run=cfg.name,
+        input=prep.fingerprint,
+        split=prep.split,
+        columns=prep.codec.kinds(),
+        seeds={"train": cfg.train.seed, "split": cfg.data.split.seed},
+        process=m.process.model_dump(mode="json"),
+        objective=m.objective.model_dump(mode="json"),
+        sampling={"sampler": m.sampler, "steps": m.steps, "guidance": m.guidance},
+        train=cfg.train.model_dump(mode="json"),
+        workers=workers,
+        metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))},
+        wall_s=wall,
+        privacy={"dp": False},
+    )

@@ -1,0 +1,137 @@
+"""The training loop: one function that a single process or every Ray Train worker runs.
+
+Accelerate handles device placement, DDP and mixed precision; the loop adds gradient
+accumulation, clipping, warm-up + cosine learning rate, EMA and periodic validation loss.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Iterator
+
+import torch
+from accelerate import Accelerator
+from torch import Tensor
+
+from synth.engine.base import Engine
+from synth.train.config import TrainConfig
+
+Report = Callable[[dict], None]
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    cuda = torch.cuda.is_available()
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp16" and not cuda:
+        precision = "fp32"  # fp16 autocast is silently ignored on CPU
+    return Accelerator(cpu=not cuda, mixed_precision="no" if precision == "fp32" else precision,
+                       gradient_accumulation_steps=cfg.grad_accum)
+
+
+def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        p = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p))
+    return f
+
+
+def shuffled_batches(x: Tensor, batch_size: int, seed: int) -> Iterator[Tensor]:
+    """Endless epochs over an in-memory tensor, reshuffled each epoch with a seeded generator."""
+    g = torch.Generator().manual_seed(seed)
+    n = x.shape[0]
+    batch_size = min(batch_size, n)
+    while True:
+        perm = torch.randperm(n, generator=g)
+        for i in range(0, n - batch_size + 1, batch_size):
+            yield x[perm[i:i + batch_size]]
+
+
+@torch.no_grad()
+def validation_loss(engine: Engine, net: torch.nn.Module, x_val: Tensor, seed: int, batch: int = 4096) -> float:
+    """Loss on held-out rows with fixed noise and times, so values are comparable across steps."""
+    if x_val is None or x_val.shape[0] == 0:
+        return float("nan")
+    g = torch.Generator(device=x_val.device).manual_seed(seed + 1_000_003)
+    net.eval()
+    total, count = 0.0, 0
+    for i in range(0, x_val.shape[0], batch):
+        xb = x_val[i:i + batch]
+        total += float(engine.loss(net, xb, g)) * xb.shape[0]
+        count += xb.shape[0]
+    net.train()
+    return total / count
+
+
+def train(engine: Engine, batches: Iterator[Tensor], cfg: TrainConfig, *, x_val: Tensor | None = None,
+          accelerator: Accelerator | None = None, start_step: int = 0, optimizer_state: dict | None = None,
+          report: Report | None = None, should_checkpoint: Callable[[int], bool] | None = None) -> dict:
+    """Train `engine.net` (and its EMA) for cfg.steps optimizer steps; returns final metrics.
+
+    `report(metrics)` is called every `eval_every` steps and at the end, with "step", "loss",
+    "grad_norm", "samples_per_s", "val_loss", "lr" and "checkpoint" (whether the caller should
+    checkpoint now); the caller decides what to do with it (print, ray.train.report, ...).
+    """
+    acc = accelerator or make_accelerator(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed + acc.process_index)
+    opt = torch.optim.AdamW(engine.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if optimizer_state:
+        opt.load_state_dict(optimizer_state)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg), last_epoch=start_step - 1) if start_step else \
+        torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    net, opt = acc.prepare(engine.net, opt)
+    engine.ema.to(acc.device)
+    gen = torch.Generator(device=acc.device).manual_seed(cfg.seed * 1000 + acc.process_index + start_step)
+    if x_val is not None:
+        x_val = x_val.to(acc.device)
+    net.train()
+    t0 = time.perf_counter()
+    window_t, window_rows, losses, gnorms = t0, 0, [], []
+    metrics: dict = {}
+    step = start_step
+    while step < cfg.steps:
+        for _ in range(cfg.grad_accum):
+            xb = next(batches).to(acc.device, non_blocking=True)
+            with acc.accumulate(net), acc.autocast():
+                loss = engine.loss(net, xb, gen)
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    gn = acc.clip_grad_norm_(net.parameters(), cfg.grad_clip or float("inf"))
+                    gnorms.append(float(gn))
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            window_rows += xb.shape[0] * acc.num_processes
+        sched.step()
+        engine.update_ema(acc.unwrap_model(net), cfg.ema_decay if step >= cfg.warmup_steps else 0.0)
+        step += 1
+        out_of_time = cfg.time_budget_s is not None and time.perf_counter() - t0 >= cfg.time_budget_s
+        if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
+            now = time.perf_counter()
+            metrics = {
+                "step": step,
+                "loss": sum(losses) / max(1, len(losses)),
+                "grad_norm": sum(gnorms) / max(1, len(gnorms)),
+                "samples_per_s": window_rows / max(1e-9, now - window_t),
+                "val_loss": validation_loss(engine, engine.ema, x_val, cfg.seed) if x_val is not None else float("nan"),
+                "lr": sched.get_last_lr()[0],
+                "wall_s": now - t0,
+                "checkpoint": bool(should_checkpoint(step)) if should_checkpoint else False,
+                "optimizer": opt,
+            }
+            if report:
+                report(metrics)
+            window_t, window_rows, losses, gnorms = time.perf_counter(), 0, [], []
+        if out_of_time:
+            break
+    engine.net = acc.unwrap_model(net)
+    metrics.pop("optimizer", None)
+    metrics["steps_done"] = step
+    return metrics
