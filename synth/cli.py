@@ -30,7 +30,7 @@ def _progress_printer(total_steps: int):
                         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console, transient=False)
     task = progress.add_task("train", total=total_steps, info="")
 
-    def report(m: dict) -> None:
+    def report(m: dict, _optimizer=None) -> None:
         progress.update(task, completed=m["step"],
                         info=f"loss {m['loss']:.4f} val {m['val_loss']:.4f} {m['samples_per_s']:.0f} rows/s")
     return progress, report

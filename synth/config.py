@@ -1,6 +1,8 @@
 """The run config: one typed, validated document per job (YAML in `configs/`)."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from synth import storage
@@ -23,10 +25,18 @@ class DataConfig(Strict):
 
 
 class ScalingConfig(Strict):
+    """Where training runs: in this process (num_workers 0) or on Ray Train workers."""
+
     num_workers: int = Field(0, ge=0, description="Ray Train workers; 0 trains in this process")
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(1.0, ge=0)
+    storage_path: str | None = Field(None, description="Ray Train checkpoints (shared storage on multi-node "
+                                                       "clusters: s3://, gs://, NFS); default OUTPUT/ray")
+    max_failures: int = Field(2, ge=0, description="worker failures to recover from (restart from checkpoint)")
+    data_mode: Literal["memory", "stream"] = Field(
+        "memory", description="memory: each worker holds the encoded training set (bit-reproducible); "
+                              "stream: workers stream their own shard each epoch (bounded memory)")
 
 
 class EvalConfig(Strict):

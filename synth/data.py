@@ -42,9 +42,9 @@ def resolve_data_uri(uri: str) -> str:
         name = uri.split(":", 1)[1]
         if name not in BUNDLED:
             raise DataError(f"no bundled dataset {name!r}; bundled: {sorted(BUNDLED)}")
-        from importlib.resources import files
+        from pathlib import Path
 
-        return str(files("synth").joinpath("datasets", BUNDLED[name]))
+        return str(Path(__file__).resolve().parent / "datasets" / BUNDLED[name])
     return uri
 
 

@@ -59,6 +59,8 @@ class DiffusionEngine(Engine):
         self.cond_columns = [codec.categorical(c).name for c in names]
         self.cond_slices = [codec.slice_of(c) for c in self.cond_columns]
         self.cond_cards = [s.stop - s.start for s in self.cond_slices]
+        lo, hi = codec.feature_bounds()
+        self.x0_lo, self.x0_hi = torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32)
         self.net = ResidualMLP(codec.width, config.net, self.cond_cards)
         self.ema = copy.deepcopy(self.net).requires_grad_(False)
 
@@ -118,8 +120,14 @@ class DiffusionEngine(Engine):
         return cond, requested
 
     def model_fn(self, net: nn.Module):
+        """(x, t, cond) -> denoised estimate, projected into the features' range. Near t = 1 an
+        eps head divides by alpha ~ 0 and the raw estimate can be wild; the projection keeps
+        deterministic solvers from amplifying it."""
+        lo, hi = self.x0_lo, self.x0_hi
+
         def fn(x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-            return self.objective.to_x0(net(x, t, cond), x, t, self.process)
+            x0 = self.objective.to_x0(net(x, t, cond), x, t, self.process)
+            return torch.maximum(torch.minimum(x0, hi.to(x0)), lo.to(x0))
         return fn
 
     @torch.no_grad()

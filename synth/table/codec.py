@@ -121,8 +121,10 @@ class TableCodec:
         return cls.from_stats(stats, cfg)
 
     # -- encode / decode ------------------------------------------------------------------
-    def encode(self, table: pa.Table | pa.RecordBatch, rng: np.random.Generator | None = None) -> np.ndarray:
-        """Rows to features (n, width). With `rng`, heavy numeric values are dequantised (training)."""
+    def encode(self, table: pa.Table | pa.RecordBatch, rng: np.random.Generator | None = None,
+               strict: bool = True) -> np.ndarray:
+        """Rows to features (n, width). With `rng`, heavy numeric values are dequantised (training).
+        strict=False encodes held-out rows whose categories the codec never saw (validation)."""
         missing = [c.name for c in self.columns if c.name not in table.schema.names]
         if missing:
             raise DataError(f"columns {missing} are missing from the table to encode")
@@ -131,13 +133,20 @@ class TableCodec:
             arr = table.column(col.name)
             if isinstance(arr, pa.ChunkedArray):
                 arr = arr.combine_chunks()
-            out[:, sl] = col.encode(arr, rng)
+            out[:, sl] = col.encode(arr, rng, strict)
         return out
 
     def decode(self, feats: np.ndarray, rng: np.random.Generator | None = None) -> pa.Table:
         feats = np.asarray(feats, dtype=np.float64)
         arrays = [col.decode(feats[:, sl], rng) for col, sl in zip(self.columns, self.slices)]
         return pa.Table.from_arrays(arrays, schema=self.schema)
+
+    def feature_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Range every feature can take (denoised estimates are projected into it)."""
+        lo, hi = np.empty(self.width), np.empty(self.width)
+        for col, sl in zip(self.columns, self.slices):
+            lo[sl], hi[sl] = col.bounds()
+        return lo, hi
 
     # -- helpers for conditioning and reporting --------------------------------------------
     def categorical(self, name: str) -> CategoricalColumn:

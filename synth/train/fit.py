@@ -47,9 +47,9 @@ def prepare(cfg: RunConfig) -> Prepared:
     return Prepared(codec, train, val, test, fingerprint(cfg.data.uri), split)
 
 
-def encode_tensor(codec: TableCodec, table: pa.Table, seed: int | None) -> torch.Tensor:
+def encode_tensor(codec: TableCodec, table: pa.Table, seed: int | None, strict: bool = True) -> torch.Tensor:
     rng = np.random.default_rng(seed) if seed is not None else None
-    return torch.from_numpy(codec.encode(table, rng).astype(np.float32))
+    return torch.from_numpy(codec.encode(table, rng, strict).astype(np.float32))
 
 
 @dataclass
@@ -60,7 +60,12 @@ class FitResult:
     prepared: Prepared
 
 
-def fit(cfg: RunConfig, report: Callable[[dict], None] | None = None) -> FitResult:
+def fit(cfg: RunConfig, report: Callable | None = None) -> FitResult:
+    """Train per `cfg`; in this process when scaling.num_workers is 0, else on Ray Train."""
+    if cfg.scaling.num_workers > 0:
+        from synth.train.ray_train import fit_on_ray
+
+        return fit_on_ray(cfg, report)
     t0 = time.perf_counter()
     storage.check_writable(cfg.output)
     prep = prepare(cfg)
@@ -68,7 +73,7 @@ def fit(cfg: RunConfig, report: Callable[[dict], None] | None = None) -> FitResu
     torch.manual_seed(cfg.train.seed)
     engine = DiffusionEngine(cfg.model, prep.codec)
     x_train = encode_tensor(prep.codec, prep.train, seed=cfg.train.seed)
-    x_val = encode_tensor(prep.codec, prep.val, seed=None)
+    x_val = encode_tensor(prep.codec, prep.val, seed=None, strict=False)
     t1 = time.perf_counter()
     metrics = loop.train(engine, loop.shuffled_batches(x_train, cfg.train.batch_size, cfg.train.seed),
                          cfg.train, x_val=x_val, report=report)

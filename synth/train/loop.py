@@ -16,7 +16,7 @@ from torch import Tensor
 from synth.engine.base import Engine
 from synth.train.config import TrainConfig
 
-Report = Callable[[dict], None]
+Report = Callable[[dict, torch.optim.Optimizer], None]  # (metrics, optimizer)
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -70,12 +70,13 @@ def validation_loss(engine: Engine, net: torch.nn.Module, x_val: Tensor, seed: i
 
 def train(engine: Engine, batches: Iterator[Tensor], cfg: TrainConfig, *, x_val: Tensor | None = None,
           accelerator: Accelerator | None = None, start_step: int = 0, optimizer_state: dict | None = None,
-          report: Report | None = None, should_checkpoint: Callable[[int], bool] | None = None) -> dict:
+          report: Report | None = None) -> dict:
     """Train `engine.net` (and its EMA) for cfg.steps optimizer steps; returns final metrics.
 
-    `report(metrics)` is called every `eval_every` steps and at the end, with "step", "loss",
-    "grad_norm", "samples_per_s", "val_loss", "lr" and "checkpoint" (whether the caller should
-    checkpoint now); the caller decides what to do with it (print, ray.train.report, ...).
+    `report(metrics, optimizer)` is called every `eval_every` steps and at the end, with "step",
+    "loss", "grad_norm", "samples_per_s", "val_loss", "lr" and "wall_s"; the caller decides what
+    to do with it (print, ray.train.report with a checkpoint, ...). `engine.net` is the live module
+    throughout (Accelerate/DDP wrap it without copying), so a checkpoint can be taken from it.
     """
     acc = accelerator or make_accelerator(cfg)
     if cfg.threads:
@@ -123,15 +124,11 @@ def train(engine: Engine, batches: Iterator[Tensor], cfg: TrainConfig, *, x_val:
                 "val_loss": validation_loss(engine, engine.ema, x_val, cfg.seed) if x_val is not None else float("nan"),
                 "lr": sched.get_last_lr()[0],
                 "wall_s": now - t0,
-                "checkpoint": bool(should_checkpoint(step)) if should_checkpoint else False,
-                "optimizer": opt,
             }
             if report:
-                report(metrics)
+                report(metrics, opt)
             window_t, window_rows, losses, gnorms = time.perf_counter(), 0, [], []
         if out_of_time:
             break
-    engine.net = acc.unwrap_model(net)
-    metrics.pop("optimizer", None)
     metrics["steps_done"] = step
     return metrics

@@ -58,6 +58,9 @@ class CategoricalColumn:
     def width(self) -> int:
         return len(self.categories) + (1 if self.tail_values else 0)
 
+    def bounds(self) -> tuple[list[float], list[float]]:
+        return [-1.0] * self.width, [1.0] * self.width
+
     def index_of(self) -> dict[Any, int]:
         if not hasattr(self, "_index"):
             self._index = {v: i for i, v in enumerate(self.categories)}
@@ -65,14 +68,18 @@ class CategoricalColumn:
             self._index.update({v: other for v in self.tail_values})
         return self._index
 
-    def codes(self, values: list[Any]) -> np.ndarray:
-        """Slot index of each value; unseen values raise an error naming the column."""
+    def codes(self, values: list[Any], strict: bool = True) -> np.ndarray:
+        """Slot index of each value. Unseen values raise an error naming the column, or with
+        strict=False (held-out rows for validation) go to the "other" slot or the most frequent."""
         index = self.index_of()
+        fallback = len(self.categories) if self.tail_values else 0
         out = np.empty(len(values), dtype=np.int64)
         for i, v in enumerate(values):
             j = index.get(v, -1)
             if j < 0:
-                raise ConfigError(self.unseen_message(v))
+                if strict:
+                    raise ConfigError(self.unseen_message(v))
+                j = fallback
             out[i] = j
         return out
 
@@ -81,13 +88,13 @@ class CategoricalColumn:
         return (f"column {self.name!r} has no category {v!r} in the reference data; "
                 f"known values include {known}{' ...' if self.width > 20 else ''}")
 
-    def encode(self, arr: pa.Array, rng: np.random.Generator | None = None) -> np.ndarray:
+    def encode(self, arr: pa.Array, rng: np.random.Generator | None = None, strict: bool = True) -> np.ndarray:
         if pa.types.is_dictionary(arr.type):
             arr = arr.dictionary_decode()
         encoded = pc.dictionary_encode(arr)
         uniq, inverse = np.unique(np.asarray(encoded.indices.fill_null(-1)), return_inverse=True)
         dictionary = encoded.dictionary.to_pylist()
-        slot_of_code = self.codes([dictionary[c] if c >= 0 else None for c in uniq])
+        slot_of_code = self.codes([dictionary[c] if c >= 0 else None for c in uniq], strict)
         slots = slot_of_code[inverse]
         out = np.full((len(arr), self.width), -1.0)
         out[np.arange(len(arr)), slots] = 1.0

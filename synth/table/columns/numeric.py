@@ -79,7 +79,11 @@ class NumericColumn:
     def width(self) -> int:
         return 2 if self.nullable else 1
 
-    def encode(self, arr: pa.Array, rng: np.random.Generator | None = None) -> np.ndarray:
+    def bounds(self) -> tuple[list[float], list[float]]:
+        z = float(ndtri(1 - U_EPS))
+        return ([-z, -1.0], [z, 1.0]) if self.nullable else ([-z], [z])
+
+    def encode(self, arr: pa.Array, rng: np.random.Generator | None = None, strict: bool = True) -> np.ndarray:
         n = len(arr)
         mask = np.asarray(arr.is_null().to_numpy(zero_copy_only=False)) if arr.null_count else np.zeros(n, bool)
         x = self._to_float(arr)

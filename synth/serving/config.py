@@ -1,0 +1,89 @@
+"""Typed arguments of the online sampling application (the `args:` block of serve/config.yaml)."""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from synth.errors import ConfigError
+
+# Rows x NFE that `max_batch_rows` is counted at: 4096 rows at 8 network evaluations.
+COST_REFERENCE_NFE = 8
+
+
+class ServeArgs(BaseModel):
+    """Everything the application builder accepts. Defaults work for a laptop."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    artifact_uri: str = Field(..., description="model artifact: local path, s3://, gs://")
+    # SLO and step selection
+    slo_p99_ms: float = Field(150.0, gt=0, description="p99 latency target of POST /v1/sample, in ms")
+    steps_candidates: list[int] = Field(
+        [4, 6, 8, 12, 16, 20], min_length=1,
+        description="step counts the endpoint picks from when a request gives none (largest that fits the SLO)")
+    steps_headroom: float = Field(
+        0.6, gt=0, le=1, description="share of the SLO the predicted in-replica time may use when picking steps")
+    calibrate: bool = Field(True, description="time the model at replica start-up to seed the latency model")
+    # request limits
+    max_rows: int = Field(10_000, ge=1, description="rows per request")
+    max_steps: int = Field(200, ge=1, le=1000, description="steps a request may ask for")
+    max_guidance: float = Field(20.0, ge=0)
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="request body limit (413 beyond)")
+    # batching
+    max_batch_size: int = Field(32, ge=1, description="requests merged by @serve.batch")
+    batch_wait_timeout_s: float = Field(0.005, ge=0, description="how long a batch waits to fill")
+    max_batch_rows: int = Field(
+        4096, ge=1,
+        description=f"cost cap of one model batch, in rows at {COST_REFERENCE_NFE} network evaluations "
+                    f"(rows x NFE <= max_batch_rows x {COST_REFERENCE_NFE}); larger requests are split")
+    # backpressure
+    max_ongoing_requests: int | None = Field(
+        None, ge=1, description="Serve's per-replica concurrency; default 2 x max_batch_size")
+    max_queued_requests: int = Field(
+        256, ge=-1, description="Serve's queue per caller beyond which it answers 503 (-1 = unbounded)")
+    retry_after_s: float = Field(1.0, ge=0, description="Retry-After on Serve's 503s")
+    max_inflight_rows: int = Field(50_000, ge=1, description="rows admitted per replica before 429")
+    max_backlog_s: float | None = Field(
+        None, gt=0, description="predicted queued model time per replica before 429; default 4 x SLO")
+    # auth
+    auth_token_env: str | None = Field(
+        None, description="name of an environment variable (in the replica) holding a bearer token; "
+                          "unset = no auth. Set but empty in the replica = the replica refuses to start")
+    # resources and scaling
+    num_replicas: int | None = Field(None, ge=1, description="fixed replica count (exclusive with autoscaling)")
+    autoscaling_config: dict[str, Any] | None = Field(None, description="Serve autoscaling_config")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per replica")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (the engine runs on CPU in this version)")
+    torch_threads: int | None = Field(None, ge=1, description="torch threads per replica; default num_cpus")
+    deployment_name: str = "SynthSampler"
+
+    @model_validator(mode="after")
+    def _check(self) -> "ServeArgs":
+        if self.num_replicas is not None and self.autoscaling_config is not None:
+            raise ValueError("give num_replicas or autoscaling_config, not both")
+        if any(s < 1 or s > self.max_steps for s in self.steps_candidates):
+            raise ValueError(f"steps_candidates must lie in 1..max_steps ({self.max_steps})")
+        return self
+
+    @property
+    def max_batch_cost(self) -> int:
+        """Cap of one model batch in rows x network evaluations."""
+        return self.max_batch_rows * COST_REFERENCE_NFE
+
+    @property
+    def ongoing(self) -> int:
+        return self.max_ongoing_requests or max(2 * self.max_batch_size, 8)
+
+    @property
+    def backlog_limit_s(self) -> float:
+        return self.max_backlog_s if self.max_backlog_s is not None else 4 * self.slo_p99_ms / 1000.0
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any] | None) -> "ServeArgs":
+        try:
+            return cls.model_validate(raw or {})
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'args'}: {err['msg']}"
+                                 for err in e.errors())
+            raise ConfigError(f"invalid serve args: {problems}") from None

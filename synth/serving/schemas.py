@@ -1,0 +1,126 @@
+"""Request and response models of the HTTP API (they generate its OpenAPI schema)."""
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+from synth.diffusion.samplers import SAMPLERS
+
+SamplerName = Literal[tuple(sorted(SAMPLERS))]  # type: ignore[valid-type]
+Format = Literal["json", "arrow", "parquet"]
+Scalar = Union[StrictStr, StrictInt, StrictFloat, StrictBool, None]
+
+MAX_SEED = 2**63 - 1
+
+MEDIA_TYPES = {
+    "json": "application/json",
+    "arrow": "application/vnd.apache.arrow.stream",
+    "parquet": "application/vnd.apache.parquet",
+}
+
+
+class SampleRequest(BaseModel):
+    """POST /v1/sample. Everything but `rows` is optional."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"rows": 5, "conditions": {"sex": "Female", "income": ">50K"}, "seed": 7, "format": "json"}]})
+
+    rows: StrictInt = Field(1, ge=1, description="rows to generate (1..max_rows, see GET /v1/model)")
+    conditions: dict[str, Union[Scalar, list[Scalar]]] = Field(
+        default_factory=dict,
+        description="condition column -> one value for every row, or a list with one value per row; "
+                    "every generated row has exactly the requested values")
+    guidance: float | None = Field(
+        None, ge=0, allow_inf_nan=False,
+        description="classifier-free guidance scale (1 = plain conditional model); default: the model's")
+    sampler: SamplerName | None = Field(None, description="sampler; default: the model's")
+    steps: StrictInt | None = Field(
+        None, ge=1, description="sampler steps; default: the largest candidate that fits the p99 SLO "
+                                "(reported in the X-Synth-Steps header)")
+    seed: StrictInt | None = Field(
+        None, ge=0, le=MAX_SEED,
+        description="same seed and settings -> same rows, alone or batched with other requests; "
+                    "default: random (reported in X-Synth-Seed)")
+    format: Format = Field("json", description="json records, an Arrow IPC stream, or Parquet bytes")
+
+
+class SampleResponse(BaseModel):
+    """The JSON body of POST /v1/sample with format=json."""
+
+    records: list[dict[str, Any]]
+    sampler: str
+    steps: int
+    nfe: int
+    guidance: float
+    seed: int | None
+
+
+class FieldInfo(BaseModel):
+    name: str
+    arrow_type: str
+    kind: str
+    nullable: bool
+
+
+class ConditionColumn(BaseModel):
+    name: str
+    values: list[Any] = Field(description="values a condition may take (the most frequent first)")
+    truncated: bool = Field(False, description="true when only the first values are listed")
+
+
+class SamplerInfo(BaseModel):
+    name: str
+    nfe_per_step: float
+    stochastic: bool
+
+
+class Limits(BaseModel):
+    max_rows: int
+    max_steps: int
+    max_guidance: float
+    max_body_bytes: int
+    max_batch_size: int
+    max_batch_cost: int = Field(description="rows x network evaluations per model batch")
+
+
+class ModelInfo(BaseModel):
+    artifact_uri: str
+    artifact_id: str | None
+    family: str
+    schema_: list[FieldInfo] = Field(alias="schema")
+    condition_columns: list[ConditionColumn]
+    samplers: list[SamplerInfo]
+    defaults: dict[str, Any]
+    steps_candidates: list[int]
+    slo_p99_ms: float
+    formats: list[str]
+    limits: Limits
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class LatencyModelEntry(BaseModel):
+    sampler: str
+    steps: int
+    factor: float = Field(description="EWMA of measured / calibrated model time")
+    seconds_per_row_step: float | None = Field(description="EWMA of measured model seconds per row x NFE")
+    batches: int
+
+
+class SLOReport(BaseModel):
+    target_p99_ms: float
+    window_s: float
+    requests: int = Field(description="requests in the window (this replica)")
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    violations: int = Field(description="requests over the target in the window")
+    violations_total: int = Field(description="requests over the target since the replica started")
+    adherence: float | None = Field(description="share of requests in the window within the target")
+    meets_target: bool | None
+    rejected_total: int = Field(description="requests answered 429 by this replica")
+    backlog_ms: float = Field(description="predicted model time queued on this replica now")
+    auto_steps: dict[str, int] = Field(description="steps an idle replica picks now per sampler (1 row)")
+    latency_model: list[LatencyModelEntry]
+    replica: str | None

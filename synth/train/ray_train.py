@@ -1,0 +1,264 @@
+"""The Ray layer for training: Ray Data ingest + Ray Train (V2) workers running the same loop.
+
+    Parquet (URI) -> ray.data.read_parquet -> split by row hash -> codec statistics as a
+    distributed map + merge -> encode in map_batches -> TorchTrainer workers (Accelerate:
+    device, DDP, mixed precision) -> checkpoints = artifacts under storage_path -> artifact.
+
+Data reach the workers as Ray Data shards. In "memory" mode (default) every worker reads the
+whole encoded training set once through `iter_torch_batches`, then takes its rank's slice of
+each seeded global batch: the same seed, config and worker count give the same loss curve.
+In "stream" mode each worker streams its own split shard every epoch with a local shuffle
+buffer, for data larger than a worker's memory (not bit-reproducible).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from synth import storage
+from synth.config import RunConfig
+from synth.data import SplitConfig, fingerprint, parquet_files, split_labels
+from synth.errors import ConfigError, SynthError
+from synth.table import TableCodec, TableStats
+
+
+# -- Ray Data ingest ------------------------------------------------------------------------
+def read_reference(uri: str):
+    """A Ray dataset over the reference Parquet, after naming any unreadable file."""
+    import pyarrow.parquet as pq
+    import ray.data
+
+    from synth.data import open_dataset
+
+    open_dataset(uri)  # validates every file's footer and schema, naming a bad file
+    fs, files = parquet_files(uri)
+    for f in files:
+        try:
+            with fs.open_input_file(f) as fh:
+                pq.ParquetFile(fh).metadata  # noqa: B018
+        except Exception as e:  # noqa: BLE001
+            raise SynthError(f"{f} is not a readable Parquet file ({e}); remove or replace it") from None
+    return ray.data.read_parquet(files, filesystem=fs)
+
+
+def _split_filter(batch: pa.Table, split: dict, part: int) -> pa.Table:
+    return batch.filter(pa.array(split_labels(batch, SplitConfig(**split)) == part))
+
+
+def _partial_stats(batch: pa.Table) -> pa.Table:
+    stats = TableStats.empty(batch.schema).add_batch(batch)
+    return pa.table({"stats": [json.dumps(stats.to_dict())]})
+
+
+def distributed_stats(ds, schema: pa.Schema) -> TableStats:
+    """Codec statistics as a distributed map; only the small partial summaries reach the driver."""
+    total = TableStats.empty(schema)
+    partials = ds.map_batches(_partial_stats, batch_format="pyarrow", batch_size=65_536, num_cpus=0.5)
+    for row in partials.iter_rows():
+        total.merge(TableStats.from_dict(json.loads(row["stats"])))
+    return total
+
+
+def _encode(batch: pa.Table, codec_state: dict, seed: int | None) -> dict[str, np.ndarray]:
+    codec = TableCodec.from_dict(codec_state)
+    rng = None
+    if seed is not None and batch.num_rows:
+        # dequantisation noise seeded by the batch content, so any block layout gives the same values
+        first = int(pd_hash(batch.slice(0, 1))[0])
+        rng = np.random.default_rng([seed, first, batch.num_rows])
+    return {"x": codec.encode(batch, rng, strict=seed is not None).astype(np.float32)}
+
+
+def pd_hash(batch: pa.Table) -> np.ndarray:
+    import pandas as pd
+
+    return pd.util.hash_pandas_object(batch.to_pandas(), index=False).to_numpy()
+
+
+# -- the worker loop ------------------------------------------------------------------------
+def _materialize(shard, batch_size: int = 65_536) -> torch.Tensor:
+    parts = [b["x"] for b in shard.iter_torch_batches(batch_size=batch_size, dtypes=torch.float32)]
+    x = torch.cat(parts) if parts else torch.zeros(0)
+    # arrival order of blocks is not deterministic: sort rows so every run sees the same order
+    order = np.lexsort(x.numpy().T[::-1])
+    return x[torch.from_numpy(order)]
+
+
+def _rank_batches(x: torch.Tensor, global_bs: int, seed: int, rank: int, world: int):
+    from synth.train.loop import shuffled_batches
+
+    for xb in shuffled_batches(x, global_bs, seed):
+        yield xb[rank::world]
+
+
+def _stream_batches(shard, per_worker_bs: int, seed: int):
+    epoch = 0
+    while True:
+        got = False
+        for b in shard.iter_torch_batches(batch_size=per_worker_bs, dtypes=torch.float32, drop_last=True,
+                                          local_shuffle_buffer_size=max(4 * per_worker_bs, 10_000),
+                                          local_shuffle_seed=seed + epoch):
+            got = True
+            yield b["x"]
+        if not got:
+            raise SynthError("a training worker received no rows; use fewer workers or more data")
+        epoch += 1
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray.train
+
+    from synth.engine.diffusion import DiffusionEngine
+    from synth.train.checkpoint import load_checkpoint, save_checkpoint
+    from synth.train.loop import make_accelerator, train
+
+    cfg = RunConfig.model_validate(config["run"])
+    codec = TableCodec.from_dict(config["codec"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if cfg.train.threads is None and not torch.cuda.is_available():
+        torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+    torch.manual_seed(cfg.train.seed)
+    engine = DiffusionEngine(cfg.model, codec)
+    acc = make_accelerator(cfg.train)
+    start_step, opt_state = 0, None
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            start_step, opt_state = load_checkpoint(engine, d)
+    val = _materialize(ray.train.get_dataset_shard("val"))
+    if config["data_mode"] == "memory":
+        x = _materialize(ray.train.get_dataset_shard("train"))
+        if x.shape[0] < cfg.train.batch_size:
+            raise SynthError(f"only {x.shape[0]} training rows for batch_size {cfg.train.batch_size}; "
+                             "lower train.batch_size")
+        batches = _rank_batches(x, cfg.train.batch_size, cfg.train.seed + start_step, rank, world)
+    else:
+        batches = _stream_batches(ray.train.get_dataset_shard("train"), cfg.train.batch_size // world,
+                                  cfg.train.seed + start_step)
+
+    def report(metrics: dict, optimizer) -> None:
+        if rank == 0:  # every worker reports (it is a barrier); rank 0 attaches the checkpoint
+            with tempfile.TemporaryDirectory() as d:
+                save_checkpoint(engine, optimizer, metrics["step"], d, {"kind": "checkpoint", "run": cfg.name})
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics, checkpoint=None)
+
+    train(engine, batches, cfg.train, x_val=val, accelerator=acc, start_step=start_step,
+          optimizer_state=opt_state, report=report)
+
+
+# -- the driver -----------------------------------------------------------------------------
+def fit_on_ray(cfg: RunConfig, report=None):
+    """Train on Ray Train; returns a `synth.train.fit.FitResult`."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from synth.engine import load_engine, save_engine
+    from synth.raycluster import check_resources, ensure_ray
+    from synth.train.fit import FitResult, model_manifest, Prepared
+
+    t0 = time.perf_counter()
+    storage.check_writable(cfg.output)
+    storage_path = cfg.scaling.storage_path or storage.join(cfg.output, "ray")
+    storage.check_writable(storage_path)
+    ensure_ray()
+    sc = cfg.scaling
+    check_resources(sc.num_workers, sc.cpus_per_worker, sc.gpus_per_worker, sc.use_gpu)
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False
+
+    ds = read_reference(cfg.data.uri)
+    schema = ds.schema().base_schema if hasattr(ds.schema(), "base_schema") else ds.schema()
+    split = cfg.data.split.model_dump()
+    parts = [ds.map_batches(_split_filter, fn_kwargs={"split": split, "part": k}, batch_format="pyarrow",
+                            num_cpus=0.5) for k in range(3)]
+    stats = distributed_stats(parts[0], schema)
+    codec = TableCodec.from_stats(stats, cfg.data.codec)
+    if cfg.data.target is not None and cfg.data.target not in codec.by_name:
+        raise ConfigError(f"data.target names column {cfg.data.target!r}, which is not modelled")
+    enc = lambda d, seed: d.map_batches(_encode, fn_kwargs={"codec_state": codec.to_dict(), "seed": seed},  # noqa: E731
+                                        batch_format="pyarrow", num_cpus=0.5)
+    train_ds, val_ds = enc(parts[0], cfg.train.seed), enc(parts[1], None)
+    _check_resume_compatible(storage_path, cfg, codec)
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"run": cfg.model_dump(mode="json"), "codec": codec.to_dict(),
+                           "data_mode": cfg.scaling.data_mode},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=sc.num_workers, use_gpu=sc.use_gpu,
+            resources_per_worker={"CPU": sc.cpus_per_worker, **({"GPU": sc.gpus_per_worker} if sc.use_gpu else {})}),
+        run_config=ray.train.RunConfig(
+            name=cfg.name, storage_path=storage_path,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=sc.max_failures)),
+        datasets={"train": train_ds, "val": val_ds},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"] if sc.data_mode == "stream" else []),
+    )
+    t1 = time.perf_counter()
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        raise SynthError(f"training failed after {sc.max_failures} restarts: {_root_message(e)}") from None
+    t_train = time.perf_counter() - t1
+    if result.checkpoint is None:
+        raise SynthError("training finished without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        engine = load_engine(d)
+    metrics = dict(result.metrics or {})
+    train_rows = int(stats.num_rows)
+    prep = Prepared(codec, None, None, None, fingerprint(cfg.data.uri),
+                    {"method": "row-content hash", **split, "rows": {"train": train_rows}})
+    manifest = model_manifest(cfg, prep, metrics, {"prepare_s": t1 - t0, "train_s": t_train,
+                                                   "total_s": time.perf_counter() - t0}, workers=sc.num_workers)
+    manifest["ray"] = {"storage_path": storage_path, "run": cfg.name, "data_mode": sc.data_mode}
+    artifact_id = save_engine(engine, cfg.artifact_uri, manifest)
+    return FitResult(cfg.artifact_uri, artifact_id, metrics, prep)
+
+
+def _root_message(e: BaseException) -> str:
+    seen = e
+    while seen.__cause__ is not None:
+        seen = seen.__cause__
+    text = str(seen).strip().splitlines()
+    return text[-1] if text else repr(seen)
+
+
+def _check_resume_compatible(storage_path: str, cfg: RunConfig, codec: TableCodec) -> None:
+    """A rerun with the same name resumes; refuse when the stored checkpoints are of another model."""
+    import pyarrow.fs as pafs
+
+    from synth.artifact import ENGINE, CODEC
+
+    fs, path = storage.resolve(storage.join(storage_path, cfg.name))
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return
+    ckpts = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(path)) if i.base_name.startswith("checkpoint_"))
+    if not ckpts:
+        return
+    latest = ckpts[-1]
+    try:
+        with fs.open_input_stream(f"{latest}/{ENGINE}") as f:
+            engine_json = json.loads(f.read())
+        with fs.open_input_stream(f"{latest}/{CODEC}") as f:
+            codec_json = json.loads(f.read())
+    except (OSError, json.JSONDecodeError):
+        return
+    from synth.engine.diffusion import DiffusionConfig
+
+    if engine_json.get("config") != DiffusionConfig.model_validate(cfg.model.model_dump()).model_dump(mode="json") \
+            or codec_json != codec.to_dict():
+        raise ConfigError(f"run {cfg.name!r} under {storage_path} already has checkpoints of a different model or "
+                          f"data ({latest}); resuming from them is impossible. Use a new `name`, another "
+                          "scaling.storage_path, or delete that folder")
