@@ -42,6 +42,7 @@ class Job:
     seed: int
     seeded: bool  # the caller gave the seed
     fmt: str = "json"
+    batch_requests: int = 1  # requests in the @serve.batch call that ran this job
     # filled while running
     generator: torch.Generator | None = field(default=None, repr=False)
     x: Tensor | None = field(default=None, repr=False)

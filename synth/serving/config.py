@@ -56,6 +56,9 @@ class ServeArgs(BaseModel):
     num_cpus: float = Field(1.0, gt=0, description="CPUs per replica")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (the engine runs on CPU in this version)")
     torch_threads: int | None = Field(None, ge=1, description="torch threads per replica; default num_cpus")
+    ray_actor_options: dict[str, Any] = Field(
+        default_factory=dict, description="extra Serve ray_actor_options (runtime_env, memory, resources); "
+                                          "num_cpus/num_gpus come from the fields above")
     deployment_name: str = "SynthSampler"
 
     @model_validator(mode="after")

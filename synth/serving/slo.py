@@ -82,8 +82,11 @@ class LatencyModel:
                     for (s, k), e in sorted(self.entries.items())]
 
 
-def calibrate(engine, sampler: str, steps: int = 8, rows: int = 64, repeats: int = 3) -> tuple[float, float]:
-    """(per-call seconds, per-row seconds) of one network evaluation, measured on this replica."""
+def calibrate(engine, sampler: str, steps: int = 8, rows: int = 128, repeats: int = 5) -> tuple[float, float]:
+    """(per-call seconds, per-row seconds) of one network evaluation, measured on this replica.
+
+    Takes the fastest of `repeats` runs (robust to other work on the machine; the online EWMA
+    factor then absorbs sustained contention)."""
     def timed(n: int) -> float:
         cond = engine.null_conditions(n)
         x = engine.prior(n, torch.Generator().manual_seed(0))
@@ -91,10 +94,10 @@ def calibrate(engine, sampler: str, steps: int = 8, rows: int = 64, repeats: int
         engine.sample_features(x, cond, sampler=sampler, steps=steps, guidance=1.0, generator=torch.Generator())
         return time.perf_counter() - t0
 
-    timed(rows)  # warm-up (allocations, lazy init)
+    timed(1), timed(rows)  # warm-up (allocations, lazy init)
     n = sampler_nfe(sampler, steps)
-    t1 = statistics.median(timed(1) for _ in range(repeats)) / n
-    tr = statistics.median(timed(rows) for _ in range(repeats)) / n
+    t1 = min(timed(1) for _ in range(repeats)) / n
+    tr = min(timed(rows) for _ in range(repeats)) / n
     per_row = max((tr - t1) / (rows - 1), 1e-7)
     return max(t1 - per_row, 1e-6), per_row
 

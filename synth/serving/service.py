@@ -1,0 +1,240 @@
+"""The sampling service without Ray: request validation (field-level errors), SLO-aware step
+choice, admission control (backpressure), batched execution and bookkeeping. The Serve
+deployment (`synth.serving.deployment`) wraps it in HTTP and `@serve.batch`."""
+from __future__ import annotations
+
+import math
+import secrets
+from typing import Any
+
+import torch
+
+from synth.diffusion.samplers import SAMPLERS
+from synth.diffusion.samplers import nfe as sampler_nfe
+from synth.engine import load_engine
+from synth.errors import ConfigError
+from synth.serving import batching, formats
+from synth.serving.batching import STOCHASTIC_SAMPLERS, BatchStats, Job, cfg_factor
+from synth.serving.config import ServeArgs
+from synth.serving.metrics import NullMetrics
+from synth.serving.schemas import MEDIA_TYPES, SampleRequest
+from synth.serving.slo import LatencyModel, SLOTracker, calibrate
+
+MAX_LISTED_VALUES = 1000
+
+
+class RequestProblem(Exception):
+    """A request the endpoint refuses with 422; `errors` are FastAPI-style {loc, msg, type}."""
+
+    def __init__(self, errors: list[dict[str, Any]]):
+        super().__init__("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors))
+        self.errors = errors
+
+
+class Overloaded(Exception):
+    """The replica refuses more work for now (429 with Retry-After)."""
+
+    def __init__(self, reason: str, retry_after_s: float):
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+def _problem(loc: tuple, msg: str, kind: str = "value_error") -> dict[str, Any]:
+    return {"loc": ["body", *loc], "msg": msg, "type": kind}
+
+
+class SamplingService:
+    def __init__(self, args: ServeArgs, engine: Any | None = None, metrics: Any | None = None,
+                 replica: str | None = None):
+        self.args = args
+        self.engine = engine if engine is not None else load_engine(args.artifact_uri)
+        self.metrics = metrics or NullMetrics()
+        self.replica = replica
+        self.latency = LatencyModel(max_cost=args.max_batch_cost)
+        self.tracker = SLOTracker(args.slo_p99_ms)
+        self.pending: dict[tuple[str, int, int], int] = {}  # (sampler, steps, cfg) -> net rows admitted
+        self.inflight_requests = 0
+        self.inflight_rows = 0
+        self.ready = False
+        cfg = self.engine.config
+        self.defaults = {"sampler": cfg.sampler, "steps": cfg.steps, "guidance": float(cfg.guidance)}
+
+    # -- start-up ---------------------------------------------------------------------------
+    def warm_up(self) -> None:
+        if self.args.calibrate:
+            a, b = calibrate(self.engine, self.defaults["sampler"])
+            self.latency.a, self.latency.b = a, b
+        self.ready = True
+
+    # -- requests ---------------------------------------------------------------------------
+    def validate(self, req: SampleRequest) -> Job:
+        """A runnable job, or RequestProblem listing every bad field."""
+        a, engine = self.args, self.engine
+        errors: list[dict[str, Any]] = []
+        if req.rows > a.max_rows:
+            errors.append(_problem(("rows",), f"rows must be at most {a.max_rows} per request, got {req.rows}; "
+                                              "split the request or use bulk synthesis", "less_than_equal"))
+        if req.steps is not None and req.steps > a.max_steps:
+            errors.append(_problem(("steps",), f"steps must be at most {a.max_steps}, got {req.steps}",
+                                   "less_than_equal"))
+        if req.guidance is not None and req.guidance > a.max_guidance:
+            errors.append(_problem(("guidance",), f"guidance must be at most {a.max_guidance}, got {req.guidance}",
+                                   "less_than_equal"))
+        sampler = req.sampler or self.defaults["sampler"]
+        if sampler not in SAMPLERS:  # the schema already restricts it; kept for direct callers
+            errors.append(_problem(("sampler",), f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}"))
+        n = min(req.rows, a.max_rows)
+        for name, value in req.conditions.items():
+            if isinstance(value, list) and len(value) != req.rows:
+                errors.append(_problem(("conditions", name), f"condition {name!r} has {len(value)} values for "
+                                                             f"{req.rows} rows; give one value or one per row"))
+                continue
+            try:
+                engine.encode_conditions(1, {name: value[:1] if isinstance(value, list) else value})
+                if isinstance(value, list) and len(value) > 1:
+                    engine.codec.categorical(name).codes(value)
+            except ConfigError as e:
+                errors.append(_problem(("conditions", name), str(e)))
+            except (TypeError, ValueError) as e:
+                errors.append(_problem(("conditions", name), f"invalid value for condition {name!r}: {e}"))
+        if errors:
+            raise RequestProblem(errors)
+
+        guidance = self.defaults["guidance"] if req.guidance is None else float(req.guidance)
+        cond, requested = engine.encode_conditions(n, dict(req.conditions))
+        if req.steps is None:
+            steps = self.choose_steps(sampler, n, guidance)
+        else:
+            steps = req.steps
+        try:
+            engine.validate_request(n, sampler, steps, guidance)
+        except ConfigError as e:
+            raise RequestProblem([_problem((), str(e))]) from None
+        seeded = req.seed is not None
+        seed = req.seed if seeded else secrets.randbits(63)
+        return Job(rows=n, cond=cond, requested=requested, sampler=sampler, steps=steps, guidance=guidance,
+                   seed=seed, seeded=seeded, fmt=req.format)
+
+    def choose_steps(self, sampler: str, rows: int, guidance: float) -> int:
+        budget = self.args.steps_headroom * self.args.slo_p99_ms / 1000.0
+        return self.latency.choose_steps(sampler, rows * cfg_factor(guidance), self.args.steps_candidates,
+                                         budget, self.args.batch_wait_timeout_s, self.backlog_s())
+
+    def backlog_s(self) -> float:
+        return sum(self.latency.predict(s, k, rows) for (s, k, _), rows in self.pending.items() if rows > 0)
+
+    def admit(self, job: Job) -> None:
+        """Count the job in, or raise Overloaded when this replica is past its limits."""
+        a = self.args
+        if self.inflight_rows and self.inflight_rows + job.rows > a.max_inflight_rows:
+            self._reject("rows", max(1.0, self.backlog_s()))
+        backlog = self.backlog_s()
+        if backlog > 0 and backlog + self.latency.predict(job.sampler, job.steps, job.rows) > a.backlog_limit_s:
+            self._reject("backlog", backlog)
+        key = (job.sampler, job.steps, cfg_factor(job.guidance))
+        self.pending[key] = self.pending.get(key, 0) + job.rows * key[2]
+        self.inflight_rows += job.rows
+        self.inflight_requests += 1
+        self.metrics.set_inflight(self.inflight_requests)
+
+    def _reject(self, reason: str, retry_after_s: float):
+        self.tracker.rejected_total += 1
+        self.metrics.reject(reason)
+        raise Overloaded(reason, retry_after_s)
+
+    def release(self, job: Job) -> None:
+        key = (job.sampler, job.steps, cfg_factor(job.guidance))
+        self.pending[key] = self.pending.get(key, 0) - job.rows * key[2]
+        if self.pending[key] <= 0:
+            del self.pending[key]
+        self.inflight_rows -= job.rows
+        self.inflight_requests -= 1
+        self.metrics.set_inflight(self.inflight_requests)
+
+    # -- execution (runs in a worker thread) ------------------------------------------------
+    def run(self, jobs: list[Job]) -> tuple[list[bytes | BaseException], list[BatchStats]]:
+        """Sample and encode every job of one @serve.batch call; an error fails only its job."""
+        with torch.inference_mode():
+            for job in jobs:
+                job.batch_requests = len(jobs)
+                batching.prepare(self.engine, job)
+            stats = [batching.run_batch(self.engine, jobs, b)
+                     for b in batching.plan_batches(jobs, self.args.max_batch_cost)]
+        out: list[bytes | BaseException] = []
+        for job in jobs:
+            try:
+                out.append(formats.encode(batching.finish(self.engine, job), job.fmt, self.meta(job)))
+            except Exception as e:  # noqa: BLE001 - reported as that request's 500
+                out.append(e)
+        return out, stats
+
+    def observe_batches(self, stats: list[BatchStats]) -> None:
+        for s in stats:
+            self.latency.observe(s.sampler, s.steps, s.net_rows, s.seconds)
+            self.metrics.batch(s.sampler, s.rows)
+
+    def record(self, job: Job, latency_ms: float) -> None:
+        violated = self.tracker.record(latency_ms)
+        self.metrics.request(job.sampler, job.steps, job.rows, job.nfe, latency_ms, violated)
+
+    # -- responses ---------------------------------------------------------------------------
+    def seed_reproducible(self, job: Job) -> bool:
+        return job.seeded or job.sampler not in STOCHASTIC_SAMPLERS
+
+    def meta(self, job: Job) -> dict[str, Any]:
+        return {"sampler": job.sampler, "steps": job.steps, "nfe": job.nfe, "guidance": job.guidance,
+                "seed": job.seed if self.seed_reproducible(job) else None}
+
+    def headers(self, job: Job) -> dict[str, str]:
+        h = {"X-Synth-Sampler": job.sampler, "X-Synth-Steps": str(job.steps), "X-Synth-NFE": str(job.nfe),
+             "X-Synth-Guidance": repr(job.guidance), "X-Synth-Rows": str(job.rows),
+             "X-Synth-Batch-Requests": str(job.batch_requests)}
+        if self.seed_reproducible(job):
+            h["X-Synth-Seed"] = str(job.seed)
+        return h
+
+    @staticmethod
+    def media_type(fmt: str) -> str:
+        return MEDIA_TYPES[fmt]
+
+    def model_info(self) -> dict[str, Any]:
+        e, a = self.engine, self.args
+        kinds = e.codec.kinds()
+        conds = []
+        for name in e.cond_columns:
+            col = e.codec.categorical(name)
+            values = list(col.categories) + list(col.tail_values)
+            conds.append({"name": name, "values": values[:MAX_LISTED_VALUES],
+                          "truncated": len(values) > MAX_LISTED_VALUES})
+        manifest = getattr(e, "manifest", None) or {}
+        return {
+            "artifact_uri": a.artifact_uri,
+            "artifact_id": manifest.get("artifact_id"),
+            "family": getattr(e, "family", "unknown"),
+            "schema": [{"name": f.name, "arrow_type": str(f.type), "kind": kinds.get(f.name, "unknown"),
+                        "nullable": f.nullable} for f in e.codec.schema],
+            "condition_columns": conds,
+            "samplers": [{"name": s, "nfe_per_step": sampler_nfe(s, 8) / 8, "stochastic": s in STOCHASTIC_SAMPLERS}
+                         for s in sorted(SAMPLERS)],
+            "defaults": dict(self.defaults),
+            "steps_candidates": sorted(a.steps_candidates),
+            "slo_p99_ms": a.slo_p99_ms,
+            "formats": list(MEDIA_TYPES),
+            "limits": {"max_rows": a.max_rows, "max_steps": a.max_steps, "max_guidance": a.max_guidance,
+                       "max_body_bytes": a.max_body_bytes, "max_batch_size": a.max_batch_size,
+                       "max_batch_cost": a.max_batch_cost},
+        }
+
+    def slo_report(self) -> dict[str, Any]:
+        rep = self.tracker.report()
+        rep["backlog_ms"] = 1000.0 * self.backlog_s()
+        rep["auto_steps"] = {s: self.choose_steps(s, 1, self.defaults["guidance"]) for s in sorted(SAMPLERS)}
+        rep["latency_model"] = self.latency.report()
+        rep["replica"] = self.replica
+        return rep
+
+
+def retry_after_header(seconds: float) -> str:
+    return str(max(1, math.ceil(seconds)))
+
