@@ -48,7 +48,10 @@ def main() -> None:
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
-        node[leaf] = json.loads(value)
+        try:
+            node[leaf] = json.loads(value)
+        except json.JSONDecodeError:
+            node[leaf] = value  # a bare string
     cfg = RunConfig.parse(raw)
 
     t0 = time.perf_counter()

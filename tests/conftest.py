@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # subprocesses (CLI, `ray job submit`) join without a token
 REPO = Path(__file__).resolve().parents[1]
 
 

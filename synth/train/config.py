@@ -18,7 +18,7 @@ class TrainConfig(BaseModel):
     grad_clip: float | None = Field(1.0, gt=0)
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 on GPUs that support it, fp32 on CPU")
+        "auto", description="auto: bf16 autocast on GPUs and CPUs with native bf16 (AMX/AVX512-BF16), else fp32")
     seed: int = 0
     eval_every: int = Field(500, ge=1, description="steps between validation-loss reports")
     threads: int | None = Field(None, ge=1, description="torch CPU threads per worker (default: all cores)")

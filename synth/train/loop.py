@@ -23,11 +23,19 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     cuda = torch.cuda.is_available()
     precision = cfg.precision
     if precision == "auto":
-        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+        precision = "bf16" if (torch.cuda.is_bf16_supported() if cuda else cpu_has_fast_bf16()) else "fp32"
     if precision == "fp16" and not cuda:
         precision = "fp32"  # fp16 autocast is silently ignored on CPU
     return Accelerator(cpu=not cuda, mixed_precision="no" if precision == "fp32" else precision,
                        gradient_accumulation_steps=cfg.grad_accum)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX / AVX512-BF16 CPUs run bf16 autocast matmuls about twice as fast as fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:

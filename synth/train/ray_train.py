@@ -244,7 +244,8 @@ def _check_resume_compatible(storage_path: str, cfg: RunConfig, codec: TableCode
     fs, path = storage.resolve(storage.join(storage_path, cfg.name))
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return
-    ckpts = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(path)) if i.base_name.startswith("checkpoint_"))
+    ckpts = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(path))
+                   if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_"))
     if not ckpts:
         return
     latest = ckpts[-1]

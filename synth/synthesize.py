@@ -1,0 +1,292 @@
+"""Bulk synthesis with Ray Data: shard ids -> a pool of sampler actors -> committed Parquet
+shards and a run manifest.
+
+Each shard's seed derives from the run seed and the shard index, file names are
+deterministic (`part-00000.parquet`), and every shard is written to a temporary name and moved
+into place, so no reader sees a partial file. A rerun after a crash skips shards whose file
+matches the checksum recorded when it was committed and writes only the missing ones; the
+final output is byte-identical to an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from synth import storage
+from synth.errors import ConfigError, SynthError
+from synth.manifest import base_manifest
+
+MANIFEST = "_manifest.json"
+COMMITS = "_commits"  # one small JSON per committed shard: rows and sha256
+
+
+class Conditions(BaseModel):
+    """What the rows are conditioned on (at most one of the three)."""
+
+    model_config = ConfigDict(extra="forbid")
+    fixed: dict[str, Any] = Field(default_factory=dict, description="column -> value for every row")
+    reference: list[str] = Field(default_factory=list,
+                                 description="columns drawn from their reference distribution")
+    mix: dict[str, dict[str, int]] = Field(default_factory=dict,
+                                           description='explicit counts, e.g. {"income": {">50K": 10000}}')
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if sum(bool(x) for x in (self.fixed, self.reference, self.mix)) > 1:
+            raise ValueError("give only one of conditions.fixed, conditions.reference, conditions.mix")
+        if len(self.mix) > 1:
+            raise ValueError("conditions.mix takes one column")
+        return self
+
+
+class SynthesizeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    artifact: str = Field(..., description="model artifact URI")
+    output: str = Field(..., description="folder for the shards (local, s3://, gs://)")
+    rows: int = Field(..., description="total rows (exact)")
+    shard_rows: int = Field(100_000, ge=1)
+    batch_rows: int = Field(8192, ge=1, description="rows per sampler call inside an actor")
+    sampler: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int = 0
+    conditions: Conditions = Field(default_factory=Conditions)
+    actors: int = Field(2, ge=1, description="sampler actors in the pool")
+    cpus_per_actor: float = Field(1.0, gt=0)
+    use_gpu: bool = Field(False, description="one GPU per actor")
+    threads_per_actor: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _rows(self):
+        if self.rows <= 0:
+            raise ValueError(f"rows must be a positive integer, got {self.rows}")
+        return self
+
+
+def shard_seed(seed: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def shard_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def plan_shards(cfg: SynthesizeConfig, engine) -> list[dict]:
+    """Shard specs: index, rows, seed and (for mixes) the per-row condition values."""
+    n = math.ceil(cfg.rows / cfg.shard_rows)
+    sizes = [cfg.shard_rows] * (n - 1) + [cfg.rows - cfg.shard_rows * (n - 1)]
+    specs = [{"index": i, "rows": r, "seed": shard_seed(cfg.seed, i)} for i, r in enumerate(sizes)]
+    c = cfg.conditions
+    if c.fixed:
+        engine.encode_conditions(1, c.fixed)  # validates names and values now, on the driver
+    for col in c.reference:
+        if col not in engine.cond_columns:
+            engine.codec.categorical(col)
+            raise ConfigError(f"conditions.reference names {col!r}, which is not a condition column; "
+                              f"condition columns are {engine.cond_columns}")
+    if c.mix:
+        (col, counts), = c.mix.items()
+        total = sum(counts.values())
+        if total != cfg.rows:
+            raise ConfigError(f"conditions.mix asks for {total} rows of {col!r} but rows is {cfg.rows}; "
+                              "make them equal")
+        if any(v < 0 for v in counts.values()):
+            raise ConfigError("conditions.mix counts must be >= 0")
+        values = engine.codec.categorical(col)
+        engine.encode_conditions(len(counts), {col: list(counts)})  # unseen values are named here
+        del values
+        # rows are laid out value after value across shards: shard i holds rows [start, start+size)
+        start = 0
+        bounds = np.cumsum([0, *counts.values()])
+        keys = list(counts)
+        for s in specs:
+            lo, hi = start, start + s["rows"]
+            parts = []
+            for k, key in enumerate(keys):
+                a, b = max(lo, bounds[k]), min(hi, bounds[k + 1])
+                if b > a:
+                    parts.append([key, int(b - a)])
+            s["mix"] = {"column": col, "runs": parts}
+            start = hi
+    return specs
+
+
+def shard_conditions(engine, spec: dict, c: Conditions) -> dict | None:
+    n = spec["rows"]
+    if c.fixed:
+        return dict(c.fixed)
+    if c.reference:
+        rng = np.random.default_rng([spec["seed"], 1])
+        out = {}
+        for col in c.reference:
+            cat = engine.codec.categorical(col)
+            values = cat.categories + (["__tail__"] if cat.tail_values else [])
+            idx = rng.choice(len(values), size=n, p=np.asarray(cat.probs) / np.sum(cat.probs))
+            slots = np.asarray(idx)
+            out[col] = cat.from_slots(slots, rng).to_pylist()
+        return out
+    if "mix" in spec:
+        col = spec["mix"]["column"]
+        return {col: [v for v, k in spec["mix"]["runs"] for _ in range(k)]}
+    return None
+
+
+class SamplerActor:
+    """Loads the artifact once; each call samples whole shards and commits them."""
+
+    def __init__(self, cfg: dict):
+        import torch
+
+        from synth.engine import load_engine
+
+        self.cfg = SynthesizeConfig.model_validate(cfg)
+        if self.cfg.threads_per_actor:
+            torch.set_num_threads(self.cfg.threads_per_actor)
+        self.engine = load_engine(self.cfg.artifact)
+        if self.cfg.use_gpu and torch.cuda.is_available():
+            self.engine.ema.to("cuda")
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out: dict[str, list] = {"index": [], "rows": [], "sha256": [], "seconds": []}
+        for spec_json in batch["spec"]:
+            spec = json.loads(spec_json)
+            t0 = time.perf_counter()
+            sha = write_shard(self.engine, self.cfg, spec)
+            out["index"].append(spec["index"])
+            out["rows"].append(spec["rows"])
+            out["sha256"].append(sha)
+            out["seconds"].append(time.perf_counter() - t0)
+        return {k: np.asarray(v) for k, v in out.items()}
+
+
+def sample_shard(engine, cfg: SynthesizeConfig, spec: dict):
+    import pyarrow as pa
+
+    conds = shard_conditions(engine, spec, cfg.conditions)
+    parts = []
+    n = spec["rows"]
+    for k, start in enumerate(range(0, n, cfg.batch_rows)):
+        m = min(cfg.batch_rows, n - start)
+        sub = None if conds is None else {c: (v[start:start + m] if isinstance(v, list) else v) for c, v in conds.items()}
+        parts.append(engine.sample(m, sub, sampler=cfg.sampler, steps=cfg.steps, guidance=cfg.guidance,
+                                   seed=shard_seed(spec["seed"], k)))
+    return pa.concat_tables(parts)
+
+
+def write_shard(engine, cfg: SynthesizeConfig, spec: dict) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = sample_shard(engine, cfg, spec)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    data = sink.getvalue().to_pybytes()
+    sha = storage.sha256_bytes(data)
+    storage.write_bytes(storage.join(cfg.output, shard_name(spec["index"])), data)  # temp name + move
+    storage.write_bytes(storage.join(cfg.output, COMMITS, f"{spec['index']:05d}.json"),
+                        json.dumps({"rows": spec["rows"], "sha256": sha}).encode())
+    return sha
+
+
+def committed_shards(cfg: SynthesizeConfig, specs: list[dict]) -> dict[int, dict]:
+    """Shards whose file matches the checksum recorded at commit time."""
+    done = {}
+    for s in specs:
+        rec_uri = storage.join(cfg.output, COMMITS, f"{s['index']:05d}.json")
+        part_uri = storage.join(cfg.output, shard_name(s["index"]))
+        if storage.exists(rec_uri) and storage.exists(part_uri):
+            rec = json.loads(storage.read_bytes(rec_uri))
+            if rec["rows"] == s["rows"] and storage.sha256_bytes(storage.read_bytes(part_uri)) == rec["sha256"]:
+                done[s["index"]] = rec
+    return done
+
+
+def check_output(cfg: SynthesizeConfig, plan_key: dict) -> None:
+    """Refuse an output folder holding files that are not this run's shards."""
+    import pyarrow.fs as pafs
+
+    fs, path = storage.resolve(cfg.output)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        raise ConfigError(f"output {cfg.output!r} is a file; give a folder")
+    if info.type == pafs.FileType.NotFound:
+        storage.check_writable(cfg.output)
+        return
+    names = {i.base_name for i in fs.get_file_info(pafs.FileSelector(path))}
+    ours = {MANIFEST, COMMITS, ".plan.json"}
+    foreign = sorted(n for n in names if n not in ours and not (n.startswith("part-") and n.endswith(".parquet"))
+                     and not n.startswith(".tmp-"))
+    if foreign:
+        raise ConfigError(f"output {cfg.output!r} holds files that are not synth shards ({foreign[:5]}); "
+                          "choose an empty or new folder")
+    plan_uri = storage.join(cfg.output, ".plan.json")
+    if storage.exists(plan_uri) and json.loads(storage.read_bytes(plan_uri)) != plan_key:
+        raise ConfigError(f"output {cfg.output!r} holds shards of a different synthesis run (other artifact, rows, "
+                          "seed or settings); choose a new folder or delete it")
+    storage.check_writable(cfg.output)
+
+
+def synthesize(cfg: SynthesizeConfig, progress=None) -> dict:
+    """Run bulk synthesis on Ray; returns the run manifest (also written to OUTPUT/_manifest.json)."""
+    import ray
+    import ray.data
+
+    from synth.diffusion.samplers import nfe
+    from synth.engine import load_engine
+    from synth.raycluster import ensure_ray
+
+    t0 = time.perf_counter()
+    engine = load_engine(cfg.artifact)  # missing / tampered / incompatible artifacts fail here
+    sampler = cfg.sampler or engine.config.sampler
+    steps = engine.config.steps if cfg.steps is None else cfg.steps
+    guidance = engine.config.guidance if cfg.guidance is None else cfg.guidance
+    engine.validate_request(1, sampler, steps, guidance)
+    specs = plan_shards(cfg, engine)
+    plan_key = {"artifact_id": engine.manifest["artifact_id"], "rows": cfg.rows, "shard_rows": cfg.shard_rows,
+                "batch_rows": cfg.batch_rows, "seed": cfg.seed, "sampler": sampler, "steps": steps,
+                "guidance": guidance, "conditions": cfg.conditions.model_dump()}
+    check_output(cfg, plan_key)
+    storage.write_bytes(storage.join(cfg.output, ".plan.json"), json.dumps(plan_key).encode())
+    done = committed_shards(cfg, specs)
+    todo = [s for s in specs if s["index"] not in done]
+    records = {i: {"file": shard_name(i), **r} for i, r in done.items()}
+
+    if todo:
+        ensure_ray()
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        run_cfg = cfg.model_copy(update={"sampler": sampler, "steps": steps, "guidance": guidance}).model_dump()
+        ds = ray.data.from_items([{"spec": json.dumps(s)} for s in todo], override_num_blocks=len(todo))
+        results = ds.map_batches(
+            SamplerActor, fn_constructor_kwargs={"cfg": run_cfg}, batch_size=1, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=cfg.actors),
+            num_cpus=cfg.cpus_per_actor, num_gpus=1 if cfg.use_gpu else 0)
+        rows_done = sum(r["rows"] for r in records.values())
+        for row in results.iter_rows():
+            i = int(row["index"])
+            records[i] = {"file": shard_name(i), "rows": int(row["rows"]), "sha256": str(row["sha256"])}
+            rows_done += int(row["rows"])
+            if progress:
+                progress(rows_done, cfg.rows)
+    wall = time.perf_counter() - t0
+    written = sum(s["rows"] for s in todo)
+    total = sum(r["rows"] for r in records.values())
+    if total != cfg.rows or len(records) != len(specs):
+        raise SynthError(f"synthesis produced {total} rows in {len(records)} shards, expected {cfg.rows} in "
+                         f"{len(specs)}; rerun to complete the missing shards")
+    manifest = base_manifest(
+        "synthesis",
+        artifact={"uri": cfg.artifact, "artifact_id": engine.manifest["artifact_id"],
+                  "files": engine.manifest["files"], "privacy": engine.manifest.get("privacy")},
+        sampler=sampler, steps=steps, nfe=nfe(sampler, steps), guidance=guidance, seed=cfg.seed,
+        conditions=cfg.conditions.model_dump(), rows=total,
+        shards=[records[i] for i in sorted(records)],
+        resumed_shards=len(done), wall_s=wall, rows_per_s=written / wall if written else None,
+        actors=cfg.actors)
+    storage.write_bytes(storage.join(cfg.output, MANIFEST), json.dumps(manifest, indent=1).encode())
+    return manifest

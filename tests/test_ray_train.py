@@ -1,0 +1,106 @@
+"""Ray Train on a local Ray: 2 CPU workers, Ray Data ingest, checkpoints, recovery from a
+killed worker, and clear errors for impossible or unsafe runs."""
+import os
+import threading
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from synth.config import RunConfig
+from synth.engine import load_engine
+from synth.errors import ConfigError, SynthError
+from synth.train.fit import fit
+from tests.conftest import tiny_run
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def ray_run(tmp, name, steps=30, **scaling):
+    raw = tiny_run(tmp, steps=steps, train={"eval_every": 10})
+    raw["name"] = name
+    raw["scaling"] = {"num_workers": 2, "cpus_per_worker": 1, **scaling}
+    return RunConfig.parse(raw)
+
+
+def test_two_workers_train_checkpoint_and_resume(ray_session, tmp_path):
+    seen = []
+    cfg = ray_run(tmp_path, "two")
+    result = fit(cfg, report=lambda m, _o: seen.append(m))
+    engine = load_engine(result.artifact_uri)
+    assert engine.manifest["workers"] == 2 and engine.manifest["metrics"]["step"] == 30
+    assert engine.sample(50, seed=0).num_rows == 50
+    ckpts = [d for d in os.listdir(tmp_path / "ray" / "two") if d.startswith("checkpoint_2")]
+    assert len(ckpts) == 2  # num_to_keep
+    # same name + storage path: resumes from the last checkpoint (step 30) and trains 10 more
+    seen.clear()
+    fit(ray_run(tmp_path, "two", steps=40), report=lambda m, _o: seen.append(m))
+    assert load_engine(result.artifact_uri).manifest["metrics"]["step"] == 40
+    # a different model under the same run name is refused instead of loading foreign weights
+    bad = ray_run(tmp_path, "two", steps=50)
+    bad.model.net.width = 32
+    with pytest.raises(ConfigError, match="different model or data"):
+        fit(bad)
+
+
+def test_killed_worker_recovers_from_checkpoint(ray_session, tmp_path):
+    import ray
+    from ray.util.state import list_actors
+
+    cfg = ray_run(tmp_path, "kill", steps=400, max_failures=2)
+    box = {}
+
+    def run():
+        try:
+            box["result"] = fit(cfg)
+        except BaseException as e:  # noqa: BLE001
+            box["error"] = e
+
+    th = threading.Thread(target=run)
+    th.start()
+    killed = None
+    deadline = time.time() + 240
+    while time.time() < deadline and killed is None and th.is_alive():
+        ckpt_dir = tmp_path / "ray" / "kill"
+        if ckpt_dir.exists() and any(d.startswith("checkpoint_") for d in os.listdir(ckpt_dir)):
+            for a in list_actors(filters=[("state", "=", "ALIVE")]):
+                if "RayTrainWorker" in a.class_name and a.pid:
+                    os.kill(a.pid, 9)
+                    killed = a.pid
+                    break
+        time.sleep(0.5)
+    th.join(timeout=600)
+    assert killed is not None, "no worker to kill"
+    assert "error" not in box, box.get("error")
+    engine = load_engine(box["result"].artifact_uri)
+    assert engine.manifest["metrics"]["step"] == 400
+    assert engine.sample(20, seed=1).num_rows == 20
+    del ray
+
+
+def test_impossible_scaling_is_refused(ray_session, tmp_path):
+    with pytest.raises(ConfigError, match="has 4 CPUs|the Ray cluster has 4"):
+        fit(ray_run(tmp_path, "big", num_workers=16))
+    with pytest.raises(ConfigError, match="GPUs"):
+        fit(ray_run(tmp_path, "gpu", num_workers=1, use_gpu=True))
+
+
+def test_unwritable_storage_path(ray_session, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "file").write_text("x")
+    with pytest.raises(SynthError, match="cannot write to"):
+        fit(ray_run(tmp_path / "out", "ro", storage_path=str(ro / "file" / "sub")))
+
+
+def test_corrupt_parquet_among_many_is_named(ray_session, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    table = pq.read_table("synth/datasets/adult.parquet")
+    for i in range(3):
+        pq.write_table(table.slice(i * 1000, 1000), data / f"part-{i}.parquet")
+    (data / "part-9.parquet").write_bytes(b"PAR1 this is not parquet")
+    cfg = ray_run(tmp_path / "out", "corrupt")
+    cfg.data.uri = str(data)
+    with pytest.raises(SynthError, match="part-9.parquet"):
+        fit(cfg)
