@@ -183,7 +183,9 @@ def run(args: argparse.Namespace) -> dict:
             res["slo_adherence"] = round(float((lat <= args.slo_ms).mean()), 4)
             res["meets_p99_slo"] = bool(res["p99_ms"] <= args.slo_ms)
             res["max_batch_size"] = bs
-            res["server_slo"] = {k: v for k, v in httpx.get(f"{base}/v1/slo", timeout=10).json().items()
+            window = max(1.0, res["elapsed_s"])  # the measured run only, not the warm-up
+            res["server_slo"] = {k: v for k, v in httpx.get(f"{base}/v1/slo", params={"window_s": window},
+                                                             timeout=10).json().items()
                                  if k in ("p50_ms", "p95_ms", "p99_ms", "requests", "violations", "auto_steps")}
             results.append(res)
             print(json.dumps({k: v for k, v in res.items() if k != "server_slo"}), flush=True)

@@ -279,6 +279,8 @@ def test_model_and_slo_endpoints(client, engine):
     assert info["defaults"]["sampler"] == engine.config.sampler and info["slo_p99_ms"] == 150
     slo = client.get("/v1/slo").json()
     assert slo["target_p99_ms"] == 150 and slo["requests"] >= 1 and slo["p99_ms"] is not None
+    assert client.get("/v1/slo", params={"window_s": 0}).status_code == 422
+    assert client.get("/v1/slo", params={"window_s": 3600}).json()["window_s"] == 3600
     assert 0 <= slo["adherence"] <= 1 and slo["violations"] <= slo["requests"]
     assert set(slo["auto_steps"]) >= {"ddim", "dpmpp_2m"} and slo["latency_model"]
     assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200

@@ -15,7 +15,7 @@ import json
 import time
 from typing import Any
 
-from fastapi import FastAPI, Request, Security
+from fastapi import FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -168,8 +168,9 @@ def create_app(backend, *, max_body_bytes: int = 1 << 20) -> FastAPI:
         return backend.service.model_info()
 
     @app.get("/v1/slo", response_model=SLOReport, summary="Recent latency of this replica against the p99 target")
-    async def slo(_auth: HTTPAuthorizationCredentials | None = Security(_bearer)) -> dict:
-        return backend.service.slo_report()
+    async def slo(window_s: float | None = Query(None, gt=0, le=3600, description="default 300 s"),
+                  _auth: HTTPAuthorizationCredentials | None = Security(_bearer)) -> dict:
+        return backend.service.slo_report(window_s)
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict:

@@ -226,8 +226,8 @@ class SamplingService:
                        "max_batch_cost": a.max_batch_cost},
         }
 
-    def slo_report(self) -> dict[str, Any]:
-        rep = self.tracker.report()
+    def slo_report(self, window_s: float | None = None) -> dict[str, Any]:
+        rep = self.tracker.report(window_s=window_s)
         rep["backlog_ms"] = 1000.0 * self.backlog_s()
         rep["auto_steps"] = {s: self.choose_steps(s, 1, self.defaults["guidance"]) for s in sorted(SAMPLERS)}
         rep["latency_model"] = self.latency.report()

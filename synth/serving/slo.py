@@ -119,12 +119,13 @@ class SLOTracker:
         self.violations_total += violated
         return violated
 
-    def window(self, now: float | None = None) -> np.ndarray:
+    def window(self, now: float | None = None, window_s: float | None = None) -> np.ndarray:
         now = time.monotonic() if now is None else now
-        return np.array([ms for t, ms in self.samples if now - t <= self.window_s], dtype=float)
+        span = self.window_s if window_s is None else window_s
+        return np.array([ms for t, ms in self.samples if now - t <= span], dtype=float)
 
-    def report(self, now: float | None = None) -> dict:
-        lat = self.window(now)
+    def report(self, now: float | None = None, window_s: float | None = None) -> dict:
+        lat = self.window(now, window_s)
         if lat.size:
             p50, p95, p99 = (float(v) for v in np.percentile(lat, [50, 95, 99]))
             violations = int((lat > self.target_ms).sum())
@@ -132,7 +133,8 @@ class SLOTracker:
         else:
             p50 = p95 = p99 = adherence = None
             violations = 0
-        return {"target_p99_ms": self.target_ms, "window_s": self.window_s, "requests": int(lat.size),
+        return {"target_p99_ms": self.target_ms, "window_s": self.window_s if window_s is None else window_s,
+                "requests": int(lat.size),
                 "p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "violations": violations,
                 "violations_total": self.violations_total, "adherence": adherence,
                 "meets_target": None if p99 is None else p99 <= self.target_ms,
