@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from synth import storage
 from synth.errors import DataError
@@ -24,6 +24,7 @@ BUNDLED = {"adult": "adult.parquet"}
 
 
 class SplitConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     train: float = Field(0.7, gt=0, le=1)
     val: float = Field(0.05, ge=0, lt=1)
     test: float = Field(0.25, ge=0, lt=1)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from synth.artifact import Artifact
@@ -32,6 +32,7 @@ MAX_STEPS = 1000
 
 
 class DiffusionConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     family: Literal["diffusion"] = "diffusion"
     process: ProcessConfig = Field(default_factory=ProcessConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)

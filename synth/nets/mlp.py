@@ -9,11 +9,12 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 
 class MLPConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     width: int = Field(256, ge=8)
     depth: int = Field(3, ge=1, description="residual blocks")
     embed_dim: int = Field(128, ge=8)

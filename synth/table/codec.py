@@ -13,7 +13,7 @@ from typing import Any, Iterable, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from synth.errors import ConfigError, DataError
 from synth.table.arrow_types import schema_from_b64, schema_to_b64
@@ -25,6 +25,7 @@ Kind = Literal["continuous", "integer", "datetime", "categorical", "boolean"]
 
 class CodecConfig(BaseModel):
     """How columns are modelled. Defaults are inferred; `overrides` pins a column's kind."""
+    model_config = ConfigDict(extra="forbid")
 
     overrides: dict[str, Kind] = Field(default_factory=dict)
     ignore: list[str] = Field(default_factory=list, description="columns left out of the model")

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     steps: int = Field(4000, ge=1, description="optimizer steps (deterministic stopping point)")
     time_budget_s: float | None = Field(None, gt=0, description="stop earlier when this wall time is spent")
     batch_size: int = Field(512, ge=1, description="rows per optimizer step, summed over workers")
