@@ -42,7 +42,7 @@ class DiffusionConfig(BaseModel):
     cond_drop_all: float = Field(0.2, ge=0, le=1, description="share of training rows with no condition")
     cond_drop_each: float = Field(0.5, ge=0, le=1, description="otherwise, chance each condition is hidden")
     sampler: str = "dpmpp_2m"
-    steps: int = Field(20, ge=1, le=MAX_STEPS)
+    steps: int = Field(10, ge=1, le=MAX_STEPS)
     guidance: float = Field(1.0, ge=0)
     sample_batch_size: int = Field(8192, ge=1)
 

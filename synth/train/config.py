@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    steps: int = Field(4000, ge=1, description="optimizer steps (deterministic stopping point)")
+    steps: int = Field(10_000, ge=1, description="optimizer steps (deterministic stopping point)")
     time_budget_s: float | None = Field(None, gt=0, description="stop earlier when this wall time is spent")
     batch_size: int = Field(512, ge=1, description="rows per optimizer step, summed over workers")
     lr: float = Field(2e-3, gt=0)

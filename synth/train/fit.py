@@ -75,11 +75,19 @@ def fit(cfg: RunConfig, report: Callable | None = None) -> FitResult:
     x_train = encode_tensor(prep.codec, prep.train, seed=cfg.train.seed)
     x_val = encode_tensor(prep.codec, prep.val, seed=None, strict=False)
     t1 = time.perf_counter()
+    history: list[dict] = []
+
+    def on_report(m: dict, opt) -> None:
+        history.append(m)
+        if report:
+            report(m, opt)
+
     metrics = loop.train(engine, loop.shuffled_batches(x_train, cfg.train.batch_size, cfg.train.seed),
-                         cfg.train, x_val=x_val, report=report)
+                         cfg.train, x_val=x_val, report=on_report)
     t_train = time.perf_counter() - t1
     manifest = model_manifest(cfg, prep, metrics, {"prepare_s": t_prep, "train_s": t_train,
                                                    "total_s": time.perf_counter() - t0}, workers=0)
+    manifest["history"] = history
     artifact_id = save_engine(engine, cfg.artifact_uri, manifest)
     return FitResult(cfg.artifact_uri, artifact_id, metrics, prep)
 

@@ -128,11 +128,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.train.seed)
     engine = DiffusionEngine(cfg.model, codec)
     acc = make_accelerator(cfg.train)
-    start_step, opt_state = 0, None
+    start_step, opt_state, history = 0, None, []
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             start_step, opt_state = load_checkpoint(engine, d)
+            history = json.load(open(os.path.join(d, "manifest.json"))).get("history", [])
     val = _materialize(ray.train.get_dataset_shard("val"))
     if config["data_mode"] == "memory":
         x = _materialize(ray.train.get_dataset_shard("train"))
@@ -145,9 +146,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                   cfg.train.seed + start_step)
 
     def report(metrics: dict, optimizer) -> None:
+        history.append(metrics)
         if rank == 0:  # every worker reports (it is a barrier); rank 0 attaches the checkpoint
             with tempfile.TemporaryDirectory() as d:
-                save_checkpoint(engine, optimizer, metrics["step"], d, {"kind": "checkpoint", "run": cfg.name})
+                save_checkpoint(engine, optimizer, metrics["step"], d,
+                                {"kind": "checkpoint", "run": cfg.name, "history": history})
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics, checkpoint=None)
@@ -168,6 +171,9 @@ def fit_on_ray(cfg: RunConfig, report=None):
     from synth.train.fit import FitResult, model_manifest, Prepared
 
     t0 = time.perf_counter()
+    if cfg.train.time_budget_s is not None and cfg.scaling.num_workers > 1:
+        raise ConfigError("train.time_budget_s stops workers at different steps, which deadlocks DDP; "
+                          "use train.steps with more than one worker")
     storage.check_writable(cfg.output)
     storage_path = cfg.scaling.storage_path or storage.join(cfg.output, "ray")
     storage.check_writable(storage_path)
@@ -223,6 +229,7 @@ def fit_on_ray(cfg: RunConfig, report=None):
     manifest = model_manifest(cfg, prep, metrics, {"prepare_s": t1 - t0, "train_s": t_train,
                                                    "total_s": time.perf_counter() - t0}, workers=sc.num_workers)
     manifest["ray"] = {"storage_path": storage_path, "run": cfg.name, "data_mode": sc.data_mode}
+    manifest["history"] = engine.manifest.get("history", [])
     artifact_id = save_engine(engine, cfg.artifact_uri, manifest)
     return FitResult(cfg.artifact_uri, artifact_id, metrics, prep)
 
