@@ -193,8 +193,6 @@ def evaluate_cmd(synthetic: str = typer.Argument(..., help="synthetic Parquet fi
                  output: Optional[str] = typer.Option(None, "--output", "-o", help="write the result JSON here")):
     """Score synthetic rows against the held-out test split recorded in the artifact."""
     try:
-        import pyarrow.parquet as pq
-
         from synth import storage
         from synth.artifact import read_artifact
         from synth.data import open_dataset
@@ -202,7 +200,6 @@ def evaluate_cmd(synthetic: str = typer.Argument(..., help="synthetic Parquet fi
 
         manifest = read_artifact(artifact).manifest
         syn = open_dataset(synthetic).to_table()
-        del pq
         result = evaluate_against_reference(syn, manifest, data_uri=data, target=target)
         if output:
             storage.write_bytes(output, json.dumps(result, indent=1).encode())

@@ -97,9 +97,7 @@ def plan_shards(cfg: SynthesizeConfig, engine) -> list[dict]:
                               "make them equal")
         if any(v < 0 for v in counts.values()):
             raise ConfigError("conditions.mix counts must be >= 0")
-        values = engine.codec.categorical(col)
-        engine.encode_conditions(len(counts), {col: list(counts)})  # unseen values are named here
-        del values
+        engine.encode_conditions(len(counts), {col: list(counts)})  # unknown column / unseen values named here
         # rows are laid out value after value across shards: shard i holds rows [start, start+size)
         start = 0
         bounds = np.cumsum([0, *counts.values()])
@@ -125,10 +123,8 @@ def shard_conditions(engine, spec: dict, c: Conditions) -> dict | None:
         out = {}
         for col in c.reference:
             cat = engine.codec.categorical(col)
-            values = cat.categories + (["__tail__"] if cat.tail_values else [])
-            idx = rng.choice(len(values), size=n, p=np.asarray(cat.probs) / np.sum(cat.probs))
-            slots = np.asarray(idx)
-            out[col] = cat.from_slots(slots, rng).to_pylist()
+            slots = rng.choice(len(cat.probs), size=n, p=np.asarray(cat.probs) / np.sum(cat.probs))
+            out[col] = cat.from_slots(slots, rng).to_pylist()  # the last slot is "other" when present
         return out
     if "mix" in spec:
         col = spec["mix"]["column"]
@@ -149,7 +145,7 @@ class SamplerActor:
             torch.set_num_threads(self.cfg.threads_per_actor)
         self.engine = load_engine(self.cfg.artifact)
         if self.cfg.use_gpu and torch.cuda.is_available():
-            self.engine.ema.to("cuda")
+            self.engine.to("cuda")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out: dict[str, list] = {"index": [], "rows": [], "sha256": [], "seconds": []}

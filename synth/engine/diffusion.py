@@ -131,15 +131,27 @@ class DiffusionEngine(Engine):
             return torch.maximum(torch.minimum(x0, hi.to(x0)), lo.to(x0))
         return fn
 
+    def to(self, device: torch.device | str) -> "DiffusionEngine":
+        """Sample on `device` (e.g. a GPU per bulk-synthesis actor or Serve replica)."""
+        self.ema.to(device)
+        return self
+
     @torch.no_grad()
     def sample_features(self, x: Tensor, cond: Tensor, *, sampler: str, steps: int, guidance: float,
                         generator: torch.Generator | None) -> Tensor:
-        """Run the sampler from prior draws `x` (n, width) under condition indices `cond`."""
+        """Run the sampler from prior draws `x` (n, width) under condition indices `cond`.
+        Prior draws and seeds stay on the CPU (same rows on any device); the result is on the CPU."""
         self.ema.eval()
+        dev = next(self.ema.parameters()).device
+        if dev.type != "cpu":
+            x, cond = x.to(dev), cond.to(dev)
+            if generator is not None:  # the sampler's own noise (ddpm) comes from a seeded device generator
+                seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+                generator = torch.Generator(device=dev).manual_seed(seed)
         null = self.null_conditions(x.shape[0], x.device)
         den = guided_denoiser(self.model_fn(self.ema), cond, null, guidance)
         ts = timesteps(self.process, steps, DEFAULT_SPACING[sampler])
-        return SAMPLERS[sampler](den, x, ts, process=self.process, generator=generator)
+        return SAMPLERS[sampler](den, x, ts, process=self.process, generator=generator).cpu()
 
     def prior(self, n: int, generator: torch.Generator) -> Tensor:
         return self.process.prior((n, self.codec.width), generator=generator)

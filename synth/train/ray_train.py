@@ -161,7 +161,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 # -- the driver -----------------------------------------------------------------------------
 def fit_on_ray(cfg: RunConfig, report=None):
-    """Train on Ray Train; returns a `synth.train.fit.FitResult`."""
+    """Train on Ray Train; returns a `synth.train.fit.FitResult`. Per-step metrics are reported
+    by the workers (job logs, checkpoint manifests, the final manifest's `history`); `report`
+    is accepted for signature compatibility with the in-process path and not called."""
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
