@@ -110,9 +110,14 @@ def fingerprint(uri: str) -> dict:
 
 def split_labels(batch: pa.RecordBatch | pa.Table, cfg: SplitConfig) -> np.ndarray:
     """0 = train, 1 = validation, 2 = test, from a seeded hash of each row's values."""
-    h = pd.util.hash_pandas_object(batch.to_pandas(), index=False).to_numpy().astype(np.uint64)
+    h = row_hashes(batch)
     u = (_splitmix64(h ^ _splitmix64(np.uint64(cfg.seed))) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
     return np.where(u < cfg.train, 0, np.where(u < cfg.train + cfg.val, 1, 2)).astype(np.int8)
+
+
+def row_hashes(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
+    """A uint64 hash of each row's values (independent of batch boundaries)."""
+    return pd.util.hash_pandas_object(batch.to_pandas(), index=False).to_numpy().astype(np.uint64)
 
 
 def _splitmix64(x):

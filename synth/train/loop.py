@@ -93,8 +93,7 @@ def train(engine: Engine, batches: Iterator[Tensor], cfg: TrainConfig, *, x_val:
     opt = torch.optim.AdamW(engine.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if optimizer_state:
         opt.load_state_dict(optimizer_state)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg), last_epoch=start_step - 1) if start_step else \
-        torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg), last_epoch=start_step - 1)
     net, opt = acc.prepare(engine.net, opt)
     engine.ema.to(acc.device)
     gen = torch.Generator(device=acc.device).manual_seed(cfg.seed * 1000 + acc.process_index + start_step)

@@ -24,7 +24,7 @@ import torch
 
 from synth import storage
 from synth.config import RunConfig
-from synth.data import SplitConfig, fingerprint, parquet_files, split_labels
+from synth.data import SplitConfig, fingerprint, parquet_files, row_hashes, split_labels
 from synth.errors import ConfigError, SynthError
 from synth.table import TableCodec, TableStats
 
@@ -32,19 +32,12 @@ from synth.table import TableCodec, TableStats
 # -- Ray Data ingest ------------------------------------------------------------------------
 def read_reference(uri: str):
     """A Ray dataset over the reference Parquet, after naming any unreadable file."""
-    import pyarrow.parquet as pq
     import ray.data
 
     from synth.data import open_dataset
 
     open_dataset(uri)  # validates every file's footer and schema, naming a bad file
     fs, files = parquet_files(uri)
-    for f in files:
-        try:
-            with fs.open_input_file(f) as fh:
-                pq.ParquetFile(fh).metadata  # noqa: B018
-        except Exception as e:  # noqa: BLE001
-            raise SynthError(f"{f} is not a readable Parquet file ({e}); remove or replace it") from None
     return ray.data.read_parquet(files, filesystem=fs)
 
 
@@ -71,15 +64,9 @@ def _encode(batch: pa.Table, codec_state: dict, seed: int | None) -> dict[str, n
     rng = None
     if seed is not None and batch.num_rows:
         # dequantisation noise seeded by the batch content, so any block layout gives the same values
-        first = int(pd_hash(batch.slice(0, 1))[0])
+        first = int(row_hashes(batch.slice(0, 1))[0])
         rng = np.random.default_rng([seed, first, batch.num_rows])
     return {"x": codec.encode(batch, rng, strict=seed is not None).astype(np.float32)}
-
-
-def pd_hash(batch: pa.Table) -> np.ndarray:
-    import pandas as pd
-
-    return pd.util.hash_pandas_object(batch.to_pandas(), index=False).to_numpy()
 
 
 # -- the worker loop ------------------------------------------------------------------------
