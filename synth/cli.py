@@ -136,6 +136,10 @@ def sample_cmd(artifact: str = typer.Argument(..., help="model artifact URI"),
         t0 = time.perf_counter()
         table = engine.sample(rows, conds, sampler=sampler, steps=steps, guidance=guidance, seed=seed)
         dt = time.perf_counter() - t0
+        from synth.evaluate.contract import generation_metadata  # `synth evaluate` reads the settings back
+
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               **generation_metadata(engine, sampler, steps, guidance, seed)})
         write_parquet_atomic(table, output)
     except SynthError as e:
         _fail(e)
@@ -185,27 +189,61 @@ def _print_eval(result: dict) -> None:
     console.print(t)
 
 
+def _print_contract(result) -> None:
+    t = Table(title=f"contract {result.name} ({result.source}): {'PASSED' if result.passed else 'VIOLATED'}")
+    for col in ("threshold", "value", "required", "verdict"):
+        t.add_column(col, justify="right" if col == "value" else "left")
+    for v in result.verdicts:
+        value = "not measured" if v.value is None else f"{v.value:.4g}"
+        t.add_row(v.threshold, value, f"{v.op} {v.limit:g}", "ok" if v.passed else "[bold red]VIOLATED[/]")
+    console.print(t)
+
+
 @app.command("evaluate")
-def evaluate_cmd(synthetic: str = typer.Argument(..., help="synthetic Parquet file"),
+def evaluate_cmd(synthetic: str = typer.Argument(..., help="synthetic Parquet file or folder of shards"),
                  artifact: str = typer.Option(..., "--artifact", "-a", help="the model artifact it came from"),
                  data: Optional[str] = typer.Option(None, help="reference data (default: the one in the manifest)"),
-                 target: Optional[str] = typer.Option(None, help="column for ML efficacy"),
+                 target: Optional[str] = typer.Option(None, help="column for ML efficacy (default: the contract's)"),
+                 contract: Optional[str] = typer.Option(
+                     None, "--contract", help="release contract YAML: exit 1 and name each violated threshold"),
+                 sampler: Optional[str] = typer.Option(None, help="sampler the rows were drawn with, when not "
+                                                                  "recorded (default: the artifact's)"),
+                 steps: Optional[int] = typer.Option(None, help="sampler steps the rows were drawn with"),
+                 guidance: Optional[float] = typer.Option(None, help="guidance scale the rows were drawn with"),
                  output: Optional[str] = typer.Option(None, "--output", "-o", help="write the result JSON here")):
-    """Score synthetic rows against the held-out test split recorded in the artifact."""
+    """Score synthetic rows against the reference split recorded in the artifact; with --contract,
+    check the release gate (exit 1 when a threshold is violated)."""
+    verdict = None
     try:
         from synth import storage
-        from synth.artifact import read_artifact
         from synth.data import open_dataset
+        from synth.engine import load_engine
+        from synth.evaluate.contract import evaluate_contract, generation_info, load_contract
         from synth.evaluate.reference import evaluate_against_reference
 
-        manifest = read_artifact(artifact).manifest
+        gate = load_contract(contract) if contract else None
+        engine = load_engine(artifact)
+        gen = generation_info(synthetic, engine.manifest, sampler=sampler, steps=steps, guidance=guidance)
         syn = open_dataset(synthetic).to_table()
-        result = evaluate_against_reference(syn, manifest, data_uri=data, target=target)
+        if gate is not None:
+            if target:
+                gate.evaluation.target = target
+            result, verdict = evaluate_contract(gate, syn, engine, gen, data_uri=data, source=contract)
+            result["contract"] = verdict.to_dict()
+        else:
+            result = evaluate_against_reference(syn, engine.manifest, data_uri=data, target=target)
+        result["generation"] = gen.__dict__
         if output:
             storage.write_bytes(output, json.dumps(result, indent=1).encode())
     except SynthError as e:
         _fail(e)
     _print_eval(result)
+    if verdict is not None:
+        _print_contract(verdict)
+        if not verdict.passed:
+            for line in verdict.violations:
+                console.print(f"[bold red]threshold violated:[/] {line}", highlight=False)
+            raise typer.Exit(1)
 
 
 @app.command("inspect")
@@ -271,6 +309,59 @@ def _quickstart_defaults(output: str, steps: Optional[int], workers: Optional[in
     if workers is not None:
         raw["scaling"] = {"num_workers": workers}
     return raw
+
+
+# -- engine families: statistical fingerprint (issue 9) -------------------------------------------
+@app.command("fingerprint")
+def fingerprint_cmd(data: str = typer.Argument(..., help="reference Parquet file or folder (or bundled:NAME)"),
+                    output: str = typer.Option(..., "--output", "-o", help="fingerprint JSON to write"),
+                    quantiles: int = typer.Option(201, help="quantile points per numeric column (p = 0..1)"),
+                    override: list[str] = typer.Option([], "--kind", help="column=kind to pin a column's kind"),
+                    ignore: list[str] = typer.Option([], "--ignore", help="column to leave out (repeatable)"),
+                    seed: int = typer.Option(0, help="seed of the normal-score jitter")):
+    """Summarise a table as a statistical fingerprint (no rows): per-column statistics and a
+    Gaussian-copula correlation matrix. Fit a model from it with `synth fit-fingerprint`."""
+    try:
+        from synth.fingerprint import build_fingerprint, write_fingerprint
+        from synth.table import CodecConfig
+
+        kinds = _parse_conditions(override)
+        try:
+            codec_cfg = CodecConfig(overrides=kinds, ignore=ignore)
+        except ValueError as e:
+            raise ConfigError(f"--kind: {e}") from None
+        fp = build_fingerprint(data, codec_cfg, quantiles=quantiles, seed=seed)
+        write_fingerprint(fp, output)
+    except SynthError as e:
+        _fail(e)
+    console.print(f"wrote the fingerprint of {fp['rows']} rows x {len(fp['columns'])} columns to [bold]{output}[/] "
+                  f"(no raw rows); next: synth fit-fingerprint {output} -o MODEL")
+
+
+@app.command("fit-fingerprint")
+def fit_fingerprint_cmd(fingerprint: str = typer.Argument(..., help="fingerprint JSON (from `synth fingerprint`)"),
+                        output: str = typer.Option(..., "--output", "-o", help="model artifact folder to write"),
+                        refuse_invalid: bool = typer.Option(
+                            False, "--refuse-invalid/--repair",
+                            help="refuse a correlation matrix that is not positive definite instead of repairing "
+                                 "it to the nearest valid one")):
+    """Fit the `fingerprint` engine from a fingerprint alone; writes an ordinary model artifact
+    (`synth sample`, `synth synthesize` and the endpoint use it like any other)."""
+    import warnings
+
+    try:
+        from synth.engine.fingerprint import fit_fingerprint
+        from synth.fingerprint import FingerprintWarning
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", FingerprintWarning)
+            artifact_id, report = fit_fingerprint(fingerprint, output, "refuse" if refuse_invalid else "repair")
+        for w in caught:
+            if issubclass(w.category, FingerprintWarning):
+                console.print(f"[bold yellow]warning:[/] {w.message}", highlight=False)
+    except SynthError as e:
+        _fail(e)
+    console.print(f"model artifact: [bold]{output}[/] (id {artifact_id}, family fingerprint)")
 
 
 def main() -> None:  # pragma: no cover
