@@ -175,7 +175,7 @@ def test_single_step_returns_denoised_prior(sampler: str) -> None:
 
 
 def test_registry_and_nfe() -> None:
-    assert set(SAMPLERS) == {"ddpm", "ddim", "dpmpp_2m", "unipc", "euler", "heun"}
+    assert set(SAMPLERS) == {"ddpm", "ddim", "dpmpp_2m", "unipc", "euler", "heun", "distilled"}
     assert set(DEFAULT_SPACING) == set(SAMPLERS)
     assert set(DEFAULT_SPACING.values()) <= {"uniform", "logsnr"}
     assert nfe("heun", 25) == 49 and nfe("heun", 1) == 1

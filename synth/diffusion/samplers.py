@@ -42,6 +42,7 @@ __all__ = [
     "sample_unipc",
     "sample_euler",
     "sample_heun",
+    "sample_distilled",
 ]
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
@@ -325,6 +326,22 @@ def sample_unipc(
 # ------------------------------------------------------------------------------------------------
 
 
+@torch.no_grad()
+def sample_distilled(
+    denoiser: Denoiser,
+    x: Tensor,
+    timesteps: Tensor,
+    *,
+    process: NoiseProcess,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+) -> Tensor:
+    """The few-step sampler of a distilled student (``synth distill``): DDIM steps on the
+    student's own grid (stored in its artifact), whose denoiser was trained so that each step
+    lands where many teacher solver steps land. Only student artifacts accept it."""
+    return sample_ddim(denoiser, x, timesteps, process=process, generator=generator, callback=callback)
+
+
 class UnknownSamplerError(ValueError, KeyError):
     """Unknown sampler name (a ValueError; also a KeyError for dict-style lookups)."""
 
@@ -344,6 +361,7 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = _SamplerRegistry(
     unipc=sample_unipc,
     euler=sample_euler,
     heun=sample_heun,
+    distilled=sample_distilled,
 )
 
 # Measured on the Gaussian contract problem (tests/test_sampler_contract.py), path error to the exact
@@ -358,6 +376,7 @@ DEFAULT_SPACING: dict[str, str] = {
     "unipc": "logsnr",
     "euler": "logsnr",
     "heun": "logsnr",
+    "distilled": "uniform",  # unused: a student samples on the grid it was distilled for
 }
 
 

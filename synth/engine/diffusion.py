@@ -31,6 +31,15 @@ from synth.table import TableCodec
 MAX_STEPS = 1000
 
 
+class DistilledSpec(BaseModel):
+    """What makes an artifact a distilled student (written by `synth distill`)."""
+    model_config = ConfigDict(extra="forbid")
+    steps: int = Field(ge=1, description="network evaluations per sample (guidance included)")
+    grid: list[float] = Field(description="the student's descending time grid, steps + 1 points ending at 0")
+    guidance_max: float = Field(ge=0, description="largest guidance weight the student was trained for")
+    teacher: dict[str, Any] = Field(default_factory=dict, description="teacher artifact id, uri, sampler, NFE")
+
+
 class DiffusionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     family: Literal["diffusion"] = "diffusion"
@@ -45,6 +54,7 @@ class DiffusionConfig(BaseModel):
     steps: int = Field(10, ge=1, le=MAX_STEPS)
     guidance: float = Field(1.0, ge=0)
     sample_batch_size: int = Field(8192, ge=1)
+    distilled: DistilledSpec | None = Field(None, description="set on students made by `synth distill`")
 
 
 @register
@@ -93,11 +103,39 @@ class DiffusionEngine(Engine):
             e.lerp_(p.detach().to(e.device), 1.0 - decay)
 
     # -- sampling -------------------------------------------------------------------------
+    def samplers(self) -> list[str]:
+        """Sampler names this artifact accepts: a student only its distilled sampler."""
+        if self.config.distilled is not None:
+            return ["distilled"]
+        return sorted(s for s in SAMPLERS if s != "distilled")
+
+    def nfe(self, sampler: str, steps: int, guidance: float) -> int:
+        """Network evaluations per row when conditions are given (guidance doubles them unless
+        the student takes the weight as an input)."""
+        from synth.diffusion.samplers import nfe
+
+        guided = guidance not in (0.0, 1.0) and sampler != "distilled"
+        return nfe(sampler, steps) * (2 if guided else 1)
+
     def validate_request(self, n: int, sampler: str, steps: int, guidance: float) -> None:
         if not isinstance(n, (int, np.integer)) or n < 1:
             raise ConfigError(f"rows must be a positive integer, got {n!r}")
         if sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+        spec = self.config.distilled
+        if spec is None and sampler == "distilled":
+            raise ConfigError("this model is not distilled, so sampler 'distilled' is unavailable; make a student "
+                              f"with `synth distill MODEL --steps 4`, or choose one of {self.samplers()}")
+        if spec is not None:
+            if sampler != "distilled":
+                raise ConfigError(f"this model is a distilled student; it samples only with sampler 'distilled' "
+                                  f"(got {sampler!r}); use its teacher for other samplers")
+            if steps != spec.steps:
+                raise ConfigError(f"this student was distilled for steps={spec.steps}, got steps={steps}; "
+                                  f"distill another student for {steps} steps")
+            if isinstance(guidance, (int, float)) and guidance > spec.guidance_max:
+                raise ConfigError(f"guidance {guidance} is above {spec.guidance_max}, the largest weight this "
+                                  "student was distilled for; lower it or distill with a larger guidance_max")
         if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= MAX_STEPS:
             raise ConfigError(f"steps must be an integer in 1..{MAX_STEPS}, got {steps!r}")
         if not (isinstance(guidance, (int, float)) and math.isfinite(guidance) and guidance >= 0):
@@ -120,16 +158,26 @@ class DiffusionEngine(Engine):
             requested[name] = values
         return cond, requested
 
-    def model_fn(self, net: nn.Module):
+    def model_fn(self, net: nn.Module, guidance: Tensor | None = None):
         """(x, t, cond) -> denoised estimate, projected into the features' range. Near t = 1 an
         eps head divides by alpha ~ 0 and the raw estimate can be wild; the projection keeps
-        deterministic solvers from amplifying it."""
+        deterministic solvers from amplifying it. A distilled student's x0 head is not projected:
+        its intermediate estimates are whatever makes a DDIM step land on the teacher's trajectory.
+        `guidance` (per row) feeds a student's w input."""
         lo, hi = self.x0_lo, self.x0_hi
+        project = self.config.distilled is None
 
         def fn(x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-            x0 = self.objective.to_x0(net(x, t, cond), x, t, self.process)
-            return torch.maximum(torch.minimum(x0, hi.to(x0)), lo.to(x0))
+            out = net(x, t, cond) if guidance is None else net(x, t, cond, guidance)
+            x0 = self.objective.to_x0(out, x, t, self.process)
+            return torch.maximum(torch.minimum(x0, hi.to(x0)), lo.to(x0)) if project else x0
         return fn
+
+    def guidance_input(self, cond: Tensor, guidance: float) -> Tensor:
+        """A student's per-row guidance input: w where a condition is given, 1 where none is
+        (unconditional rows ignore w; training data uses the same convention)."""
+        none_given = (cond == self.null_conditions(cond.shape[0], cond.device)).all(dim=1)
+        return torch.where(none_given, 1.0, float(guidance)).to(torch.float32)
 
     def to(self, device: torch.device | str) -> "DiffusionEngine":
         """Sample on `device` (e.g. a GPU per bulk-synthesis actor or Serve replica)."""
@@ -148,6 +196,10 @@ class DiffusionEngine(Engine):
             if generator is not None:  # the sampler's own noise (ddpm) comes from a seeded device generator
                 seed = int(torch.randint(0, 2**62, (1,), generator=generator))
                 generator = torch.Generator(device=dev).manual_seed(seed)
+        if sampler == "distilled":  # guidance is an input: one evaluation per step
+            fn = self.model_fn(self.ema, self.guidance_input(cond, guidance))
+            ts = torch.tensor(self.config.distilled.grid, dtype=torch.float64)
+            return SAMPLERS[sampler](lambda x_, t_: fn(x_, t_, cond), x, ts, process=self.process).cpu()
         null = self.null_conditions(x.shape[0], x.device)
         den = guided_denoiser(self.model_fn(self.ema), cond, null, guidance)
         ts = timesteps(self.process, steps, DEFAULT_SPACING[sampler])

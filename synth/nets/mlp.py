@@ -2,7 +2,8 @@
 
 Each condition column has its own embedding table with one extra "absent" row, so the same
 network serves unconditional sampling, any subset of condition columns, and classifier-free
-guidance. Time and conditions modulate every block through a scale and shift (FiLM).
+guidance. Time and conditions modulate every block through a scale and shift (FiLM). A
+guidance-distilled student also embeds the guidance weight w (Meng et al. 2023) the same way.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ class MLPConfig(BaseModel):
     depth: int = Field(3, ge=1, description="residual blocks")
     embed_dim: int = Field(128, ge=8)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    guidance_input: bool = Field(False, description="take the guidance weight as an input (guidance-distilled "
+                                                    "students: one evaluation per step instead of two)")
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
@@ -56,6 +59,10 @@ class ResidualMLP(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(e, e), nn.SiLU(), nn.Linear(e, e))
         # one table per condition column; index `card` means "not given"
         self.cond_embed = nn.ModuleList(nn.Embedding(card + 1, e) for card in self.cond_cardinalities)
+        if cfg.guidance_input:  # zero-initialised: a fresh student starts as the plain conditional model
+            self.guidance_mlp = nn.Sequential(nn.Linear(e, e), nn.SiLU(), nn.Linear(e, e))
+            nn.init.zeros_(self.guidance_mlp[2].weight)
+            nn.init.zeros_(self.guidance_mlp[2].bias)
         self.inp = nn.Linear(d_in, cfg.width)
         self.blocks = nn.ModuleList(Block(cfg.width, e, cfg.dropout) for _ in range(cfg.depth))
         self.out_norm = nn.LayerNorm(cfg.width)
@@ -63,11 +70,16 @@ class ResidualMLP(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None, guidance: Tensor | None = None) -> Tensor:
         emb = self.time_mlp(timestep_embedding(t, self.cfg.embed_dim).to(x.dtype))
         if self.cond_embed and cond is not None:
             for j, table in enumerate(self.cond_embed):
                 emb = emb + table(cond[:, j])
+        if self.cfg.guidance_input:
+            if guidance is None:
+                raise ValueError("this network takes the guidance weight as an input; pass guidance=")
+            # w in [0, ~10] spread over the sinusoid's range like t in [0, 1]
+            emb = emb + self.guidance_mlp(timestep_embedding(guidance / 10.0, self.cfg.embed_dim).to(x.dtype))
         emb = nn.functional.silu(emb)
         h = self.inp(x)
         for block in self.blocks:

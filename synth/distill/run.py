@@ -1,0 +1,211 @@
+"""Distil a teacher artifact into a few-step student artifact, in this process or on Ray Train.
+
+    teacher artifact -> teacher trajectories (each worker draws its own share, seeded by rank)
+    -> the training loop of `synth.train.loop` on a DistillTask -> student artifact whose
+    manifest records its teacher and its own re-evaluated fidelity and privacy.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from synth import storage
+from synth.distill.config import DistillConfig
+from synth.distill.student import DistillTask, make_student, teacher_trajectories
+from synth.engine import load_engine, save_engine
+from synth.engine.diffusion import DiffusionEngine
+from synth.errors import ConfigError, SynthError
+from synth.manifest import base_manifest
+from synth.train import loop
+
+
+@dataclass
+class DistillResult:
+    artifact_uri: str
+    artifact_id: str
+    metrics: dict
+    manifest: dict
+
+
+def load_teacher(uri: str) -> DiffusionEngine:
+    teacher = load_engine(uri)
+    if not isinstance(teacher, DiffusionEngine):
+        raise ConfigError(f"teacher {uri!r} is a {teacher.family!r} model; only diffusion models can be distilled")
+    if teacher.config.distilled is not None:
+        raise ConfigError(f"teacher {uri!r} is itself a distilled student; distil from the original model "
+                          f"({teacher.config.distilled.teacher.get('uri')})")
+    return teacher
+
+
+def _split(data: torch.Tensor, share: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    n_val = int(round(data.shape[0] * share))
+    return data[n_val:], (data[:n_val] if n_val else None)
+
+
+def distill(cfg: DistillConfig, report: Callable | None = None) -> DistillResult:
+    """Train a student per `cfg`; in this process when scaling.num_workers is 0, else on Ray Train."""
+    if os.path.abspath(cfg.output) == os.path.abspath(cfg.teacher):
+        raise ConfigError("output must differ from the teacher artifact; the teacher is never overwritten")
+    storage.check_writable(cfg.output)
+    teacher = load_teacher(cfg.teacher)
+    if cfg.train.batch_size > cfg.trajectories:
+        raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) exceeds trajectories ({cfg.trajectories})")
+    if cfg.scaling.num_workers > 0:
+        return _distill_on_ray(cfg, teacher)
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.train.seed)
+    student = make_student(teacher, cfg)
+    x_train, x_val = _split(teacher_trajectories(teacher, cfg, cfg.trajectories), cfg.val_share)
+    t1 = time.perf_counter()
+    history: list[dict] = []
+
+    def on_report(m: dict, opt) -> None:
+        history.append(m)
+        if report:
+            report(m, opt)
+
+    metrics = loop.train(DistillTask(student), loop.shuffled_batches(x_train, cfg.train.batch_size, cfg.train.seed),
+                         cfg.train, x_val=x_val, report=on_report)
+    wall = {"trajectories_s": t1 - t0, "train_s": time.perf_counter() - t1}
+    return _finish(cfg, teacher, student, metrics, history, wall, workers=0)
+
+
+def _finish(cfg: DistillConfig, teacher: DiffusionEngine, student: DiffusionEngine, metrics: dict,
+            history: list[dict], wall: dict, workers: int) -> DistillResult:
+    tm = teacher.manifest or {}
+    spec = student.config.distilled
+    manifest = base_manifest(
+        "model",
+        run=cfg.name,
+        # the student models the teacher's data: same input, split and columns, so evaluation and
+        # bulk synthesis treat it like any model
+        **{k: tm[k] for k in ("input", "split", "columns") if k in tm},
+        teacher={"artifact_id": tm.get("artifact_id"), "uri": cfg.teacher, "sampler": cfg.teacher_sampler,
+                 "steps": cfg.teacher_steps, "family": teacher.family},
+        distillation={"method": "trajectory distillation (multi-segment progressive-distillation target) "
+                                "+ guidance distillation",
+                      "steps": spec.steps, "grid": spec.grid, "guidance_max": spec.guidance_max,
+                      "trajectories": cfg.trajectories, "uncond_share": cfg.uncond_share,
+                      "cond_drop_each": cfg.cond_drop_each, "seed": cfg.seed,
+                      "reads_reference_data": False},
+        sampling={"sampler": "distilled", "steps": spec.steps, "guidance": student.config.guidance,
+                  "nfe": spec.steps},
+        train=cfg.train.model_dump(mode="json"),
+        workers=workers,
+        metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))},
+        history=history,
+        wall_s={**wall, "total_s": sum(wall.values())},
+        # post-processing of the teacher: trajectories come from the teacher alone
+        privacy={**tm.get("privacy", {"dp": False}), "inherited_from_teacher": tm.get("artifact_id")},
+    )
+    if cfg.evaluate is not None and "split" in tm:
+        t = time.perf_counter()
+        manifest["evaluation"] = evaluate_pair(student, teacher, cfg)
+        manifest["wall_s"]["evaluate_s"] = time.perf_counter() - t
+    artifact_id = save_engine(student, cfg.output, manifest)
+    return DistillResult(cfg.output, artifact_id, metrics, manifest)
+
+
+def evaluate_pair(student: DiffusionEngine, teacher: DiffusionEngine, cfg: DistillConfig) -> dict[str, Any]:
+    """Fidelity, detection and privacy of the student and of the teacher's solver it imitates, on
+    the teacher's held-out rows, with rows/s of each."""
+    from synth.evaluate.reference import evaluate_against_reference
+
+    out: dict[str, Any] = {}
+    runs = {"student": (student, "distilled", cfg.steps),
+            "teacher": (teacher, cfg.teacher_sampler, cfg.teacher_steps)}
+    for name, (engine, sampler, steps) in runs.items():
+        t = time.perf_counter()
+        syn = engine.sample(cfg.evaluate.rows, sampler=sampler, steps=steps, seed=cfg.evaluate.seed)
+        secs = time.perf_counter() - t
+        ev = evaluate_against_reference(syn, teacher.manifest, target=cfg.target, seed=cfg.evaluate.seed)
+        out[name] = {"sampler": sampler, "steps": steps, "nfe": engine.nfe(sampler, steps, 1.0),
+                     "rows_per_s": cfg.evaluate.rows / secs, "overall": ev.get("overall"),
+                     "column_shapes": ev["column_shapes"]["mean"], "pair_trends": ev["pair_trends"]["mean"],
+                     "c2st_auc": ev["detection"]["c2st_auc"], "dcr_share": ev["privacy"]["dcr_share"],
+                     "exact_copy_rate": ev["privacy"]["exact_copy_rate"],
+                     "efficacy": ev.get("efficacy")}
+    return out
+
+
+# -- Ray Train ------------------------------------------------------------------------------
+def _distill_worker(config: dict[str, Any]) -> None:
+    import ray.train
+
+    from synth.train.checkpoint import load_checkpoint, save_checkpoint
+
+    cfg = DistillConfig.model_validate(config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if cfg.train.threads is None and not torch.cuda.is_available():
+        torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+    teacher = load_teacher(cfg.teacher)
+    torch.manual_seed(cfg.train.seed)
+    student = make_student(teacher, cfg)
+    start_step, opt_state, history = 0, None, []
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            start_step, opt_state = load_checkpoint(student, d)
+            history = json.load(open(os.path.join(d, "manifest.json"))).get("history", [])
+    share = cfg.trajectories // world + (1 if rank < cfg.trajectories % world else 0)
+    x_train, x_val = _split(teacher_trajectories(teacher, cfg, share, rank=rank), cfg.val_share)
+    batches = loop.shuffled_batches(x_train, max(1, cfg.train.batch_size // world), cfg.train.seed + 7919 * rank + start_step)
+
+    def report(metrics: dict, optimizer) -> None:
+        history.append(metrics)
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as d:
+                save_checkpoint(student, optimizer, metrics["step"], d,
+                                {"kind": "checkpoint", "run": cfg.name, "history": history})
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics, checkpoint=None)
+
+    loop.train(DistillTask(student), batches, cfg.train, x_val=x_val, accelerator=loop.make_accelerator(cfg.train),
+               start_step=start_step, optimizer_state=opt_state, report=report)
+
+
+def _distill_on_ray(cfg: DistillConfig, teacher: DiffusionEngine) -> DistillResult:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from synth.raycluster import check_resources, ensure_ray
+
+    if cfg.train.time_budget_s is not None and cfg.scaling.num_workers > 1:
+        raise ConfigError("train.time_budget_s stops workers at different steps; use train.steps with several workers")
+    sc = cfg.scaling
+    storage.check_writable(cfg.storage_path)
+    ensure_ray()
+    check_resources(sc.num_workers, sc.cpus_per_worker, sc.gpus_per_worker, sc.use_gpu)
+    t0 = time.perf_counter()
+    trainer = TorchTrainer(
+        _distill_worker,
+        train_loop_config={"cfg": cfg.model_dump(mode="json")},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=sc.num_workers, use_gpu=sc.use_gpu,
+            resources_per_worker={"CPU": sc.cpus_per_worker, **({"GPU": sc.gpus_per_worker} if sc.use_gpu else {})}),
+        run_config=ray.train.RunConfig(
+            name=cfg.name, storage_path=cfg.storage_path,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=sc.max_failures)),
+    )
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        from synth.train.ray_train import _root_message
+
+        raise SynthError(f"distillation failed after {sc.max_failures} restarts: {_root_message(e)}") from None
+    if result.checkpoint is None:
+        raise SynthError("distillation finished without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        student = load_engine(d)
+    history = student.manifest.get("history", [])
+    return _finish(cfg, teacher, student, dict(result.metrics or {}), history,
+                   {"ray_s": time.perf_counter() - t0}, workers=sc.num_workers)
