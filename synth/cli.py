@@ -364,6 +364,59 @@ def fit_fingerprint_cmd(fingerprint: str = typer.Argument(..., help="fingerprint
     console.print(f"model artifact: [bold]{output}[/] (id {artifact_id}, family fingerprint)")
 
 
+# -- engine families: statistical fingerprint (issue 9) -------------------------------------------
+@app.command("fingerprint")
+def fingerprint_cmd(data: str = typer.Argument(..., help="reference Parquet file or folder (or bundled:NAME)"),
+                    output: str = typer.Option(..., "--output", "-o", help="fingerprint JSON to write"),
+                    quantiles: int = typer.Option(201, help="quantile points per numeric column (p = 0..1)"),
+                    override: list[str] = typer.Option([], "--kind", help="column=kind to pin a column's kind"),
+                    ignore: list[str] = typer.Option([], "--ignore", help="column to leave out (repeatable)"),
+                    seed: int = typer.Option(0, help="seed of the normal-score jitter")):
+    """Summarise a table as a statistical fingerprint (no rows): per-column statistics and a
+    Gaussian-copula correlation matrix. Fit a model from it with `synth fit-fingerprint`."""
+    try:
+        from synth.fingerprint import build_fingerprint, write_fingerprint
+        from synth.table import CodecConfig
+
+        kinds = _parse_conditions(override)
+        try:
+            codec_cfg = CodecConfig(overrides=kinds, ignore=ignore)
+        except ValueError as e:
+            raise ConfigError(f"--kind: {e}") from None
+        fp = build_fingerprint(data, codec_cfg, quantiles=quantiles, seed=seed)
+        write_fingerprint(fp, output)
+    except SynthError as e:
+        _fail(e)
+    console.print(f"wrote the fingerprint of {fp['rows']} rows x {len(fp['columns'])} columns to [bold]{output}[/] "
+                  f"(no raw rows); next: synth fit-fingerprint {output} -o MODEL")
+
+
+@app.command("fit-fingerprint")
+def fit_fingerprint_cmd(fingerprint: str = typer.Argument(..., help="fingerprint JSON (from `synth fingerprint`)"),
+                        output: str = typer.Option(..., "--output", "-o", help="model artifact folder to write"),
+                        refuse_invalid: bool = typer.Option(
+                            False, "--refuse-invalid/--repair",
+                            help="refuse a correlation matrix that is not positive definite instead of repairing "
+                                 "it to the nearest valid one")):
+    """Fit the `fingerprint` engine from a fingerprint alone; writes an ordinary model artifact
+    (`synth sample`, `synth synthesize` and the endpoint use it like any other)."""
+    import warnings
+
+    try:
+        from synth.engine.fingerprint import fit_fingerprint
+        from synth.fingerprint import FingerprintWarning
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", FingerprintWarning)
+            artifact_id, report = fit_fingerprint(fingerprint, output, "refuse" if refuse_invalid else "repair")
+        for w in caught:
+            if issubclass(w.category, FingerprintWarning):
+                console.print(f"[bold yellow]warning:[/] {w.message}", highlight=False)
+    except SynthError as e:
+        _fail(e)
+    console.print(f"model artifact: [bold]{output}[/] (id {artifact_id}, family fingerprint)")
+
+
 def main() -> None:  # pragma: no cover
     app()
 
