@@ -417,6 +417,32 @@ def fit_fingerprint_cmd(fingerprint: str = typer.Argument(..., help="fingerprint
     console.print(f"model artifact: [bold]{output}[/] (id {artifact_id}, family fingerprint)")
 
 
+# -- hybrid blending (issue 9) ---------------------------------------------------------------------
+@app.command("blend")
+def blend_cmd(a: str = typer.Argument(..., help="source A: Parquet file or folder (e.g. synthetic rows)"),
+              b: str = typer.Argument(..., help="source B: Parquet of the same schema (e.g. rule-based rows)"),
+              output: str = typer.Option(..., "--output", "-o", help="Parquet file to write"),
+              mode: str = typer.Option(..., "--mode", help="interpolate | select | ensemble"),
+              weight: Optional[float] = typer.Option(None, "--weight", help="share of A in [0, 1] "
+                                                     "(interpolate, select)"),
+              columns: list[str] = typer.Option([], "--columns", help="columns to blend (interpolate, select) "
+                                                "or to take from A (ensemble); comma-separated or repeated"),
+              seed: int = typer.Option(0, help="seed of the per-record draws")):
+    """Blend two tables of one schema row by row: interpolate (weighted average of numerics,
+    categoricals picked per record by weight), select (whole records from A with probability
+    WEIGHT) or ensemble (COLUMNS from A, the rest from B)."""
+    try:
+        from synth.blend import blend_files
+
+        cols = [c.strip() for item in columns for c in item.split(",") if c.strip()]
+        if mode in ("interpolate", "select") and weight is None:
+            raise ConfigError(f"--weight is required for {mode} mode (the share of A, in [0, 1])")
+        out = blend_files(a, b, output, mode, weight, cols or None, seed)
+    except SynthError as e:
+        _fail(e)
+    console.print(f"wrote {out.num_rows} blended rows ({mode}) to [bold]{output}[/]")
+
+
 def main() -> None:  # pragma: no cover
     app()
 
