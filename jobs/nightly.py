@@ -1,5 +1,5 @@
 """`python -m jobs.nightly --config configs/nightly.yaml`: retrain (optional), synthesize,
-evaluate, report; exits 1 when an evaluation threshold is not met."""
+check the release contract, report; exits 1 when a threshold of the contract is violated."""
 import json
 import sys
 
@@ -18,7 +18,8 @@ def main(args) -> int:
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, args.config)) from None
     report = run_nightly(cfg)
-    print(json.dumps({"report": cfg.report, "passed": report["passed"], "metrics": report["metrics"]}), flush=True)
+    print(json.dumps({"report": cfg.report, "passed": report["passed"], "metrics": report["metrics"]},
+                     default=str), flush=True)
     for v in report["violations"]:
         print(f"threshold violated: {v}", file=sys.stderr)
     return 0 if report["passed"] else 1

@@ -1,4 +1,4 @@
-"""The `synth` command line: fit, sample, evaluate, inspect, quickstart."""
+"""The `synth` command line: fit, distill, sample, synthesize, evaluate, inspect, quickstart."""
 from __future__ import annotations
 
 import json
@@ -81,6 +81,55 @@ def fit_cmd(config: Optional[Path] = typer.Option(None, "--config", "-c", help="
         _fail(e)
     console.print(f"model artifact: [bold]{result.artifact_uri}[/] (id {result.artifact_id}), "
                   f"val loss {result.metrics.get('val_loss', float('nan')):.4f}")
+
+
+@app.command("distill")
+def distill_cmd(teacher: str = typer.Argument(..., help="teacher model artifact URI"),
+                steps: Optional[int] = typer.Option(None, "--steps", help="student NFE: 1, 2, 4 (default 4)"),
+                output: Optional[str] = typer.Option(None, "--output", "-o", help="student artifact (default "
+                                                     "TEACHER-distilled-STEPS)"),
+                config: Optional[Path] = typer.Option(None, "--config", "-c", help="distill config YAML"),
+                train_steps: Optional[int] = typer.Option(None, help="student training steps (train.steps)"),
+                trajectories: Optional[int] = typer.Option(None, help="teacher trajectories to distil from"),
+                workers: Optional[int] = typer.Option(None, help="Ray Train workers (0 = in this process)")):
+    """Distil a model into a student that samples in STEPS network evaluations, guidance included."""
+    try:
+        import yaml
+
+        from synth.distill import DistillConfig, distill
+
+        raw = {}
+        if config is not None:
+            if not config.exists():
+                raise ConfigError(f"config {str(config)!r} does not exist")
+            raw = yaml.safe_load(config.read_text()) or {}
+        raw["teacher"] = teacher
+        k = steps or raw.get("steps", 4)
+        raw["steps"] = k
+        raw["output"] = output or raw.get("output") or f"{teacher.rstrip('/')}-distilled-{k}"
+        for dotted, value in {"train.steps": train_steps, "trajectories": trajectories,
+                              "scaling.num_workers": workers}.items():
+            if value is not None:
+                node = raw
+                *parents, leaf = dotted.split(".")
+                for p in parents:
+                    node = node.setdefault(p, {})
+                node[leaf] = value
+        cfg = DistillConfig.parse(raw, source=str(config) if config else "distill options")
+        progress, report = _progress_printer(cfg.train.steps)
+        with progress:
+            result = distill(cfg, report=report)
+    except SynthError as e:
+        _fail(e)
+    console.print(f"student artifact: [bold]{result.artifact_uri}[/] (id {result.artifact_id}), "
+                  f"{cfg.steps} NFE with sampler 'distilled'")
+    ev = result.manifest.get("evaluation")
+    if ev:
+        table = Table("", "sampler", "NFE", "rows/s", "shapes", "pair trends", "C2ST AUC")
+        for name, r in ev.items():
+            table.add_row(name, r["sampler"], str(r["nfe"]), f"{r['rows_per_s']:,.0f}", f"{r['column_shapes']:.4f}",
+                          f"{r['pair_trends']:.4f}", f"{r['c2st_auc']:.3f}")
+        Console().print(table)
 
 
 def _parse_conditions(items: list[str]) -> dict:
@@ -246,6 +295,37 @@ def evaluate_cmd(synthetic: str = typer.Argument(..., help="synthetic Parquet fi
             raise typer.Exit(1)
 
 
+@app.command("report")
+def report_cmd(path: str = typer.Argument(..., metavar="RUN_OR_SYNTHETIC",
+                                         help="run folder (model/ + synthetic/) or synthetic Parquet file/folder"),
+               artifact: Optional[str] = typer.Option(None, "--artifact", "-a",
+                                                      help="model artifact (default: RUN/model)"),
+               contract: Optional[str] = typer.Option(None, "--contract", help="release contract YAML to check"),
+               output: Optional[str] = typer.Option(None, "--output", "-o",
+                                                    help="HTML file (default: RUN/report.html or SYNTHETIC.report.html)"),
+               data: Optional[str] = typer.Option(None, help="reference data (default: the one in the manifest)"),
+               target: Optional[str] = typer.Option(None, help="column for ML efficacy (default: the contract's)"),
+               sampler: Optional[str] = typer.Option(None, help="sampler the rows were drawn with, when not recorded"),
+               steps: Optional[int] = typer.Option(None, help="sampler steps the rows were drawn with"),
+               guidance: Optional[float] = typer.Option(None, help="guidance scale the rows were drawn with"),
+               rows: int = typer.Option(10_000, help="at most this many rows per side are scored and plotted")):
+    """Write a self-contained HTML evaluation report (marginals, association heatmaps, scores,
+    contract verdicts, manifest). Exits 1 when a given contract is violated (the report is written)."""
+    try:
+        from synth.report import report_for
+
+        res = report_for(path, artifact=artifact, contract=contract, output=output, data_uri=data, target=target,
+                         sampler=sampler, steps=steps, guidance=guidance, max_rows=rows)
+    except SynthError as e:
+        _fail(e)
+    _print_eval(res.evaluation)
+    if res.contract is not None:
+        _print_contract(res.contract)
+    console.print(f"report: [bold]{res.output}[/]", highlight=False)
+    if res.contract is not None and not res.contract.passed:
+        raise typer.Exit(1)
+
+
 @app.command("inspect")
 def inspect_cmd(artifact: str = typer.Argument(..., help="model artifact URI")):
     """Show what an artifact holds: columns, settings, training metrics, privacy, versions."""
@@ -309,59 +389,6 @@ def _quickstart_defaults(output: str, steps: Optional[int], workers: Optional[in
     if workers is not None:
         raw["scaling"] = {"num_workers": workers}
     return raw
-
-
-# -- engine families: statistical fingerprint (issue 9) -------------------------------------------
-@app.command("fingerprint")
-def fingerprint_cmd(data: str = typer.Argument(..., help="reference Parquet file or folder (or bundled:NAME)"),
-                    output: str = typer.Option(..., "--output", "-o", help="fingerprint JSON to write"),
-                    quantiles: int = typer.Option(201, help="quantile points per numeric column (p = 0..1)"),
-                    override: list[str] = typer.Option([], "--kind", help="column=kind to pin a column's kind"),
-                    ignore: list[str] = typer.Option([], "--ignore", help="column to leave out (repeatable)"),
-                    seed: int = typer.Option(0, help="seed of the normal-score jitter")):
-    """Summarise a table as a statistical fingerprint (no rows): per-column statistics and a
-    Gaussian-copula correlation matrix. Fit a model from it with `synth fit-fingerprint`."""
-    try:
-        from synth.fingerprint import build_fingerprint, write_fingerprint
-        from synth.table import CodecConfig
-
-        kinds = _parse_conditions(override)
-        try:
-            codec_cfg = CodecConfig(overrides=kinds, ignore=ignore)
-        except ValueError as e:
-            raise ConfigError(f"--kind: {e}") from None
-        fp = build_fingerprint(data, codec_cfg, quantiles=quantiles, seed=seed)
-        write_fingerprint(fp, output)
-    except SynthError as e:
-        _fail(e)
-    console.print(f"wrote the fingerprint of {fp['rows']} rows x {len(fp['columns'])} columns to [bold]{output}[/] "
-                  f"(no raw rows); next: synth fit-fingerprint {output} -o MODEL")
-
-
-@app.command("fit-fingerprint")
-def fit_fingerprint_cmd(fingerprint: str = typer.Argument(..., help="fingerprint JSON (from `synth fingerprint`)"),
-                        output: str = typer.Option(..., "--output", "-o", help="model artifact folder to write"),
-                        refuse_invalid: bool = typer.Option(
-                            False, "--refuse-invalid/--repair",
-                            help="refuse a correlation matrix that is not positive definite instead of repairing "
-                                 "it to the nearest valid one")):
-    """Fit the `fingerprint` engine from a fingerprint alone; writes an ordinary model artifact
-    (`synth sample`, `synth synthesize` and the endpoint use it like any other)."""
-    import warnings
-
-    try:
-        from synth.engine.fingerprint import fit_fingerprint
-        from synth.fingerprint import FingerprintWarning
-
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", FingerprintWarning)
-            artifact_id, report = fit_fingerprint(fingerprint, output, "refuse" if refuse_invalid else "repair")
-        for w in caught:
-            if issubclass(w.category, FingerprintWarning):
-                console.print(f"[bold yellow]warning:[/] {w.message}", highlight=False)
-    except SynthError as e:
-        _fail(e)
-    console.print(f"model artifact: [bold]{output}[/] (id {artifact_id}, family fingerprint)")
 
 
 # -- engine families: statistical fingerprint (issue 9) -------------------------------------------

@@ -1,5 +1,6 @@
 """The nightly pipeline: (optionally) retrain on the newest reference partition, synthesize,
-evaluate against held-out reference rows, write the report, and fail when thresholds are missed."""
+check the release contract (contracts/*.yaml, synth.evaluate.contract) against held-out reference
+rows, write the report (JSON, optionally HTML), and fail when a threshold is violated."""
 from __future__ import annotations
 
 import json
@@ -19,25 +20,14 @@ class Retrain(BaseModel):
     newest_partition_of: str | None = Field(None, description="folder of partitions; train on the newest")
 
 
-class Thresholds(BaseModel):
-    """The release gate: each present threshold must hold or the job exits non-zero."""
-
-    model_config = ConfigDict(extra="forbid")
-    quality_score_min: float | None = 0.8
-    column_shapes_min: float | None = None
-    pair_trends_min: float | None = None
-    c2st_auc_max: float | None = None
-    dcr_share_max: float | None = None
-    exact_copy_rate_max: float | None = None
-
-
 class NightlyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     retrain: Retrain | None = None
     synthesize: dict[str, Any]
-    evaluate_rows: int = Field(10_000, ge=100)
-    thresholds: Thresholds = Field(default_factory=Thresholds)
+    contract: str = Field(..., description="release contract YAML (synth/evaluate/contract.py): the thresholds "
+                                           "the run must meet, and how many rows are evaluated")
     report: str = Field(..., description="where the nightly report JSON goes")
+    html_report: str | None = Field(None, description="also write the HTML evaluation report here")
 
 
 def newest_partition(uri: str) -> str:
@@ -51,34 +41,20 @@ def newest_partition(uri: str) -> str:
     return storage.join(uri, subdirs[-1])
 
 
-def check_thresholds(metrics: dict, th: Thresholds) -> list[str]:
-    checks = [("quality_score_min", metrics["quality_score"], ">="),
-              ("column_shapes_min", metrics["column_shapes"], ">="),
-              ("pair_trends_min", metrics["pair_trends"], ">="),
-              ("c2st_auc_max", metrics["c2st_auc"], "<="),
-              ("dcr_share_max", metrics["dcr_share"], "<="),
-              ("exact_copy_rate_max", metrics["exact_copy_rate"], "<=")]
-    violations = []
-    for name, value, op in checks:
-        limit = getattr(th, name)
-        if limit is None or value is None:
-            continue
-        ok = value >= limit if op == ">=" else value <= limit
-        if not ok:
-            violations.append(f"{name}: {value:.4f} is not {op} {limit}")
-    return violations
-
-
 def run_nightly(cfg: NightlyConfig) -> dict:
+    """Retrain (optional), synthesize, check the release contract on the first
+    `contract.evaluation.rows` synthetic rows, and write the report. The contract is read first,
+    so a bad contract fails before any compute is spent."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from synth.config import RunConfig
     from synth.engine import load_engine
-    from synth.evaluate.reference import evaluate_against_reference
+    from synth.evaluate.contract import Generation, evaluate_contract, load_contract
     from synth.synthesize import SynthesizeConfig, synthesize
 
     t0 = time.perf_counter()
+    contract = load_contract(cfg.contract)
     syn_raw = dict(cfg.synthesize)
     trained = None
     if cfg.retrain is not None:
@@ -92,25 +68,31 @@ def run_nightly(cfg: NightlyConfig) -> dict:
     syn_cfg = SynthesizeConfig.model_validate(syn_raw)
     syn_manifest = synthesize(syn_cfg)
     engine = load_engine(syn_cfg.artifact)
+    want = contract.evaluation.rows
     tables, rows = [], 0
     for shard in syn_manifest["shards"]:
         fs, path = storage.resolve(storage.join(syn_cfg.output, shard["file"]))
         with fs.open_input_file(path) as f:
             tables.append(pq.read_table(f))
         rows += tables[-1].num_rows
-        if rows >= cfg.evaluate_rows:
+        if rows >= want:
             break
-    sample = pa.concat_tables(tables).slice(0, cfg.evaluate_rows)
-    ev = evaluate_against_reference(sample, engine.manifest, max_rows=cfg.evaluate_rows)
-    metrics = {"quality_score": ev["quality_score"], "column_shapes": ev["column_shapes"]["mean"],
-               "pair_trends": ev["pair_trends"]["mean"], "c2st_auc": ev["detection"]["c2st_auc"],
-               "dcr_share": ev["privacy"]["dcr_share"], "exact_copy_rate": ev["privacy"]["exact_copy_rate"]}
-    violations = check_thresholds(metrics, cfg.thresholds)
+    sample = pa.concat_tables(tables).slice(0, want)
+    gen = Generation(syn_manifest["sampler"], syn_manifest["steps"], syn_manifest["guidance"],
+                     "synthesis manifest", syn_manifest["nfe"])
+    ev, verdict = evaluate_contract(contract, sample, engine, gen, source=cfg.contract)
     report = base_manifest("nightly", retrained=trained is not None,
                            artifact=syn_manifest["artifact"], synthesis={k: syn_manifest[k] for k in (
                                "rows", "sampler", "steps", "nfe", "guidance", "seed", "wall_s", "rows_per_s")},
-                           output=syn_cfg.output, metrics=metrics, thresholds=cfg.thresholds.model_dump(),
-                           violations=violations, passed=not violations, evaluation=ev,
+                           output=syn_cfg.output, contract=verdict.to_dict(), metrics=verdict.to_dict()["metrics"],
+                           violations=verdict.violations, passed=verdict.passed, evaluation=ev,
                            wall_s=time.perf_counter() - t0)
+    if cfg.html_report:
+        from synth.report import build_report
+
+        build_report(sample, engine.manifest, evaluation=ev, contract=verdict, output=cfg.html_report,
+                     extra_manifests={"nightly": {k: v for k, v in report.items() if k != "evaluation"},
+                                      "synthesis": syn_manifest})
+        report["html_report"] = cfg.html_report
     storage.write_bytes(cfg.report, json.dumps(report, indent=1).encode())
     return report
