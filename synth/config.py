@@ -1,13 +1,14 @@
 """The run config: one typed, validated document per job (YAML in `configs/`)."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
 from synth import storage
 from synth.data import SplitConfig
 from synth.engine.diffusion import DiffusionConfig
+from synth.engine.gan import GANConfig
 from synth.errors import ConfigError
 from synth.table import CodecConfig
 from synth.train.config import TrainConfig
@@ -44,11 +45,20 @@ class EvalConfig(Strict):
     seed: int = 0
 
 
+def _family(v) -> str:
+    return v.get("family", "diffusion") if isinstance(v, dict) else getattr(v, "family", "diffusion")
+
+
+# model.family picks the engine family's config (diffusion when not given)
+ModelConfig = Annotated[Union[Annotated[DiffusionConfig, Tag("diffusion")], Annotated[GANConfig, Tag("gan")]],
+                        Discriminator(_family)]
+
+
 class RunConfig(Strict):
     name: str = "adult"
     output: str = Field("runs/adult", description="run folder: model/, synthetic/, evaluation.json")
     data: DataConfig = Field(default_factory=DataConfig)
-    model: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    model: ModelConfig = Field(default_factory=DiffusionConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)

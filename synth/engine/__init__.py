@@ -3,6 +3,7 @@ from synth.artifact import read_artifact, write_artifact
 from synth.engine.base import REGISTRY, Engine
 from synth.engine.diffusion import DiffusionConfig, DiffusionEngine
 from synth.engine.fingerprint import FingerprintConfig, FingerprintEngine  # noqa: F401 (registers the family)
+from synth.engine.gan import GANConfig, GANEngine  # noqa: F401 (registers the family)
 from synth.errors import ArtifactError
 
 

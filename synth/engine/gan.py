@@ -1,0 +1,447 @@
+"""A conditional WGAN-GP engine over the table codec's features (CTGAN-style conditioning and
+PacGAN packing, without CTGAN's mode-specific normalisation: the codec's quantile-normal
+numerics already are ~N(0, 1)).
+
+- Generator: noise + conditional vector -> codec features (linear numerics, tanh null flags,
+  Gumbel-softmax one-hot blocks scaled to [-1, 1]).
+- Critic: `pac` rows packed into one input (PacGAN), each with its conditional vector;
+  gradient penalty on real/fake interpolates (WGAN-GP).
+- Training by sampling: each row of a batch picks a condition column uniformly and a category
+  with probability proportional to log(1 + count), then a real row with that category, so rare
+  categories are seen as often as the log of their count suggests rather than their count;
+  the generator gets a cross-entropy term for honouring the condition. Other condition columns
+  of the same real row are revealed with probability `cond_extra`, so several conditions can be
+  given at once when sampling.
+- Unconditional rows are conditioned (as in CTGAN) on one column and category drawn with the
+  reference frequencies, from two extra prior dimensions, so the same seed gives the same rows.
+- Stability is monitored every `train.eval_every` steps (critic and generator losses, their gap,
+  the Wasserstein estimate, gradient norms) with a validation distance (marginals + feature
+  correlations of generated vs held-out rows); training stops early after `patience`
+  evaluations without improvement or on a non-finite loss, and the best generator is kept.
+
+Trains in this process (`synth fit` with `model.family: gan`); the Ray Train path is
+diffusion-only for now.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any, Callable, Literal
+
+import numpy as np
+import pyarrow as pa
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from scipy.special import ndtr
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from synth.artifact import Artifact
+from synth.diffusion.samplers import SAMPLERS
+from synth.engine.base import Conditions, Engine, register
+from synth.errors import ConfigError, SynthError
+from synth.table import TableCodec
+from synth.table.columns import CategoricalColumn
+
+
+class GANConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    family: Literal["gan"] = "gan"
+    noise_dim: int = Field(128, ge=1)
+    gen_width: int = Field(256, ge=8)
+    gen_depth: int = Field(2, ge=1)
+    critic_width: int = Field(256, ge=8)
+    critic_depth: int = Field(2, ge=1)
+    pac: int = Field(10, ge=1, description="rows packed per critic input (PacGAN)")
+    gp_weight: float = Field(10.0, ge=0)
+    critic_steps: int = Field(1, ge=1, description="critic updates per generator update")
+    lr_generator: float = Field(2e-4, gt=0)
+    lr_critic: float = Field(2e-4, gt=0)
+    tau: float = Field(0.2, gt=0, description="Gumbel-softmax temperature of categorical blocks")
+    condition_columns: list[str] | None = Field(None, description="null = every categorical column")
+    cond_extra: float = Field(0.1, ge=0, le=1, description="chance each further condition column is revealed")
+    patience: int = Field(6, ge=1, description="evaluations without improvement before stopping early")
+    val_rows: int = Field(4096, ge=64, description="rows generated for each validation")
+    # accepted for interface parity with diffusion (one-pass generator: they do not apply)
+    sampler: str = "ddim"
+    steps: int = Field(1, ge=1)
+    guidance: float = Field(1.0, ge=0)
+    sample_batch_size: int = Field(16_384, ge=1)
+
+
+def _mlp(d_in: int, width: int, depth: int, d_out: int, critic: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    d = d_in
+    for _ in range(depth):
+        if critic:
+            layers += [nn.Linear(d, width), nn.LeakyReLU(0.2), nn.Dropout(0.5)]
+        else:
+            layers += [nn.Linear(d, width), nn.BatchNorm1d(width), nn.ReLU()]
+        d = width
+    layers.append(nn.Linear(d, d_out))
+    return nn.Sequential(*layers)
+
+
+@register
+class GANEngine(Engine):
+    family = "gan"
+
+    def __init__(self, config: GANConfig, codec: TableCodec):
+        self.config = config
+        self.codec = codec
+        names = codec.categorical_names() if config.condition_columns is None else config.condition_columns
+        self.cond_columns = [codec.categorical(c).name for c in names]
+        self.cond_slices = [codec.slice_of(c) for c in self.cond_columns]
+        self.cond_cards = [s.stop - s.start for s in self.cond_slices]
+        self.cond_offsets = np.concatenate([[0], np.cumsum(self.cond_cards)]).astype(int)
+        self.cond_dim = int(self.cond_offsets[-1])
+        self.freqs = [np.asarray(codec.categorical(c).probs, dtype=np.float64) for c in self.cond_columns]
+        # output activations per feature block
+        self.blocks: list[tuple[str, slice]] = []
+        for col, sl in zip(codec.columns, codec.slices):
+            if isinstance(col, CategoricalColumn):
+                self.blocks.append(("onehot", sl))
+            else:
+                self.blocks.append(("linear", slice(sl.start, sl.start + 1)))
+                if col.nullable:
+                    self.blocks.append(("flag", slice(sl.start + 1, sl.start + 2)))
+        self.generator = _mlp(config.noise_dim + self.cond_dim, config.gen_width, config.gen_depth, codec.width, False)
+        self.critic = _mlp((codec.width + self.cond_dim) * config.pac, config.critic_width, config.critic_depth, 1,
+                           True)
+        self.net = self.generator
+        self.history: list[dict] = []
+
+    # -- conditional vectors -------------------------------------------------------------------
+    def cond_vector(self, cond: Tensor) -> Tensor:
+        """(n, k) slot indices (card = not given) -> (n, cond_dim) one-hot blocks."""
+        out = torch.zeros(cond.shape[0], self.cond_dim)
+        for j, card in enumerate(self.cond_cards):
+            given = cond[:, j] < card
+            rows = torch.nonzero(given).squeeze(1)
+            out[rows, int(self.cond_offsets[j]) + cond[rows, j]] = 1.0
+        return out
+
+    def activate(self, raw: Tensor, hard: bool = False) -> Tensor:
+        parts = []
+        for kind, sl in self.blocks:
+            h = raw[:, sl]
+            if kind == "linear":
+                parts.append(h)
+            elif kind == "flag":
+                parts.append(torch.tanh(h))
+            elif hard:
+                parts.append(F.one_hot(h.argmax(dim=1), h.shape[1]).to(h.dtype) * 2 - 1)
+            else:
+                parts.append(F.gumbel_softmax(h, tau=self.config.tau) * 2 - 1)
+        return torch.cat(parts, dim=1)
+
+    # -- the sampling protocol shared with diffusion (serving, bulk synthesis) -------------------
+    def validate_request(self, n: int, sampler: str, steps: int, guidance: float) -> None:
+        if not isinstance(n, (int, np.integer)) or n < 1:
+            raise ConfigError(f"rows must be a positive integer, got {n!r}")
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+        if not isinstance(steps, (int, np.integer)) or steps < 1:
+            raise ConfigError(f"steps must be a positive integer, got {steps!r}")
+        if not (isinstance(guidance, (int, float)) and math.isfinite(guidance) and guidance >= 0):
+            raise ConfigError(f"guidance must be a finite number >= 0, got {guidance!r}")
+
+    def null_conditions(self, n: int, device: torch.device | str = "cpu") -> Tensor:
+        return torch.tensor(self.cond_cards, dtype=torch.long, device=device).expand(n, -1).clone()
+
+    def encode_conditions(self, n: int, conditions: Conditions | None) -> tuple[Tensor, dict[str, list]]:
+        cond = self.null_conditions(n)
+        requested: dict[str, list] = {}
+        for name, value in (conditions or {}).items():
+            col = self.codec.categorical(name)
+            if name not in self.cond_columns:
+                raise ConfigError(f"column {name!r} is not a condition column of this model; "
+                                  f"condition columns are {self.cond_columns}")
+            values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value] * n
+            if len(values) != n:
+                raise ConfigError(f"condition {name!r} has {len(values)} values for {n} rows; "
+                                  "give one value or one per row")
+            cond[:, self.cond_columns.index(name)] = torch.from_numpy(col.codes(values))
+            requested[name] = values
+        return cond, requested
+
+    def prior(self, n: int, generator: torch.Generator) -> Tensor:
+        """Noise plus two dimensions that pick the condition of unconditioned rows."""
+        return torch.randn((n, self.config.noise_dim + 2), generator=generator)
+
+    def fill_unconditioned(self, x: Tensor, cond: Tensor) -> Tensor:
+        """Rows with no condition get one column and category drawn with reference frequencies."""
+        if not self.cond_columns:
+            return cond
+        cond = cond.clone()
+        free = (cond >= torch.tensor(self.cond_cards)).all(dim=1).numpy()
+        if free.any():
+            u = ndtr(x[free, -2:].double().numpy())
+            col = np.minimum((u[:, 0] * len(self.cond_columns)).astype(int), len(self.cond_columns) - 1)
+            rows = np.flatnonzero(free)
+            for j in np.unique(col):
+                sel = col == j
+                cdf = np.cumsum(self.freqs[j])
+                cat = np.minimum(np.searchsorted(cdf / cdf[-1], u[sel, 1], side="right"), len(cdf) - 1)
+                cond[rows[sel], j] = torch.from_numpy(cat)
+        return cond
+
+    def to(self, device: torch.device | str) -> "GANEngine":
+        self.generator.to(device)
+        return self
+
+    @torch.no_grad()
+    def sample_features(self, x: Tensor, cond: Tensor, *, sampler: str = "ddim", steps: int = 1,
+                        guidance: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+        self.generator.eval()
+        dev = next(self.generator.parameters()).device
+        c = self.cond_vector(self.fill_unconditioned(x.cpu(), cond.cpu()))
+        inp = torch.cat([x[:, : self.config.noise_dim].float().cpu(), c], dim=1).to(dev)
+        return self.activate(self.generator(inp), hard=True).float().cpu()
+
+    def decode(self, feats: Tensor | np.ndarray, requested: dict[str, list], seed: int) -> pa.Table:
+        feats = feats.numpy() if isinstance(feats, Tensor) else feats
+        table = self.codec.decode(feats, np.random.default_rng(seed))
+        for name, values in requested.items():  # requested values are met exactly
+            i = table.schema.get_field_index(name)
+            table = table.set_column(i, table.schema.field(i), self.codec.categorical(name).to_arrow(values))
+        return table
+
+    def sample(self, n: int, conditions: Conditions | None = None, *, sampler: str | None = None,
+               steps: int | None = None, guidance: float | None = None, seed: int = 0) -> pa.Table:
+        sampler = sampler or self.config.sampler
+        steps = self.config.steps if steps is None else steps
+        guidance = self.config.guidance if guidance is None else guidance
+        self.validate_request(n, sampler, steps, guidance)
+        cond, requested = self.encode_conditions(n, conditions)
+        gen = torch.Generator().manual_seed(int(seed))
+        bs = self.config.sample_batch_size
+        parts = [self.sample_features(self.prior(min(bs, n - s), gen), cond[s:s + bs]) for s in range(0, n, bs)]
+        return self.decode(torch.cat(parts), requested, seed)
+
+    # -- training ------------------------------------------------------------------------------
+    def loss(self, net: nn.Module, x0: Tensor, generator: torch.Generator | None) -> Tensor:
+        raise SynthError("the GAN engine trains with its adversarial loop (synth.engine.gan.train_gan), "
+                         "not the diffusion loop")
+
+    def gradient_penalty(self, real: Tensor, fake: Tensor) -> Tensor:
+        pac = self.config.pac
+        alpha = torch.rand(real.shape[0] // pac, 1, 1).expand(-1, pac, 1).reshape(-1, 1)
+        mix = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+        out = self.critic(mix.reshape(-1, pac * mix.shape[1]))
+        grad, = torch.autograd.grad(out.sum(), mix, create_graph=True)
+        norms = grad.reshape(-1, pac * mix.shape[1]).norm(dim=1)
+        return ((norms - 1) ** 2).mean()
+
+    def critic_score(self, x: Tensor, c: Tensor) -> Tensor:
+        h = torch.cat([x, c], dim=1)
+        return self.critic(h.reshape(-1, self.config.pac * h.shape[1]))
+
+    def cond_cross_entropy(self, raw: Tensor, c: Tensor) -> Tensor:
+        losses = []
+        for j, sl in enumerate(self.cond_slices):
+            block = c[:, int(self.cond_offsets[j]):int(self.cond_offsets[j + 1])]
+            given = block.sum(dim=1) > 0
+            if given.any():
+                ce = F.cross_entropy(raw[given, sl], block[given].argmax(dim=1), reduction="sum")
+                losses.append(ce)
+        return torch.stack(losses).sum() / raw.shape[0] if losses else raw.new_zeros(())
+
+    def sampling_state(self) -> dict[str, Tensor]:
+        return {k: v.float() if v.is_floating_point() else v for k, v in self.generator.state_dict().items()}
+
+    def config_dict(self) -> dict[str, Any]:
+        return self.config.model_dump(mode="json")
+
+    @classmethod
+    def from_artifact(cls, art: Artifact) -> "GANEngine":
+        engine = cls(GANConfig.model_validate(art.engine["config"]), TableCodec.from_dict(art.codec))
+        engine.generator.load_state_dict(art.tensors)
+        engine.generator.eval()
+        return engine
+
+
+class CondSampler:
+    """Training by sampling: (column, category) by log-frequency, then a real row holding it."""
+
+    def __init__(self, engine: GANEngine, x: Tensor, rng: np.random.Generator):
+        self.engine, self.rng = engine, rng
+        self.slots = [x[:, sl].argmax(dim=1).numpy() for sl in engine.cond_slices]
+        self.rows = [[np.flatnonzero(s == k) for k in range(card)] for s, card in zip(self.slots, engine.cond_cards)]
+        self.logp = []
+        for j, card in enumerate(engine.cond_cards):
+            counts = np.array([len(r) for r in self.rows[j]], dtype=float)
+            w = np.log1p(counts)
+            self.logp.append(w / w.sum())
+        self.n = len(x)
+
+    def draw(self, batch: int) -> tuple[np.ndarray, Tensor]:
+        e = self.engine
+        if not e.cond_columns:
+            return self.rng.integers(0, self.n, batch), torch.zeros(batch, 0)
+        col = self.rng.integers(0, len(e.cond_columns), batch)
+        idx = np.empty(batch, dtype=np.int64)
+        cond = e.null_conditions(batch).numpy()
+        for j in np.unique(col):
+            sel = np.flatnonzero(col == j)
+            cats = self.rng.choice(len(self.logp[j]), size=len(sel), p=self.logp[j])
+            for r, k in zip(sel, cats):
+                pool = self.rows[j][k]
+                idx[r] = pool[self.rng.integers(len(pool))]
+                cond[r, j] = k
+        if e.config.cond_extra > 0:  # reveal more conditions of the same real rows
+            for j in range(len(e.cond_columns)):
+                reveal = (self.rng.random(batch) < e.config.cond_extra) & (col != j)
+                cond[reveal, j] = self.slots[j][idx[reveal]]
+        return idx, e.cond_vector(torch.from_numpy(cond))
+
+
+def validation_distance(engine: GANEngine, x_val: Tensor, rows: int, seed: int) -> float:
+    """Lower is better: mean marginal distance (KS on numerics, total variation on categories
+    and flags) plus mean absolute difference of feature correlations, generated vs held out."""
+    gen = torch.Generator().manual_seed(seed)
+    n = min(rows, len(x_val)) if len(x_val) else rows
+    fake = engine.sample_features(engine.prior(n, gen), engine.null_conditions(n)).double().numpy()
+    real = x_val[:n].double().numpy()
+    dists = []
+    for kind, sl in engine.blocks:
+        if kind == "linear":
+            a, b = np.sort(real[:, sl.start]), np.sort(fake[:, sl.start])
+            grid = np.concatenate([a, b])
+            dists.append(np.abs(np.searchsorted(a, grid, "right") / len(a)
+                                - np.searchsorted(b, grid, "right") / len(b)).max())
+        else:
+            ra = real[:, sl].argmax(1) if kind == "onehot" else (real[:, sl.start] > 0).astype(int)
+            fa = fake[:, sl].argmax(1) if kind == "onehot" else (fake[:, sl.start] > 0).astype(int)
+            k = (sl.stop - sl.start) if kind == "onehot" else 2
+            dists.append(0.5 * np.abs(np.bincount(ra, minlength=k) / len(ra) - np.bincount(fa, minlength=k) / len(fa)).sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cr, cf = np.corrcoef(real.T), np.corrcoef(fake.T)
+    ok = np.isfinite(cr) & np.isfinite(cf)
+    corr = float(np.abs(cr - cf)[ok].mean()) if ok.any() else 0.0
+    return float(np.mean(dists)) + corr
+
+
+def _grad_norm(module: nn.Module) -> float:
+    norms = [p.grad.detach().norm() for p in module.parameters() if p.grad is not None]
+    return float(torch.stack(norms).norm()) if norms else 0.0
+
+
+def train_gan(engine: GANEngine, x_train: Tensor, x_val: Tensor, *, steps: int, batch_size: int, seed: int,
+              eval_every: int, time_budget_s: float | None = None,
+              report: Callable[[dict], None] | None = None) -> dict:
+    """Adversarial training with monitoring, early stopping and rollback to the best generator."""
+    cfg = engine.config
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    pac = cfg.pac
+    batch = max(pac, batch_size // pac * pac)
+    opt_g = torch.optim.Adam(engine.generator.parameters(), lr=cfg.lr_generator, betas=(0.5, 0.9), weight_decay=1e-6)
+    opt_d = torch.optim.Adam(engine.critic.parameters(), lr=cfg.lr_critic, betas=(0.5, 0.9))
+    sampler = CondSampler(engine, x_train, rng)
+    best = {"score": math.inf, "step": 0, "state": copy.deepcopy(engine.generator.state_dict())}
+    stale, stop_reason = 0, "steps"
+    t0 = time.perf_counter()
+    window: dict[str, list[float]] = {"loss_critic": [], "loss_generator": [], "wasserstein": [],
+                                      "grad_norm_critic": [], "grad_norm_generator": []}
+    step = 0
+    for step in range(1, steps + 1):
+        engine.generator.train()
+        engine.critic.train()
+        for _ in range(cfg.critic_steps):
+            idx, c = sampler.draw(batch)
+            real = x_train[torch.from_numpy(idx)]
+            noise = torch.randn(batch, cfg.noise_dim)
+            with torch.no_grad():
+                fake = engine.activate(engine.generator(torch.cat([noise, c], dim=1)))
+            d_real, d_fake = engine.critic_score(real, c).mean(), engine.critic_score(fake, c).mean()
+            gp = engine.gradient_penalty(torch.cat([real, c], 1), torch.cat([fake, c], 1))
+            loss_d = d_fake - d_real + cfg.gp_weight * gp
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            gn_d = _grad_norm(engine.critic)
+            opt_d.step()
+        _, c = sampler.draw(batch)
+        noise = torch.randn(batch, cfg.noise_dim)
+        raw = engine.generator(torch.cat([noise, c], dim=1))
+        fake = engine.activate(raw)
+        loss_g = -engine.critic_score(fake, c).mean() + engine.cond_cross_entropy(raw, c)
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        gn_g = _grad_norm(engine.generator)
+        opt_g.step()
+        for k, v in (("loss_critic", loss_d), ("loss_generator", loss_g), ("wasserstein", d_real - d_fake),
+                     ("grad_norm_critic", gn_d), ("grad_norm_generator", gn_g)):
+            window[k].append(float(v.detach()) if isinstance(v, Tensor) else float(v))
+        if not (math.isfinite(float(loss_d)) and math.isfinite(float(loss_g))):
+            stop_reason = "diverged (non-finite loss)"
+            break
+        out_of_time = time_budget_s is not None and time.perf_counter() - t0 > time_budget_s
+        if step % eval_every == 0 or step == steps or out_of_time:
+            score = validation_distance(engine, x_val, cfg.val_rows, seed)
+            m = {"step": step, **{k: float(np.mean(v)) for k, v in window.items()},
+                 "loss_gap": float(np.mean(window["loss_generator"]) - np.mean(window["loss_critic"])),
+                 "val_distance": score, "seconds": time.perf_counter() - t0,
+                 "samples_per_s": step * batch * (cfg.critic_steps + 1) / (time.perf_counter() - t0)}
+            window = {k: [] for k in window}
+            engine.history.append(m)
+            if score < best["score"]:
+                best = {"score": score, "step": step, "state": copy.deepcopy(engine.generator.state_dict())}
+                stale = 0
+            else:
+                stale += 1
+            m["best_step"] = best["step"]
+            if report:
+                report(m)
+            if stale >= cfg.patience:
+                stop_reason = f"early stop: no improvement in {cfg.patience} evaluations"
+                break
+            if out_of_time:
+                stop_reason = "time budget"
+                break
+    engine.generator.load_state_dict(best["state"])  # roll back to the best generator
+    engine.generator.eval()
+    return {"step": step, "best_step": best["step"], "best_val_distance": best["score"], "stop_reason": stop_reason,
+            "train_s": time.perf_counter() - t0}
+
+
+def fit_gan(cfg, report: Callable | None = None):
+    """`synth fit` for `model.family: gan`: prepare data like diffusion, train in this process,
+    write the artifact. Returns synth.train.fit.FitResult."""
+    from synth import storage
+    from synth.engine import save_engine
+    from synth.manifest import base_manifest
+    from synth.train.fit import FitResult, encode_tensor, prepare
+
+    if cfg.scaling.num_workers > 0:
+        raise ConfigError("model.family gan trains in this process only for now; set scaling.num_workers: 0 "
+                          "(Ray Train workers run the diffusion family)")
+    t0 = time.perf_counter()
+    storage.check_writable(cfg.output)
+    prep = prepare(cfg)
+    torch.manual_seed(cfg.train.seed)
+    engine = GANEngine(cfg.model, prep.codec)
+    x_train = encode_tensor(prep.codec, prep.train, seed=cfg.train.seed)
+    x_val = encode_tensor(prep.codec, prep.val, seed=None, strict=False)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    t1 = time.perf_counter()
+
+    def on_report(m: dict) -> None:
+        if report:
+            report({**m, "loss": m["loss_generator"], "val_loss": m["val_distance"]}, None)
+
+    metrics = train_gan(engine, x_train, x_val, steps=cfg.train.steps, batch_size=cfg.train.batch_size,
+                        seed=cfg.train.seed, eval_every=cfg.train.eval_every, time_budget_s=cfg.train.time_budget_s,
+                        report=on_report)
+    manifest = base_manifest(
+        "model", run=cfg.name, input=prep.fingerprint, split=prep.split, columns=prep.codec.kinds(),
+        seeds={"train": cfg.train.seed, "split": cfg.data.split.seed},
+        sampling={"sampler": None, "steps": 1, "guidance": None},
+        train=cfg.train.model_dump(mode="json"), workers=0,
+        metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))},
+        wall_s={"prepare_s": t1 - t0, "train_s": metrics["train_s"], "total_s": time.perf_counter() - t0},
+        privacy={"dp": False}, history=engine.history)
+    artifact_id = save_engine(engine, cfg.artifact_uri, manifest)
+    return FitResult(cfg.artifact_uri, artifact_id, metrics, prep)
