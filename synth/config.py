@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from synth import storage
 from synth.data import SplitConfig
 from synth.engine.diffusion import DiffusionConfig
 from synth.engine.gan import GANConfig
 from synth.errors import ConfigError
+from synth.privacy.config import PrivacyConfig
 from synth.table import CodecConfig
 from synth.train.config import TrainConfig
 
@@ -62,6 +63,18 @@ class RunConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig, description="differential privacy (docs/privacy.md)")
+
+    @model_validator(mode="after")
+    def _private_runs(self):
+        if self.privacy.enabled:
+            if getattr(self.model, "family", "diffusion") != "diffusion":
+                raise ValueError(f"privacy is implemented for the diffusion family, not {self.model.family!r}: "
+                                 "set model.family to diffusion or turn privacy.enabled off")
+            if self.scaling.num_workers > 0 and self.scaling.data_mode != "memory":
+                raise ValueError("private runs need scaling.data_mode memory: Poisson sampling draws every step "
+                                 "from all training rows, which a streamed shard cannot give")
+        return self
 
     @property
     def artifact_uri(self) -> str:

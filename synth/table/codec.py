@@ -121,6 +121,21 @@ class TableCodec:
             stats = TableStats.empty(schema)
         return cls.from_stats(stats, cfg)
 
+    @classmethod
+    def from_schema(cls, schema: pa.Schema, declared: dict, cfg: CodecConfig | None = None, *, num_rows: int,
+                    bins: int = 32, masses: dict[str, np.ndarray] | None = None) -> "TableCodec":
+        """A codec from a user-declared schema (`synth.table.schema.ColumnSchema` per column) and,
+        optionally, noised histogram masses on the declared grid; no statistic is read from data."""
+        from synth.table.schema import check_declared, codec_columns
+
+        cfg = cfg or CodecConfig()
+        if cfg.overrides:
+            raise ConfigError(f"data.codec.overrides {sorted(cfg.overrides)} do not apply to a declared schema; "
+                              "set each column's `kind` under privacy.schema instead")
+        fields = check_declared(schema, declared, cfg.ignore)
+        columns = codec_columns(fields, declared, cfg.max_onehot, bins, masses)
+        return cls(pa.schema(fields), columns, num_rows)
+
     # -- encode / decode ------------------------------------------------------------------
     def encode(self, table: pa.Table | pa.RecordBatch, rng: np.random.Generator | None = None,
                strict: bool = True) -> np.ndarray:

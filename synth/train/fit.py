@@ -19,6 +19,7 @@ from synth.data import fingerprint, load_splits
 from synth.engine import save_engine
 from synth.engine.diffusion import DiffusionEngine
 from synth.manifest import base_manifest
+from synth.privacy import PrivacyPlan, plan_privacy
 from synth.table import TableCodec
 from synth.train import loop
 
@@ -31,12 +32,24 @@ class Prepared:
     test: pa.Table
     fingerprint: dict
     split: dict
+    privacy: PrivacyPlan | None = None
 
 
 def prepare(cfg: RunConfig) -> Prepared:
-    """Read and split the reference data, fit the codec on the training rows only."""
+    """Read and split the reference data, fit the codec on the training rows only. A private run
+    plans its budget first (refusing what would exceed it) and builds the codec from the declared
+    schema, plus noised histograms when preprocessing is dp: never from TableStats."""
     train, val, test = load_splits(cfg.data.uri, cfg.data.split)
-    codec = TableCodec.fit([train], cfg.data.codec, schema=train.schema)
+    plan = None
+    if cfg.privacy.enabled:
+        from synth.privacy import preprocess
+
+        plan = plan_privacy(cfg.privacy, cfg.train, train.num_rows)
+        fields = preprocess.modelled_fields(train.schema, cfg.data.codec, cfg.privacy)
+        counts = preprocess.exact_counts(train, cfg.privacy, fields) if cfg.privacy.preprocessing == "dp" else None
+        codec = preprocess.private_codec(train.schema, cfg.data.codec, cfg.privacy, plan, counts)
+    else:
+        codec = TableCodec.fit([train], cfg.data.codec, schema=train.schema)
     if cfg.data.target is not None and cfg.data.target not in codec.by_name:
         from synth.errors import ConfigError
 
@@ -44,7 +57,7 @@ def prepare(cfg: RunConfig) -> Prepared:
                           f"columns are {list(codec.by_name)}")
     split = {"method": "row-content hash", **cfg.data.split.model_dump(),
              "rows": {"train": train.num_rows, "val": val.num_rows, "test": test.num_rows}}
-    return Prepared(codec, train, val, test, fingerprint(cfg.data.uri), split)
+    return Prepared(codec, train, val, test, fingerprint(cfg.data.uri), split, plan)
 
 
 def encode_tensor(codec: TableCodec, table: pa.Table, seed: int | None, strict: bool = True) -> torch.Tensor:
@@ -82,22 +95,48 @@ def fit(cfg: RunConfig, report: Callable | None = None) -> FitResult:
         if report:
             report(m, opt)
 
-    metrics = loop.train(engine, loop.shuffled_batches(x_train, cfg.train.batch_size, cfg.train.seed),
-                         cfg.train, x_val=x_val, report=on_report)
+    if prep.privacy is not None:
+        from synth.privacy.training import DPTraining
+
+        dp = DPTraining(prep.privacy, x_train, cfg.train.batch_size)
+        metrics = loop.train(engine, None, cfg.train, x_val=x_val, report=on_report, private=dp)
+        privacy = prep.privacy.manifest(dp.steps_accounted(), accountant_epsilon=dp.epsilon())
+    else:
+        metrics = loop.train(engine, loop.shuffled_batches(x_train, cfg.train.batch_size, cfg.train.seed),
+                             cfg.train, x_val=x_val, report=on_report)
+        privacy = None
     t_train = time.perf_counter() - t1
     manifest = model_manifest(cfg, prep, metrics, {"prepare_s": t_prep, "train_s": t_train,
-                                                   "total_s": time.perf_counter() - t0}, workers=0)
-    manifest["history"] = history
+                                                   "total_s": time.perf_counter() - t0}, workers=0,
+                              privacy=privacy)
+    manifest["history"] = public_history(history, privacy)
     artifact_id = save_engine(engine, cfg.artifact_uri, manifest)
     return FitResult(cfg.artifact_uri, artifact_id, metrics, prep)
 
 
-def model_manifest(cfg: RunConfig, prep: Prepared, metrics: dict, wall: dict, workers: int) -> dict:
+# what a private run's manifest leaves out: statistics of private rows that no mechanism noised
+PRIVATE_METRICS = ("loss", "val_loss", "grad_norm")
+
+
+def public_history(history: list[dict], privacy: dict | None) -> list[dict]:
+    if privacy is None:
+        return history
+    return [{k: v for k, v in h.items() if k not in PRIVATE_METRICS} for h in history]
+
+
+def model_manifest(cfg: RunConfig, prep: Prepared, metrics: dict, wall: dict, workers: int,
+                   privacy: dict | None = None) -> dict:
+    """The model manifest. With `privacy` (a PrivacyPlan.manifest block) the losses measured on
+    private rows and the content hash of the data are withheld: they are not differentially private."""
     m = cfg.model
+    fp = dict(prep.fingerprint)
+    if privacy is not None:
+        metrics = {k: v for k, v in metrics.items() if k not in PRIVATE_METRICS}
+        fp.update(sha256="withheld (private run: a hash of the data is not differentially private)", bytes=None)
     return base_manifest(
         "model",
         run=cfg.name,
-        input=prep.fingerprint,
+        input=fp,
         split=prep.split,
         columns=prep.codec.kinds(),
         seeds={"train": cfg.train.seed, "split": cfg.data.split.seed},
@@ -108,5 +147,5 @@ def model_manifest(cfg: RunConfig, prep: Prepared, metrics: dict, wall: dict, wo
         workers=workers,
         metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))},
         wall_s=wall,
-        privacy={"dp": False},
+        privacy=privacy or {"dp": False},
     )

@@ -76,16 +76,24 @@ def validation_loss(engine: Engine, net: torch.nn.Module, x_val: Tensor, seed: i
     return total / count
 
 
-def train(engine: Engine, batches: Iterator[Tensor], cfg: TrainConfig, *, x_val: Tensor | None = None,
+def train(engine: Engine, batches: Iterator[Tensor] | None, cfg: TrainConfig, *, x_val: Tensor | None = None,
           accelerator: Accelerator | None = None, start_step: int = 0, optimizer_state: dict | None = None,
-          report: Report | None = None) -> dict:
+          report: Report | None = None, private=None) -> dict:
     """Train `engine.net` (and its EMA) for cfg.steps optimizer steps; returns final metrics.
 
     `report(metrics, optimizer)` is called every `eval_every` steps and at the end, with "step",
     "loss", "grad_norm", "samples_per_s", "val_loss", "lr" and "wall_s"; the caller decides what
     to do with it (print, ray.train.report with a checkpoint, ...). `engine.net` is the live module
     throughout (Accelerate/DDP wrap it without copying), so a checkpoint can be taken from it.
+
+    `private` (a `synth.privacy.training.DPTraining`) trains with DP-SGD through Opacus instead:
+    `batches` is then ignored (Poisson-sampled batches come from Opacus' DPDataLoader), training
+    runs in fp32 without Accelerate's DDP (Opacus clips, noises and all-reduces), and metrics gain
+    "epsilon" (training epsilon so far, from the accountant attached to the optimizer).
     """
+    if private is not None:
+        return _train_private(engine, cfg, private, x_val=x_val, accelerator=accelerator, start_step=start_step,
+                              optimizer_state=optimizer_state, report=report)
     acc = accelerator or make_accelerator(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -138,4 +146,65 @@ def train(engine: Engine, batches: Iterator[Tensor], cfg: TrainConfig, *, x_val:
         if out_of_time:
             break
     metrics["steps_done"] = step
+    return metrics
+
+
+def _train_private(engine: Engine, cfg: TrainConfig, private, *, x_val: Tensor | None, accelerator: Accelerator | None,
+                   start_step: int, optimizer_state: dict | None, report: Report | None) -> dict:
+    acc = accelerator or make_accelerator(cfg)  # device and rank only: no prepare(), no autocast
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed + acc.process_index)
+    opt = torch.optim.AdamW(engine.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if optimizer_state:
+        opt.load_state_dict(optimizer_state)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg), last_epoch=start_step - 1)
+    engine.net.to(acc.device)
+    engine.ema.to(acc.device)
+    net, dp_opt, batches = private.attach(engine.net, opt, start_step)
+    gen = torch.Generator(device=acc.device).manual_seed(cfg.seed * 1000 + acc.process_index + start_step)
+    if x_val is not None:
+        x_val = x_val.to(acc.device)
+    net.train()
+    limit = min(cfg.steps, private.max_steps)
+    t0 = time.perf_counter()
+    window_t, window_rows, losses = t0, 0, []
+    metrics: dict = {}
+    step = start_step
+    try:
+        while step < limit:
+            xb = next(batches).to(acc.device, non_blocking=True)
+            loss = private.loss(engine, net, xb, gen)
+            loss.backward()
+            dp_opt.step()  # clip per sample, add noise (all-reduce across workers), account the step
+            dp_opt.zero_grad(set_to_none=True)
+            if xb.shape[0]:
+                losses.append(float(loss.detach()))
+            window_rows += xb.shape[0] * acc.num_processes
+            sched.step()
+            engine.update_ema(engine.net, cfg.ema_decay if step >= cfg.warmup_steps else 0.0)
+            step += 1
+            out_of_time = cfg.time_budget_s is not None and time.perf_counter() - t0 >= cfg.time_budget_s
+            if step % cfg.eval_every == 0 or step == limit or out_of_time:
+                now = time.perf_counter()
+                metrics = {
+                    "step": step,
+                    "loss": sum(losses) / max(1, len(losses)),
+                    "grad_norm": float("nan"),  # per-sample norms are clipped inside Opacus
+                    "samples_per_s": window_rows / max(1e-9, now - window_t),
+                    "val_loss": validation_loss(engine, engine.ema, x_val, cfg.seed) if x_val is not None
+                    else float("nan"),
+                    "lr": sched.get_last_lr()[0],
+                    "wall_s": now - t0,
+                    "epsilon": private.epsilon(),
+                }
+                if report:
+                    report(metrics, dp_opt)
+                window_t, window_rows, losses = time.perf_counter(), 0, []
+            if out_of_time:
+                break
+    finally:
+        private.detach()
+    metrics["steps_done"] = step
+    metrics["epsilon"] = private.epsilon()
     return metrics
