@@ -374,7 +374,7 @@ def train_gan(engine: GANEngine, x_train: Tensor, x_val: Tensor, *, steps: int, 
         for k, v in (("loss_critic", loss_d), ("loss_generator", loss_g), ("wasserstein", d_real - d_fake),
                      ("grad_norm_critic", gn_d), ("grad_norm_generator", gn_g)):
             window[k].append(float(v.detach()) if isinstance(v, Tensor) else float(v))
-        if not (math.isfinite(float(loss_d)) and math.isfinite(float(loss_g))):
+        if not (math.isfinite(loss_d.item()) and math.isfinite(loss_g.item())):
             stop_reason = "diverged (non-finite loss)"
             break
         out_of_time = time_budget_s is not None and time.perf_counter() - t0 > time_budget_s
