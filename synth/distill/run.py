@@ -52,10 +52,10 @@ def distill(cfg: DistillConfig, report: Callable | None = None) -> DistillResult
     """Train a student per `cfg`; in this process when scaling.num_workers is 0, else on Ray Train."""
     if os.path.abspath(cfg.output) == os.path.abspath(cfg.teacher):
         raise ConfigError("output must differ from the teacher artifact; the teacher is never overwritten")
-    storage.check_writable(cfg.output)
     teacher = load_teacher(cfg.teacher)
     if cfg.train.batch_size > cfg.trajectories:
         raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) exceeds trajectories ({cfg.trajectories})")
+    storage.check_writable(cfg.output)
     if cfg.scaling.num_workers > 0:
         return _distill_on_ray(cfg, teacher)
     t0 = time.perf_counter()

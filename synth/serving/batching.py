@@ -24,9 +24,10 @@ from synth.diffusion.samplers import nfe as sampler_nfe
 STOCHASTIC_SAMPLERS = frozenset({"ddpm"})
 
 
-def cfg_factor(guidance: float) -> int:
-    """Network rows per sample row: guidance other than 0 or 1 evaluates both halves."""
-    return 1 if guidance in (0.0, 1.0) else 2
+def cfg_factor(guidance: float, sampler: str) -> int:
+    """Network rows per sample row: guidance other than 0 or 1 evaluates both halves, except for a
+    guidance-distilled student, which takes the weight as an input."""
+    return 1 if guidance in (0.0, 1.0) or sampler == "distilled" else 2
 
 
 @dataclass
@@ -61,7 +62,7 @@ class Job:
         return (self.sampler, self.steps, float(self.guidance), id(self) if self.isolated else None)
 
     def cost_per_row(self) -> int:
-        return self.nfe * cfg_factor(self.guidance)
+        return self.nfe * cfg_factor(self.guidance, self.sampler)
 
 
 @dataclass
@@ -148,7 +149,7 @@ def run_batch(engine: Any, jobs: list[Job], batch: ModelBatch) -> BatchStats:
         jobs[s.job].parts.append(feats[offset:offset + n])
         offset += n
     rows = batch.rows
-    return BatchStats(batch.sampler, batch.steps, batch.guidance, rows, rows * cfg_factor(batch.guidance),
+    return BatchStats(batch.sampler, batch.steps, batch.guidance, rows, rows * cfg_factor(batch.guidance, batch.sampler),
                       time.perf_counter() - t0)
 
 

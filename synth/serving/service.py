@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 
-from synth.diffusion.samplers import SAMPLERS
 from synth.diffusion.samplers import nfe as sampler_nfe
 from synth.engine import load_engine
 from synth.errors import ConfigError
@@ -82,8 +81,9 @@ class SamplingService:
             errors.append(_problem(("guidance",), f"guidance must be at most {a.max_guidance}, got {req.guidance}",
                                    "less_than_equal"))
         sampler = req.sampler or self.defaults["sampler"]
-        if sampler not in SAMPLERS:  # the schema already restricts it; kept for direct callers
-            errors.append(_problem(("sampler",), f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}"))
+        if sampler not in engine.samplers():
+            errors.append(_problem(("sampler",), f"sampler {sampler!r} is not available for this model; choose one "
+                                                 f"of {engine.samplers()}"))
         n = min(req.rows, a.max_rows)
         for name, value in req.conditions.items():
             if isinstance(value, list) and len(value) != req.rows:
@@ -117,8 +117,11 @@ class SamplingService:
                    seed=seed, seeded=seeded, fmt=req.format)
 
     def choose_steps(self, sampler: str, rows: int, guidance: float) -> int:
+        spec = getattr(self.engine.config, "distilled", None)
+        if spec is not None:  # a student runs exactly the steps it was distilled for
+            return spec.steps
         budget = self.args.steps_headroom * self.args.slo_p99_ms / 1000.0
-        return self.latency.choose_steps(sampler, rows * cfg_factor(guidance), self.args.steps_candidates,
+        return self.latency.choose_steps(sampler, rows * cfg_factor(guidance, sampler), self.args.steps_candidates,
                                          budget, self.args.batch_wait_timeout_s, self.backlog_s())
 
     def backlog_s(self) -> float:
@@ -132,7 +135,7 @@ class SamplingService:
         backlog = self.backlog_s()
         if backlog > 0 and backlog + self.latency.predict(job.sampler, job.steps, job.rows) > a.backlog_limit_s:
             self._reject("backlog", backlog)
-        key = (job.sampler, job.steps, cfg_factor(job.guidance))
+        key = (job.sampler, job.steps, cfg_factor(job.guidance, job.sampler))
         self.pending[key] = self.pending.get(key, 0) + job.rows * key[2]
         self.inflight_rows += job.rows
         self.inflight_requests += 1
@@ -144,7 +147,7 @@ class SamplingService:
         raise Overloaded(reason, retry_after_s)
 
     def release(self, job: Job) -> None:
-        key = (job.sampler, job.steps, cfg_factor(job.guidance))
+        key = (job.sampler, job.steps, cfg_factor(job.guidance, job.sampler))
         self.pending[key] = self.pending.get(key, 0) - job.rows * key[2]
         if self.pending[key] <= 0:
             del self.pending[key]
@@ -216,7 +219,7 @@ class SamplingService:
                         "nullable": f.nullable} for f in e.codec.schema],
             "condition_columns": conds,
             "samplers": [{"name": s, "nfe_per_step": sampler_nfe(s, 8) / 8, "stochastic": s in STOCHASTIC_SAMPLERS}
-                         for s in sorted(SAMPLERS)],
+                         for s in e.samplers()],
             "defaults": dict(self.defaults),
             "steps_candidates": sorted(a.steps_candidates),
             "slo_p99_ms": a.slo_p99_ms,
@@ -229,7 +232,7 @@ class SamplingService:
     def slo_report(self, window_s: float | None = None) -> dict[str, Any]:
         rep = self.tracker.report(window_s=window_s)
         rep["backlog_ms"] = 1000.0 * self.backlog_s()
-        rep["auto_steps"] = {s: self.choose_steps(s, 1, self.defaults["guidance"]) for s in sorted(SAMPLERS)}
+        rep["auto_steps"] = {s: self.choose_steps(s, 1, self.defaults["guidance"]) for s in self.engine.samplers()}
         rep["latency_model"] = self.latency.report()
         rep["replica"] = self.replica
         return rep
