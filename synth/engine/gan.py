@@ -3,7 +3,12 @@ PacGAN packing, without CTGAN's mode-specific normalisation: the codec's quantil
 numerics already are ~N(0, 1)).
 
 - Generator: noise + conditional vector -> codec features (linear numerics, tanh null flags,
-  Gumbel-softmax one-hot blocks scaled to [-1, 1]).
+  Gumbel-softmax one-hot blocks scaled to [-1, 1]), BatchNorm as in CTGAN. Sampling uses the
+  BatchNorm statistics in eval mode (a row's output must not depend on the other rows of its
+  batch: the endpoint merges requests), re-estimated after training and before every
+  validation on the sampling-time condition distribution: the running averages from training
+  (log-frequency conditions, moving weights) sampled much worse on Adult (SDMetrics 0.78 vs
+  0.85 with batch statistics; LayerNorm instead trained worse, 0.73).
 - Critic: `pac` rows packed into one input (PacGAN), each with its conditional vector;
   gradient penalty on real/fake interpolates (WGAN-GP).
 - Training by sampling: each row of a batch picks a condition column uniformly and a category
@@ -297,6 +302,28 @@ class CondSampler:
         return idx, e.cond_vector(torch.from_numpy(cond))
 
 
+@torch.no_grad()
+def recalibrate_norms(engine: GANEngine, rows: int = 20_000, batch: int = 500, seed: int = 0) -> None:
+    """Re-estimate the generator's BatchNorm statistics (cumulative averages) on batches drawn
+    the way sampling draws them: unconditioned rows conditioned by reference frequencies."""
+    norms = [m for m in engine.generator.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    gen = torch.Generator().manual_seed(seed)
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    engine.generator.train()
+    for _ in range(max(1, rows // batch)):
+        x = engine.prior(batch, gen)
+        c = engine.cond_vector(engine.fill_unconditioned(x, engine.null_conditions(batch)))
+        engine.generator(torch.cat([x[:, : engine.config.noise_dim], c], dim=1))
+    for m, mom in zip(norms, saved):
+        m.momentum = mom
+    engine.generator.eval()
+
+
 def validation_distance(engine: GANEngine, x_val: Tensor, rows: int, seed: int) -> float:
     """Lower is better: mean marginal distance (KS on numerics, total variation on categories
     and flags) plus mean absolute difference of feature correlations, generated vs held out."""
@@ -379,6 +406,7 @@ def train_gan(engine: GANEngine, x_train: Tensor, x_val: Tensor, *, steps: int, 
             break
         out_of_time = time_budget_s is not None and time.perf_counter() - t0 > time_budget_s
         if step % eval_every == 0 or step == steps or out_of_time:
+            recalibrate_norms(engine, seed=seed)
             score = validation_distance(engine, x_val, cfg.val_rows, seed)
             m = {"step": step, **{k: float(np.mean(v)) for k, v in window.items()},
                  "loss_gap": float(np.mean(window["loss_generator"]) - np.mean(window["loss_critic"])),
