@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 
 from synth import storage
+from synth.errors import ConfigError
 from synth.evaluate.fidelity import _categorical, _is_numeric, _numeric
 from synth.manifest import base_manifest
 
@@ -178,8 +179,13 @@ def build_report(synthetic: pa.Table, manifest: dict, *, output: str, evaluation
     if evaluation is None:
         evaluation = evaluate_against_reference(synthetic, manifest, data_uri=data_uri, target=target, seed=seed,
                                                 max_rows=max_rows)
-    split = SplitConfig(**{k: manifest["split"][k] for k in ("train", "val", "test", "seed")})
-    _, _, test = load_splits(data_uri or manifest["input"]["uri"], split)
+    if manifest.get("split") is None:  # a model fitted without rows records no split: use --data, split by default
+        if data_uri is None:
+            raise ConfigError("this model records no reference split; give the reference data to compare with (--data)")
+        _, _, test = load_splits(data_uri, SplitConfig())
+    else:
+        split = SplitConfig(**{k: manifest["split"][k] for k in ("train", "val", "test", "seed")})
+        _, _, test = load_splits(data_uri or manifest["input"]["uri"], split)
     cols = list(kinds)
     real = test.select(cols).to_pandas()
     syn = synthetic.select(cols).to_pandas()
@@ -190,7 +196,7 @@ def build_report(synthetic: pa.Table, manifest: dict, *, output: str, evaluation
     verdicts = contract.to_dict() if hasattr(contract, "to_dict") else contract
     meta = base_manifest("report")
     subtitle = (f"Model artifact <code>{_e(manifest.get('artifact_id'))}</code> ({_e(manifest.get('family'))}) "
-                f"trained on <code>{_e(manifest['input']['uri'])}</code> &middot; report created "
+                f"trained on <code>{_e((manifest.get('input') or {}).get('uri', 'n/a'))}</code> &middot; report created "
                 f"{_e(meta['created_at'])}")
     manifests = {"model artifact manifest": {k: v for k, v in manifest.items() if k != "history"},
                  **(extra_manifests or {}), "report": meta}
