@@ -41,12 +41,12 @@ PROCESSES = {
     "flow": ProcessConfig(kind="flow"),
     "ou": ProcessConfig(kind="ou"),
 }
-DETERMINISTIC = ["ddim", "dpmpp_2m", "unipc", "euler", "heun"]
+DETERMINISTIC = ["ddim", "dpmpp_2m", "unipc", "euler", "heun", "distilled"]
 
 # Steps for the convergence check at each sampler's DEFAULT_SPACING. Euler/Heun integrate the ODE
 # in the process's own clock t: VE's geometric clock (rate log(sigma_max/sigma_min) ~ 10.6) and
 # OU's sqrt(1 - t) singularity at t_max need more steps; the exponential integrators do not.
-STEPS = {"ddpm": 250, "ddim": 150, "dpmpp_2m": 50, "unipc": 50, "euler": 200, "heun": 25}
+STEPS = {"ddpm": 250, "ddim": 150, "dpmpp_2m": 50, "unipc": 50, "euler": 200, "heun": 25, "distilled": 150}
 STEPS_OVERRIDE = {("euler", "ve"): 1200, ("euler", "ou"): 400, ("heun", "ve"): 100, ("heun", "ou"): 50}
 
 N = 20_000
@@ -271,7 +271,7 @@ def test_low_step_multistep_beats_ddim(proc: str) -> None:
 
 
 # UniPC-2 with its corrector is third order (Zhao et al. 2023, UniC raises the order by one).
-ORDER = {"ddim": 1, "euler": 1, "dpmpp_2m": 2, "heun": 2, "unipc": 3}
+ORDER = {"ddim": 1, "euler": 1, "dpmpp_2m": 2, "heun": 2, "unipc": 3, "distilled": 1}
 
 
 @pytest.mark.parametrize("proc", list(PROCESSES))
