@@ -11,7 +11,7 @@ import pandas as pd
 from .detection import c2st_auc
 from .efficacy import ml_efficacy
 from .fidelity import column_shapes, fit_report, pair_trends
-from .privacy import distance_to_closest_record
+from .privacy import distance_to_closest_record, membership_inference
 
 __all__ = ["evaluate", "summary_table", "to_jsonable"]
 
@@ -58,7 +58,8 @@ def evaluate(
     * ``detection``: ``{"c2st_auc", "score"}`` with ``score = 1 - (2 * max(auc, 0.5) - 1)``
       (1 = indistinguishable; SDMetrics' detection convention);
     * ``efficacy``: :func:`ml_efficacy` for ``target`` or ``None`` without a target;
-    * ``privacy``: :func:`distance_to_closest_record`;
+    * ``privacy``: :func:`distance_to_closest_record`, with ``membership_inference``
+      (:func:`membership_inference`, train members vs test non-members) inside;
     * ``n_rows``: ``{"train", "test", "synthetic"}``.
 
     Everything is plain JSON (floats, ints, strings, lists, dicts, ``None``) and
@@ -77,10 +78,17 @@ def evaluate(
         "detection": {"c2st_auc": auc, "score": 1.0 - (2.0 * max(auc, 0.5) - 1.0)},
         "efficacy": (ml_efficacy(train_real, synth, test_real, kinds, target, seed=seed)
                      if target is not None else None),
-        "privacy": distance_to_closest_record(train_real, synth, test_real, kinds, seed=seed),
+        "privacy": {**distance_to_closest_record(train_real, synth, test_real, kinds, seed=seed),
+                    "membership_inference": _mia_or_none(train_real, synth, test_real, kinds, seed)},
         "n_rows": {"train": len(train_real), "test": len(test_real), "synthetic": len(synth)},
     }
     return to_jsonable(result)
+
+
+def _mia_or_none(train_real, synth, test_real, kinds, seed) -> dict | None:
+    if min(len(train_real), len(test_real) // 2) < 2 or len(synth) == 0:
+        return None
+    return membership_inference(train_real, synth, test_real, kinds, seed=seed)
 
 
 def _fmt(v: Any, pct: bool = False) -> str:
@@ -125,4 +133,7 @@ def summary_table(result: Mapping[str, Any]) -> list[tuple[str, str]]:
         rows.append(("DCR share closer to train (0.5 ideal)", _fmt(pr.get("dcr_share"))))
         rows.append(("Exact-copy rate", _fmt(pr.get("exact_copy_rate"), pct=True)))
         rows.append(("Exact-copy rate (holdout baseline)", _fmt(pr.get("exact_copy_rate_holdout"), pct=True)))
+        mia = pr.get("membership_inference")
+        if mia:
+            rows.append(("Membership-inference AUC (0.5 = none)", _fmt(mia.get("auc"))))
     return rows

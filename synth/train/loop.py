@@ -151,20 +151,29 @@ def train(engine: Engine, batches: Iterator[Tensor] | None, cfg: TrainConfig, *,
 
 def _train_private(engine: Engine, cfg: TrainConfig, private, *, x_val: Tensor | None, accelerator: Accelerator | None,
                    start_step: int, optimizer_state: dict | None, report: Report | None) -> dict:
-    acc = accelerator or make_accelerator(cfg)  # device and rank only: no prepare(), no autocast
+    # Accelerate only for device and rank (no prepare(), no autocast). Without one, none is made:
+    # its process-wide state would pin fp32 for later non-private runs in the same process.
+    if accelerator is not None:
+        device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    else:
+        import torch.distributed as dist
+
+        dist_on = dist.is_available() and dist.is_initialized()
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist_on else (0, 1)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed + acc.process_index)
+    torch.manual_seed(cfg.seed + rank)
     opt = torch.optim.AdamW(engine.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if optimizer_state:
         opt.load_state_dict(optimizer_state)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg), last_epoch=start_step - 1)
-    engine.net.to(acc.device)
-    engine.ema.to(acc.device)
+    engine.net.to(device)
+    engine.ema.to(device)
     net, dp_opt, batches = private.attach(engine.net, opt, start_step)
-    gen = torch.Generator(device=acc.device).manual_seed(cfg.seed * 1000 + acc.process_index + start_step)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank + start_step)
     if x_val is not None:
-        x_val = x_val.to(acc.device)
+        x_val = x_val.to(device)
     net.train()
     limit = min(cfg.steps, private.max_steps)
     t0 = time.perf_counter()
@@ -173,14 +182,14 @@ def _train_private(engine: Engine, cfg: TrainConfig, private, *, x_val: Tensor |
     step = start_step
     try:
         while step < limit:
-            xb = next(batches).to(acc.device, non_blocking=True)
+            xb = next(batches).to(device, non_blocking=True)
             loss = private.loss(engine, net, xb, gen)
             loss.backward()
             dp_opt.step()  # clip per sample, add noise (all-reduce across workers), account the step
             dp_opt.zero_grad(set_to_none=True)
             if xb.shape[0]:
                 losses.append(float(loss.detach()))
-            window_rows += xb.shape[0] * acc.num_processes
+            window_rows += xb.shape[0] * world
             sched.step()
             engine.update_ema(engine.net, cfg.ema_decay if step >= cfg.warmup_steps else 0.0)
             step += 1
@@ -190,13 +199,13 @@ def _train_private(engine: Engine, cfg: TrainConfig, private, *, x_val: Tensor |
                 metrics = {
                     "step": step,
                     "loss": sum(losses) / max(1, len(losses)),
-                    "grad_norm": float("nan"),  # per-sample norms are clipped inside Opacus
                     "samples_per_s": window_rows / max(1e-9, now - window_t),
                     "val_loss": validation_loss(engine, engine.ema, x_val, cfg.seed) if x_val is not None
                     else float("nan"),
                     "lr": sched.get_last_lr()[0],
                     "wall_s": now - t0,
                     "epsilon": private.epsilon(),
+                    "dp_optimizer": type(dp_opt).__name__,
                 }
                 if report:
                     report(metrics, dp_opt)

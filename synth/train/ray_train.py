@@ -132,18 +132,27 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         batches = _stream_batches(ray.train.get_dataset_shard("train"), cfg.train.batch_size // world,
                                   cfg.train.seed + start_step)
 
+    private = None
+    if config.get("privacy") is not None:  # DP-SGD: Opacus' Poisson sampler over all rows (memory mode)
+        from synth.privacy import PrivacyPlan
+        from synth.privacy.training import DPTraining
+
+        private = DPTraining(PrivacyPlan.from_dict(config["privacy"]), x, cfg.train.batch_size, world=world)
+        batches = None
+
     def report(metrics: dict, optimizer) -> None:
         history.append(metrics)
         if rank == 0:  # every worker reports (it is a barrier); rank 0 attaches the checkpoint
             with tempfile.TemporaryDirectory() as d:
                 save_checkpoint(engine, optimizer, metrics["step"], d,
-                                {"kind": "checkpoint", "run": cfg.name, "history": history})
+                                {"kind": "checkpoint", "run": cfg.name, "history": history,
+                                 "privacy_plan": config.get("privacy")})
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics, checkpoint=None)
 
     train(engine, batches, cfg.train, x_val=val, accelerator=acc, start_step=start_step,
-          optimizer_state=opt_state, report=report)
+          optimizer_state=opt_state, report=report, private=private)
 
 
 # -- the driver -----------------------------------------------------------------------------
@@ -157,7 +166,7 @@ def fit_on_ray(cfg: RunConfig, report=None):
 
     from synth.engine import load_engine, save_engine
     from synth.raycluster import check_resources, ensure_ray
-    from synth.train.fit import FitResult, model_manifest, Prepared
+    from synth.train.fit import FitResult, Prepared, model_manifest, public_history
 
     t0 = time.perf_counter()
     if cfg.train.time_budget_s is not None and cfg.scaling.num_workers > 1:
@@ -178,8 +187,13 @@ def fit_on_ray(cfg: RunConfig, report=None):
     split = cfg.data.split.model_dump()
     parts = [ds.map_batches(_split_filter, fn_kwargs={"split": split, "part": k}, batch_format="pyarrow",
                             num_cpus=0.5) for k in range(3)]
-    stats = distributed_stats(parts[0], schema)
-    codec = TableCodec.from_stats(stats, cfg.data.codec)
+    plan = None
+    if cfg.privacy.enabled:
+        codec, plan, train_rows = _private_codec(parts[0], schema, cfg, storage_path)
+    else:
+        stats = distributed_stats(parts[0], schema)
+        codec = TableCodec.from_stats(stats, cfg.data.codec)
+        train_rows = int(stats.num_rows)
     if cfg.data.target is not None and cfg.data.target not in codec.by_name:
         raise ConfigError(f"data.target names column {cfg.data.target!r}, which is not modelled")
     enc = lambda d, seed: d.map_batches(_encode, fn_kwargs={"codec_state": codec.to_dict(), "seed": seed},  # noqa: E731
@@ -190,7 +204,7 @@ def fit_on_ray(cfg: RunConfig, report=None):
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"run": cfg.model_dump(mode="json"), "codec": codec.to_dict(),
-                           "data_mode": cfg.scaling.data_mode},
+                           "data_mode": cfg.scaling.data_mode, "privacy": plan and plan.to_dict()},
         scaling_config=ray.train.ScalingConfig(
             num_workers=sc.num_workers, use_gpu=sc.use_gpu,
             resources_per_worker={"CPU": sc.cpus_per_worker, **({"GPU": sc.gpus_per_worker} if sc.use_gpu else {})}),
@@ -212,15 +226,85 @@ def fit_on_ray(cfg: RunConfig, report=None):
     with result.checkpoint.as_directory() as d:
         engine = load_engine(d)
     metrics = dict(result.metrics or {})
-    train_rows = int(stats.num_rows)
     prep = Prepared(codec, None, None, None, fingerprint(cfg.data.uri),
-                    {"method": "row-content hash", **split, "rows": {"train": train_rows}})
+                    {"method": "row-content hash", **split, "rows": {"train": train_rows}}, plan)
+    privacy = None
+    if plan is not None:  # the steps the workers' accountant counted, re-derived and cross-checked
+        privacy = plan.manifest(int(metrics["step"]), accountant_epsilon=metrics.get("epsilon"))
+        privacy["workers"] = sc.num_workers
     manifest = model_manifest(cfg, prep, metrics, {"prepare_s": t1 - t0, "train_s": t_train,
-                                                   "total_s": time.perf_counter() - t0}, workers=sc.num_workers)
+                                                   "total_s": time.perf_counter() - t0}, workers=sc.num_workers,
+                              privacy=privacy)
     manifest["ray"] = {"storage_path": storage_path, "run": cfg.name, "data_mode": sc.data_mode}
-    manifest["history"] = engine.manifest.get("history", [])
+    manifest["history"] = public_history(engine.manifest.get("history", []), privacy)
     artifact_id = save_engine(engine, cfg.artifact_uri, manifest)
     return FitResult(cfg.artifact_uri, artifact_id, metrics, prep)
+
+
+def _partial_counts(batch: pa.Table, privacy: dict, fields: list[str]) -> pa.Table:
+    from synth.privacy.config import PrivacyConfig
+    from synth.privacy.preprocess import exact_counts
+
+    counts = exact_counts(batch, PrivacyConfig.model_validate(privacy), fields)
+    return pa.table({"counts": [json.dumps({k: v.tolist() for k, v in counts.items()})]})
+
+
+def _private_codec(train_ds, schema: pa.Schema, cfg: RunConfig, storage_path: str):
+    """(codec, privacy plan, training rows) of a private run, planned before any training.
+
+    The codec comes from the declared schema; in dp preprocessing mode exact cell counts are
+    summed over blocks (map_batches) and noised once here. A rerun that resumes from checkpoints
+    reuses their codec, so the preprocessing budget is not spent twice, and must keep the plan."""
+    from synth.privacy import PrivacyPlan, plan_privacy
+    from synth.privacy.preprocess import merge_counts, modelled_fields, private_codec
+
+    pcfg, sc = cfg.privacy, cfg.scaling
+    rows = train_ds.count()
+    plan = plan_privacy(pcfg, cfg.train, rows)
+    if plan.expected_batch_size / sc.num_workers < 32:
+        raise ConfigError(f"each of the {sc.num_workers} workers would draw about "
+                          f"{plan.expected_batch_size / sc.num_workers:.0f} rows per step; raise train.batch_size "
+                          "or use fewer workers (Poisson batches that small can come out empty and stall DDP)")
+    previous = _latest_checkpoint(storage_path, cfg.name)
+    if previous is not None:
+        manifest, codec_json = previous
+        before = manifest.get("privacy_plan")
+        if before is None or PrivacyPlan.from_dict(before) != plan:
+            raise ConfigError(f"run {cfg.name!r} under {storage_path} has checkpoints made with other privacy "
+                              "settings; a private run resumes only with the same privacy block, steps, batch size "
+                              "and data. Use a new `name` or another scaling.storage_path")
+        return TableCodec.from_dict(codec_json), plan, rows
+    fields = modelled_fields(schema, cfg.data.codec, pcfg)
+    counts = None
+    if pcfg.preprocessing == "dp":
+        partials = train_ds.map_batches(_partial_counts, fn_kwargs={"privacy": pcfg.model_dump(mode="json"),
+                                                                    "fields": fields},
+                                        batch_format="pyarrow", batch_size=65_536, num_cpus=0.5)
+        counts = merge_counts(({k: np.asarray(v) for k, v in json.loads(r["counts"]).items()}
+                               for r in partials.iter_rows()), pcfg, fields)
+    return private_codec(schema, cfg.data.codec, pcfg, plan, counts), plan, rows
+
+
+def _latest_checkpoint(storage_path: str, name: str) -> tuple[dict, dict] | None:
+    """(manifest, codec state) of the newest checkpoint of run `name`, or None."""
+    import pyarrow.fs as pafs
+
+    from synth.artifact import CODEC, MANIFEST
+
+    fs, path = storage.resolve(storage.join(storage_path, name))
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return None
+    ckpts = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(path))
+                   if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_"))
+    if not ckpts:
+        return None
+    try:
+        with fs.open_input_stream(f"{ckpts[-1]}/{MANIFEST}") as f:
+            manifest = json.loads(f.read())
+        with fs.open_input_stream(f"{ckpts[-1]}/{CODEC}") as f:
+            return manifest, json.loads(f.read())
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def _root_message(e: BaseException) -> str:
