@@ -223,6 +223,11 @@ def test_cli_fingerprint_fit_sample_and_bad_input(tmp_path, adult_fp):
     r = synth("sample", tmp_path / "m", "-n", 200, "-o", tmp_path / "s.parquet", "--condition", "sex=Female")
     assert r.returncode == 0, r.stderr
     assert set(pq.read_table(tmp_path / "s.parquet")["sex"].to_pylist()) == {"Female"}
+    r = synth("evaluate", tmp_path / "s.parquet", "-a", tmp_path / "m", "--data", data, "-o", tmp_path / "ev.json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 0.5 <= json.loads((tmp_path / "ev.json").read_text())["detection"]["c2st_auc"] <= 1
+    r = synth("evaluate", tmp_path / "s.parquet", "-a", tmp_path / "m")
+    assert r.returncode == 2 and "give the reference data" in " ".join(r.stderr.split()), r.stderr[-2000:]
 
     (tmp_path / "bad.json").write_text(json.dumps(_indefinite(adult_fp)))
     r = synth("fit-fingerprint", tmp_path / "bad.json", "-o", tmp_path / "m2", "--refuse-invalid")

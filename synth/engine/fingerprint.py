@@ -265,7 +265,7 @@ def fit_fingerprint(fp_uri: str, output: str, on_invalid: Literal["repair", "ref
         "model", run=name or "fingerprint",
         input={"kind": "fingerprint", "uri": fp_uri, "sha256": storage.sha256_bytes(raw), "bytes": len(raw),
                "rows": fp.rows, "source": fp.source},
-        columns=engine.codec.kinds(), seeds={}, sampling={"sampler": None, "steps": 1, "guidance": None},
+        columns=engine.codec.kinds(), seeds={}, sampling={"sampler": engine.config.sampler, "steps": 1, "guidance": 1.0, "one_pass": True},
         correlation=report, metrics={}, wall_s={"total_s": time.perf_counter() - t0},
         privacy={"dp": False, "raw_rows": False, "note": "fitted from aggregate statistics only"})
     return save_engine(engine, output, manifest), report

@@ -466,7 +466,7 @@ def fit_gan(cfg, report: Callable | None = None):
     manifest = base_manifest(
         "model", run=cfg.name, input=prep.fingerprint, split=prep.split, columns=prep.codec.kinds(),
         seeds={"train": cfg.train.seed, "split": cfg.data.split.seed},
-        sampling={"sampler": None, "steps": 1, "guidance": None},
+        sampling={"sampler": cfg.model.sampler, "steps": 1, "guidance": 1.0, "one_pass": True},
         train=cfg.train.model_dump(mode="json"), workers=0,
         metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))},
         wall_s={"prepare_s": t1 - t0, "train_s": metrics["train_s"], "total_s": time.perf_counter() - t0},

@@ -13,9 +13,14 @@ def evaluate_against_reference(synthetic: pa.Table, manifest: dict, *, data_uri:
                                target: str | None = None, seed: int = 0, max_rows: int = 10_000) -> dict:
     from synth.evaluate.suite import evaluate
 
-    split_cfg = SplitConfig(**{k: manifest["split"][k] for k in ("train", "val", "test", "seed")})
-    uri = data_uri or manifest["input"]["uri"]
-    train, _, test = load_splits(uri, split_cfg)
+    if manifest.get("split") is None:  # fitted without rows (fingerprint family): split --data the default way
+        if data_uri is None:
+            raise ConfigError("this model was fitted from a fingerprint, not rows, so it records no split; "
+                              "give the reference data to compare with (--data)")
+        train, _, test = load_splits(data_uri, SplitConfig())
+    else:
+        split_cfg = SplitConfig(**{k: manifest["split"][k] for k in ("train", "val", "test", "seed")})
+        train, _, test = load_splits(data_uri or manifest["input"]["uri"], split_cfg)
     kinds = manifest["columns"]
     missing = [c for c in kinds if c not in synthetic.schema.names]
     if missing:
