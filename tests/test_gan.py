@@ -59,6 +59,11 @@ def test_config_union_on_family():
         fit_gan(RunConfig.parse({"model": {"family": "gan"}, "scaling": {"num_workers": 2}}))
 
 
+def test_example_config_is_valid():
+    cfg = RunConfig.from_yaml(str(REPO / "configs/adult-gan.yaml"))
+    assert isinstance(cfg.model, GANConfig) and cfg.scaling.num_workers == 0
+
+
 def test_fit_writes_a_sampleable_artifact_with_monitoring(gan_artifact):
     engine = load_engine(gan_artifact)
     assert engine.family == "gan"
