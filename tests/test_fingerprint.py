@@ -260,3 +260,36 @@ def test_warnings_do_not_leak_for_valid_fingerprints(adult_fp):
     with warnings.catch_warnings():
         warnings.simplefilter("error", FingerprintWarning)
         FingerprintEngine.from_fingerprint(parse_fingerprint(adult_fp))
+
+
+@pytest.mark.parametrize("family", ["fingerprint", "gan"])
+def test_sampling_service_serves_every_one_pass_family(family, adult_model, tmp_path):
+    """The endpoint's service (validation, calibration, batching, encoding) with each family."""
+    import torch
+
+    from synth.serving import ServeArgs
+    from synth.serving.schemas import SampleRequest
+    from synth.serving.service import RequestProblem, SamplingService
+
+    uri = adult_model
+    if family == "gan":
+        from synth.config import RunConfig
+        from synth.engine.gan import fit_gan
+
+        torch.set_num_threads(1)
+        uri = fit_gan(RunConfig.parse({"output": str(tmp_path), "model": {"family": "gan", "gen_width": 32,
+                                       "critic_width": 32, "noise_dim": 16, "val_rows": 256},
+                                       "train": {"steps": 10, "eval_every": 5, "batch_size": 200,
+                                                 "threads": 1}})).artifact_uri
+    service = SamplingService(ServeArgs(artifact_uri=uri))
+    service.warm_up()
+    info = service.model_info()
+    assert info["family"] == family and {c["name"] for c in info["condition_columns"]} >= {"sex", "race"}
+    jobs = [service.validate(SampleRequest(rows=7, conditions={"sex": "Female"}, seed=3, format="json")),
+            service.validate(SampleRequest(rows=4, seed=5, format="json"))]
+    out, _ = service.run(jobs)
+    body = json.loads(out[0])
+    assert len(body["records"]) == 7 and {r["sex"] for r in body["records"]} == {"Female"}
+    assert body["seed"] == 3 and len(json.loads(out[1])["records"]) == 4
+    with pytest.raises(RequestProblem, match="no category 'Martian'"):
+        service.validate(SampleRequest(rows=2, conditions={"race": "Martian"}))

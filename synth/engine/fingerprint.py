@@ -17,7 +17,6 @@ approximation for several), the rest from the conditional normal given them.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import numpy as np
@@ -28,8 +27,8 @@ from scipy.special import ndtr, ndtri
 from torch import Tensor, nn
 
 from synth.artifact import Artifact
-from synth.diffusion.samplers import SAMPLERS
-from synth.engine.base import Conditions, Engine, register
+from synth.engine.base import register
+from synth.engine.onepass import OnePassEngine
 from synth.errors import ConfigError, SynthError
 from synth.fingerprint import Fingerprint, arrow_type_from_string, category_order, check_correlation
 from synth.table import TableCodec
@@ -94,7 +93,7 @@ def codec_from_fingerprint(fp: Fingerprint) -> TableCodec:
 
 
 @register
-class FingerprintEngine(Engine):
+class FingerprintEngine(OnePassEngine):
     family = "fingerprint"
 
     def __init__(self, config: FingerprintConfig, codec: TableCodec, correlation: np.ndarray):
@@ -127,33 +126,7 @@ class FingerprintEngine(Engine):
         raise SynthError("the fingerprint engine is fitted from statistics (`synth fit-fingerprint`); "
                          "it has no training loss")
 
-    # -- the sampling protocol shared with diffusion (serving, bulk synthesis) -------------------
-    def validate_request(self, n: int, sampler: str, steps: int, guidance: float) -> None:
-        if not isinstance(n, (int, np.integer)) or n < 1:
-            raise ConfigError(f"rows must be a positive integer, got {n!r}")
-        if sampler not in SAMPLERS:
-            raise ConfigError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
-        if not isinstance(steps, (int, np.integer)) or steps < 1:
-            raise ConfigError(f"steps must be a positive integer, got {steps!r}")
-        if not (isinstance(guidance, (int, float)) and math.isfinite(guidance) and guidance >= 0):
-            raise ConfigError(f"guidance must be a finite number >= 0, got {guidance!r}")
-
-    def null_conditions(self, n: int, device: torch.device | str = "cpu") -> Tensor:
-        return torch.tensor(self.cond_cards, dtype=torch.long, device=device).expand(n, -1).clone()
-
-    def encode_conditions(self, n: int, conditions: Conditions | None) -> tuple[Tensor, dict[str, list]]:
-        cond = self.null_conditions(n)
-        requested: dict[str, list] = {}
-        for name, value in (conditions or {}).items():
-            col = self.codec.categorical(name)
-            values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value] * n
-            if len(values) != n:
-                raise ConfigError(f"condition {name!r} has {len(values)} values for {n} rows; "
-                                  "give one value or one per row")
-            cond[:, self.cond_columns.index(name)] = torch.from_numpy(col.codes(values))
-            requested[name] = values
-        return cond, requested
-
+    # -- the sampling protocol (synth.engine.onepass) ------------------------------------------
     def prior(self, n: int, generator: torch.Generator) -> Tensor:
         return torch.randn((n, len(self.dims)), generator=generator, dtype=torch.float64)
 
@@ -210,27 +183,6 @@ class FingerprintEngine(Engine):
                         generator: torch.Generator | None) -> Tensor:
         z = self.latent(x.double().cpu().numpy(), cond.cpu().numpy())
         return torch.from_numpy(self.features(z))
-
-    def decode(self, feats: Tensor | np.ndarray, requested: dict[str, list], seed: int) -> pa.Table:
-        feats = feats.numpy() if isinstance(feats, Tensor) else feats
-        table = self.codec.decode(feats, np.random.default_rng(seed))
-        for name, values in requested.items():  # requested values are met exactly
-            i = table.schema.get_field_index(name)
-            table = table.set_column(i, table.schema.field(i), self.codec.categorical(name).to_arrow(values))
-        return table
-
-    def sample(self, n: int, conditions: Conditions | None = None, *, sampler: str | None = None,
-               steps: int | None = None, guidance: float | None = None, seed: int = 0) -> pa.Table:
-        sampler = sampler or self.config.sampler
-        steps = self.config.steps if steps is None else steps
-        guidance = self.config.guidance if guidance is None else guidance
-        self.validate_request(n, sampler, steps, guidance)
-        cond, requested = self.encode_conditions(n, conditions)
-        gen = torch.Generator().manual_seed(int(seed))
-        bs = self.config.sample_batch_size
-        parts = [self.sample_features(self.prior(min(bs, n - s), gen), cond[s:s + bs], sampler=sampler,
-                                      steps=steps, guidance=guidance, generator=gen) for s in range(0, n, bs)]
-        return self.decode(torch.cat(parts), requested, seed)
 
     # -- artifact -------------------------------------------------------------------------------
     def sampling_state(self) -> dict[str, Tensor]:

@@ -35,7 +35,6 @@ import time
 from typing import Any, Callable, Literal
 
 import numpy as np
-import pyarrow as pa
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.special import ndtr
@@ -43,8 +42,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from synth.artifact import Artifact
-from synth.diffusion.samplers import SAMPLERS
-from synth.engine.base import Conditions, Engine, register
+from synth.engine.base import register
+from synth.engine.onepass import OnePassEngine
 from synth.errors import ConfigError, SynthError
 from synth.table import TableCodec
 from synth.table.columns import CategoricalColumn
@@ -89,7 +88,7 @@ def _mlp(d_in: int, width: int, depth: int, d_out: int, critic: bool) -> nn.Sequ
 
 
 @register
-class GANEngine(Engine):
+class GANEngine(OnePassEngine):
     family = "gan"
 
     def __init__(self, config: GANConfig, codec: TableCodec):
@@ -141,36 +140,7 @@ class GANEngine(Engine):
                 parts.append(F.gumbel_softmax(h, tau=self.config.tau) * 2 - 1)
         return torch.cat(parts, dim=1)
 
-    # -- the sampling protocol shared with diffusion (serving, bulk synthesis) -------------------
-    def validate_request(self, n: int, sampler: str, steps: int, guidance: float) -> None:
-        if not isinstance(n, (int, np.integer)) or n < 1:
-            raise ConfigError(f"rows must be a positive integer, got {n!r}")
-        if sampler not in SAMPLERS:
-            raise ConfigError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
-        if not isinstance(steps, (int, np.integer)) or steps < 1:
-            raise ConfigError(f"steps must be a positive integer, got {steps!r}")
-        if not (isinstance(guidance, (int, float)) and math.isfinite(guidance) and guidance >= 0):
-            raise ConfigError(f"guidance must be a finite number >= 0, got {guidance!r}")
-
-    def null_conditions(self, n: int, device: torch.device | str = "cpu") -> Tensor:
-        return torch.tensor(self.cond_cards, dtype=torch.long, device=device).expand(n, -1).clone()
-
-    def encode_conditions(self, n: int, conditions: Conditions | None) -> tuple[Tensor, dict[str, list]]:
-        cond = self.null_conditions(n)
-        requested: dict[str, list] = {}
-        for name, value in (conditions or {}).items():
-            col = self.codec.categorical(name)
-            if name not in self.cond_columns:
-                raise ConfigError(f"column {name!r} is not a condition column of this model; "
-                                  f"condition columns are {self.cond_columns}")
-            values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value] * n
-            if len(values) != n:
-                raise ConfigError(f"condition {name!r} has {len(values)} values for {n} rows; "
-                                  "give one value or one per row")
-            cond[:, self.cond_columns.index(name)] = torch.from_numpy(col.codes(values))
-            requested[name] = values
-        return cond, requested
-
+    # -- the sampling protocol (synth.engine.onepass) ------------------------------------------
     def prior(self, n: int, generator: torch.Generator) -> Tensor:
         """Noise plus two dimensions that pick the condition of unconditioned rows."""
         return torch.randn((n, self.config.noise_dim + 2), generator=generator)
@@ -204,26 +174,6 @@ class GANEngine(Engine):
         c = self.cond_vector(self.fill_unconditioned(x.cpu(), cond.cpu()))
         inp = torch.cat([x[:, : self.config.noise_dim].float().cpu(), c], dim=1).to(dev)
         return self.activate(self.generator(inp), hard=True).float().cpu()
-
-    def decode(self, feats: Tensor | np.ndarray, requested: dict[str, list], seed: int) -> pa.Table:
-        feats = feats.numpy() if isinstance(feats, Tensor) else feats
-        table = self.codec.decode(feats, np.random.default_rng(seed))
-        for name, values in requested.items():  # requested values are met exactly
-            i = table.schema.get_field_index(name)
-            table = table.set_column(i, table.schema.field(i), self.codec.categorical(name).to_arrow(values))
-        return table
-
-    def sample(self, n: int, conditions: Conditions | None = None, *, sampler: str | None = None,
-               steps: int | None = None, guidance: float | None = None, seed: int = 0) -> pa.Table:
-        sampler = sampler or self.config.sampler
-        steps = self.config.steps if steps is None else steps
-        guidance = self.config.guidance if guidance is None else guidance
-        self.validate_request(n, sampler, steps, guidance)
-        cond, requested = self.encode_conditions(n, conditions)
-        gen = torch.Generator().manual_seed(int(seed))
-        bs = self.config.sample_batch_size
-        parts = [self.sample_features(self.prior(min(bs, n - s), gen), cond[s:s + bs]) for s in range(0, n, bs)]
-        return self.decode(torch.cat(parts), requested, seed)
 
     # -- training ------------------------------------------------------------------------------
     def loss(self, net: nn.Module, x0: Tensor, generator: torch.Generator | None) -> Tensor:
