@@ -218,3 +218,13 @@ def test_endpoint_serves_a_student_over_http(ray_session, student):
             assert bad.status_code == 422 and "distilled" in bad.text
     finally:
         serve.delete("student")
+
+
+def test_thinned_trajectories_equal_a_fresh_draw_for_fewer_steps(tiny_artifact):
+    from synth.distill.student import thin
+
+    teacher = load_teacher(tiny_artifact)
+    cfg2 = tiny_cfg(tiny_artifact, Path("/nonexistent/unused"))
+    cfg1 = tiny_cfg(tiny_artifact, Path("/nonexistent/unused"), steps=1)
+    two = teacher_trajectories(teacher, cfg2, 300)
+    assert torch.equal(thin(two, teacher.codec.width, 2, 1), teacher_trajectories(teacher, cfg1, 300))

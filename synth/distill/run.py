@@ -48,8 +48,10 @@ def _split(data: torch.Tensor, share: float) -> tuple[torch.Tensor, torch.Tensor
     return data[n_val:], (data[:n_val] if n_val else None)
 
 
-def distill(cfg: DistillConfig, report: Callable | None = None) -> DistillResult:
-    """Train a student per `cfg`; in this process when scaling.num_workers is 0, else on Ray Train."""
+def distill(cfg: DistillConfig, report: Callable | None = None, trajectories: torch.Tensor | None = None) -> DistillResult:
+    """Train a student per `cfg`; in this process when scaling.num_workers is 0, else on Ray Train.
+    `trajectories` (in-process only) reuses packed teacher trajectories drawn for this config's
+    grid (see `synth.distill.student.thin` to derive fewer-step grids from one draw)."""
     if os.path.abspath(cfg.output) == os.path.abspath(cfg.teacher):
         raise ConfigError("output must differ from the teacher artifact; the teacher is never overwritten")
     teacher = load_teacher(cfg.teacher)
@@ -57,11 +59,15 @@ def distill(cfg: DistillConfig, report: Callable | None = None) -> DistillResult
         raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) exceeds trajectories ({cfg.trajectories})")
     storage.check_writable(cfg.output)
     if cfg.scaling.num_workers > 0:
+        if trajectories is not None:
+            raise ConfigError("precomputed trajectories are for in-process distillation; Ray workers draw their own")
         return _distill_on_ray(cfg, teacher)
     t0 = time.perf_counter()
     torch.manual_seed(cfg.train.seed)
     student = make_student(teacher, cfg)
-    x_train, x_val = _split(teacher_trajectories(teacher, cfg, cfg.trajectories), cfg.val_share)
+    if trajectories is None:
+        trajectories = teacher_trajectories(teacher, cfg, cfg.trajectories)
+    x_train, x_val = _split(trajectories, cfg.val_share)
     t1 = time.perf_counter()
     history: list[dict] = []
 

@@ -102,6 +102,17 @@ def teacher_trajectories(teacher: DiffusionEngine, cfg: DistillConfig, n: int, *
     return torch.cat(out)
 
 
+def thin(packed: Tensor, width: int, steps_from: int, steps_to: int) -> Tensor:
+    """Trajectories packed for a `steps_from` student, re-packed for a `steps_to` student whose
+    grid is every (steps_from / steps_to)-th point of the same grid."""
+    if steps_from % steps_to:
+        raise ValueError(f"{steps_to} steps do not divide {steps_from}")
+    every = steps_from // steps_to
+    n = packed.shape[0]
+    states = packed[:, :(steps_from + 1) * width].reshape(n, steps_from + 1, width)[:, ::every]
+    return torch.cat([states.flatten(1), packed[:, (steps_from + 1) * width:]], dim=1)
+
+
 def _trajectory(fn, x: Tensor, cond: Tensor, null: Tensor, w: Tensor, grid: Tensor, keep: set[int],
                 teacher: DiffusionEngine, sampler: str) -> Tensor:
     """Run the teacher's solver with per-row guidance weights; states at the kept grid indices."""
