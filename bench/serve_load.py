@@ -148,6 +148,26 @@ def model_only(artifact: str, body: dict, clients: int, repeats: int = 30) -> di
             "speedup": round(sep / merged, 2)}
 
 
+def noop_app():
+    """The same HTTP path (proxy, FastAPI ingress, one replica, JSON) with no model: the ceiling
+    that any batching can reach on this machine while the client shares its cores."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+    from ray import serve
+
+    api = FastAPI()
+
+    @serve.deployment(name="Noop", ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
+    @serve.ingress(api)
+    class Noop:
+        @api.post("/v1/sample")
+        async def sample(self, body: dict) -> JSONResponse:
+            return JSONResponse({"records": [{}], "sampler": "noop", "steps": 0, "nfe": 0},
+                                headers={"X-Synth-Steps": "0", "X-Synth-Batch-Requests": "1"})
+
+    return Noop.bind()
+
+
 def run(args: argparse.Namespace) -> dict:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import httpx
@@ -168,7 +188,15 @@ def run(args: argparse.Namespace) -> dict:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = f"http://127.0.0.1:{port}"
     results = []
+    ceiling = None
     try:
+        if not args.no_ceiling:
+            serve.run(noop_app(), name="noop", route_prefix="/")
+            asyncio.run(drive(base, body, args.concurrency, args.warmup, 30, None))
+            ceiling = asyncio.run(drive(base, body, args.concurrency, args.requests, args.duration_s, None))
+            ceiling.pop("_lat")
+            print("HTTP ceiling (no model):", json.dumps(ceiling), flush=True)
+            serve.delete("noop")
         for bs in args.batch_sizes:
             app_args = {"artifact_uri": artifact, "slo_p99_ms": args.slo_ms, "max_batch_size": bs,
                         "batch_wait_timeout_s": args.batch_wait_s if bs > 1 else 0.0,
@@ -202,6 +230,7 @@ def run(args: argparse.Namespace) -> dict:
                     "note": "client, Serve proxy and replica share these cores; other work may be running"},
         "artifact": artifact, "request": body, "concurrency": args.concurrency, "rate": args.rate,
         "slo_p99_ms": args.slo_ms, "results": results, "model_path_without_http": model_path,
+        "http_ceiling_no_model": ceiling,
     }
     on = [r for r in results if r["max_batch_size"] > 1]
     off = [r for r in results if r["max_batch_size"] == 1]
@@ -213,6 +242,10 @@ def run(args: argparse.Namespace) -> dict:
             "p99_equal_or_better": best["p99_ms"] <= off[0]["p99_ms"],
             "target_ratio": 4.0,
         }
+        if ceiling:
+            out["comparison"]["http_ceiling_rps"] = ceiling["throughput_rps"]
+            out["comparison"]["max_reachable_ratio"] = round(ceiling["throughput_rps"] /
+                                                             max(off[0]["throughput_rps"], 1e-9), 2)
     return out
 
 
@@ -232,13 +265,15 @@ def main() -> None:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 1])
     p.add_argument("--batch-wait-s", type=float, default=0.005)
     p.add_argument("--slo-ms", type=float, default=150.0)
+    p.add_argument("--no-ceiling", action="store_true", help="skip the no-model HTTP ceiling run")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "serve_load.json"))
     args = p.parse_args()
     out = run(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print("\n" + json.dumps({"comparison": out.get("comparison"), "model_path_without_http":
-                              out["model_path_without_http"], "results": [
+                              out["model_path_without_http"], "http_ceiling_no_model": out["http_ceiling_no_model"],
+                              "results": [
         {k: r[k] for k in ("max_batch_size", "throughput_rps", "p50_ms", "p95_ms", "p99_ms", "error_rate",
                            "slo_adherence", "mean_batch_requests")} for r in out["results"]]}, indent=2))
     print(f"wrote {args.out}")
