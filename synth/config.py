@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 
 from synth import storage
 from synth.data import SplitConfig
+from synth.engine.array import ArrayConfig
 from synth.engine.diffusion import DiffusionConfig
 from synth.engine.gan import GANConfig
 from synth.errors import ConfigError
@@ -51,7 +52,8 @@ def _family(v) -> str:
 
 
 # model.family picks the engine family's config (diffusion when not given)
-ModelConfig = Annotated[Union[Annotated[DiffusionConfig, Tag("diffusion")], Annotated[GANConfig, Tag("gan")]],
+ModelConfig = Annotated[Union[Annotated[DiffusionConfig, Tag("diffusion")], Annotated[GANConfig, Tag("gan")],
+                              Annotated[ArrayConfig, Tag("array")]],
                         Discriminator(_family)]
 
 
@@ -103,6 +105,9 @@ class RunConfig(Strict):
 def format_validation_error(e: ValidationError, source: str) -> str:
     lines = [f"{source} is invalid:"]
     for err in e.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        parts = list(err["loc"])
+        if parts[:1] == ["model"] and len(parts) > 1 and parts[1] in ("diffusion", "gan"):
+            del parts[1]  # the union tag of model.family is not a field the user wrote
+        loc = ".".join(str(p) for p in parts) or "(top level)"
         lines.append(f"  {loc}: {err['msg']}")
     return "\n".join(lines)
