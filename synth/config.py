@@ -106,7 +106,7 @@ def format_validation_error(e: ValidationError, source: str) -> str:
     lines = [f"{source} is invalid:"]
     for err in e.errors():
         parts = list(err["loc"])
-        if parts[:1] == ["model"] and len(parts) > 1 and parts[1] in ("diffusion", "gan"):
+        if parts[:1] == ["model"] and len(parts) > 1 and parts[1] in ("diffusion", "gan", "array"):
             del parts[1]  # the union tag of model.family is not a field the user wrote
         loc = ".".join(str(p) for p in parts) or "(top level)"
         lines.append(f"  {loc}: {err['msg']}")

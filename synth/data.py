@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from synth import storage
 from synth.errors import DataError
 
-BUNDLED = {"adult": "adult.parquet"}
+BUNDLED = {"adult": "adult.parquet", "digits": "digits.parquet"}
 
 
 class SplitConfig(BaseModel):
@@ -41,8 +41,12 @@ def resolve_data_uri(uri: str) -> str:
     """`bundled:adult` names a dataset shipped inside the package."""
     if uri.startswith("bundled:"):
         name = uri.split(":", 1)[1]
+        from synth.datasets.arrays import GENERATED, generated_path
+
+        if name in GENERATED:  # built from an installed package into a local cache (synth/datasets/arrays.py)
+            return generated_path(name)
         if name not in BUNDLED:
-            raise DataError(f"no bundled dataset {name!r}; bundled: {sorted(BUNDLED)}")
+            raise DataError(f"no bundled dataset {name!r}; bundled: {sorted(BUNDLED) + sorted(GENERATED)}")
         from pathlib import Path
 
         return str(Path(__file__).resolve().parent / "datasets" / BUNDLED[name])
@@ -117,7 +121,17 @@ def split_labels(batch: pa.RecordBatch | pa.Table, cfg: SplitConfig) -> np.ndarr
 
 def row_hashes(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
     """A uint64 hash of each row's values (independent of batch boundaries)."""
-    return pd.util.hash_pandas_object(batch.to_pandas(), index=False).to_numpy().astype(np.uint64)
+    from synth.table.columns.array import flatten, is_array_type
+
+    frame = {}
+    for f in batch.schema:  # fixed-shape arrays hash by their values' bytes (numpy arrays are unhashable)
+        col = batch.column(f.name)
+        if is_array_type(f.type):
+            x, _ = flatten(f.name, col)
+            frame[f.name] = pd.Series([r.tobytes() for r in x], dtype=object)
+        else:
+            frame[f.name] = col.to_pandas().reset_index(drop=True)
+    return pd.util.hash_pandas_object(pd.DataFrame(frame), index=False).to_numpy().astype(np.uint64)
 
 
 def _splitmix64(x):

@@ -1,6 +1,7 @@
 """Generator families behind one interface, and loading any of them from an artifact."""
 from synth.artifact import read_artifact, write_artifact
 from synth.engine.base import REGISTRY, Engine
+from synth.engine.array import ArrayConfig, ArrayEngine  # noqa: F401 (registers the family)
 from synth.engine.diffusion import DiffusionConfig, DiffusionEngine
 from synth.engine.fingerprint import FingerprintConfig, FingerprintEngine  # noqa: F401 (registers the family)
 from synth.engine.gan import GANConfig, GANEngine  # noqa: F401 (registers the family)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from synth.errors import ConfigError, DataError
 from synth.table.arrow_types import schema_from_b64, schema_to_b64
-from synth.table.columns import KINDS, CategoricalColumn, NumericColumn, column_from_dict
+from synth.table.columns import KINDS, ArrayColumn, CategoricalColumn, NumericColumn, column_from_dict
 from synth.table.stats import ColumnStats, TableStats
 
 Kind = Literal["continuous", "integer", "datetime", "categorical", "boolean"]
@@ -49,7 +49,8 @@ def infer_kind(stats: ColumnStats, cfg: CodecConfig) -> str:
 class TableCodec:
     SCHEMA_VERSION = 1
 
-    def __init__(self, schema: pa.Schema, columns: list[CategoricalColumn | NumericColumn], num_rows: int):
+    def __init__(self, schema: pa.Schema, columns: list[CategoricalColumn | NumericColumn | ArrayColumn],
+                 num_rows: int):
         self.schema = schema  # the modelled columns, in order, with their exact Arrow types
         self.columns = columns
         self.num_rows = num_rows
@@ -77,6 +78,16 @@ class TableCodec:
             if f.name in cfg.ignore:
                 continue
             s = stats.columns[f.name]
+            if s.family == "array":  # fixed-shape arrays: one block of prod(shape) features
+                if f.name in cfg.overrides:
+                    raise ConfigError(f"column {f.name!r} holds fixed-shape arrays; its kind is array and cannot be "
+                                      f"overridden to {cfg.overrides[f.name]!r}")
+                if s.nonfinite:
+                    raise DataError(f"column {f.name!r} has {s.nonfinite} NaN or infinite values inside its arrays; "
+                                    "replace them with finite numbers (arrays have no missing-value model)")
+                columns.append(ArrayColumn.fit(s, f.type))
+                fields.append(f)
+                continue
             if s.nulls == s.count:
                 raise DataError(f"column {f.name!r} is entirely null; drop it or list it under `ignore`")
             if s.nonfinite:

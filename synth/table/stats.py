@@ -103,8 +103,13 @@ class ColumnStats:
     sketch: QuantileSketch | None = None
     counts: dict[Any, int] | None = None
     counts_overflow: bool = False
+    shape: list[int] | None = None  # array: the fixed shape of every row
 
     def add(self, arr: pa.Array) -> None:
+        if self.family == "array":
+            from synth.table.columns.array import add_stats
+
+            return add_stats(self, arr)
         self.count += len(arr)
         self.nulls += arr.null_count
         valid = arr.drop_null() if arr.null_count else arr
@@ -166,6 +171,10 @@ class ColumnStats:
             for v, c in o.counts.items():
                 self.counts[v] = self.counts.get(v, 0) + c
         self.counts_overflow = self.counts_overflow or o.counts_overflow
+        if self.family == "array":
+            from synth.table.columns.array import merge_shape
+
+            self.shape = merge_shape(self.name, self.shape, o.shape)
 
     @property
     def distinct_exact(self) -> int | None:
@@ -183,7 +192,7 @@ class ColumnStats:
             "resolution": self.resolution, "imin": self.imin,
             "sketch": None if self.sketch is None else self.sketch.to_dict(),
             "counts": None if self.counts is None else [[k, v] for k, v in self.counts.items()],
-            "counts_overflow": self.counts_overflow,
+            "counts_overflow": self.counts_overflow, "shape": self.shape,
         }
 
     @classmethod
@@ -194,6 +203,7 @@ class ColumnStats:
             s.sketch = QuantileSketch.from_dict(d["sketch"])
         if d["counts"] is not None:
             s.counts = {k: v for k, v in d["counts"]}
+        s.shape = d.get("shape")
         return s
 
 
@@ -217,6 +227,10 @@ def _unit_ns(t: pa.DataType) -> int:
 
 
 def type_family(name: str, t: pa.DataType) -> str:
+    from synth.table.columns.array import is_array_type
+
+    if is_array_type(t):
+        return "array"
     if pa.types.is_boolean(t):
         return "bool"
     if pa.types.is_integer(t) or pa.types.is_floating(t):
@@ -229,7 +243,8 @@ def type_family(name: str, t: pa.DataType) -> str:
         return "string"
     raise DataError(
         f"column {name!r} has Arrow type {t}, which synth cannot model yet "
-        "(supported: integers, floats, booleans, strings, dictionaries of strings, timestamps, dates); "
+        "(supported: integers, floats, booleans, strings, dictionaries of strings, timestamps, dates, "
+        "fixed-shape arrays of numbers); "
         "drop the column or cast it before fitting."
     )
 

@@ -16,8 +16,7 @@ import torch
 from synth import storage
 from synth.config import RunConfig
 from synth.data import fingerprint, load_splits
-from synth.engine import save_engine
-from synth.engine.diffusion import DiffusionEngine
+from synth.engine import REGISTRY, save_engine
 from synth.manifest import base_manifest
 from synth.privacy import PrivacyPlan, plan_privacy
 from synth.table import TableCodec
@@ -84,7 +83,7 @@ def fit(cfg: RunConfig, report: Callable | None = None) -> FitResult:
     prep = prepare(cfg)
     t_prep = time.perf_counter() - t0
     torch.manual_seed(cfg.train.seed)
-    engine = DiffusionEngine(cfg.model, prep.codec)
+    engine = REGISTRY[cfg.model.family](cfg.model, prep.codec)  # diffusion or array
     x_train = encode_tensor(prep.codec, prep.train, seed=cfg.train.seed)
     x_val = encode_tensor(prep.codec, prep.val, seed=None, strict=False)
     t1 = time.perf_counter()

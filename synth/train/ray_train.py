@@ -102,7 +102,7 @@ def _stream_batches(shard, per_worker_bs: int, seed: int):
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
 
-    from synth.engine.diffusion import DiffusionEngine
+    from synth.engine import REGISTRY
     from synth.train.checkpoint import load_checkpoint, save_checkpoint
     from synth.train.loop import make_accelerator, train
 
@@ -113,7 +113,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if cfg.train.threads is None and not torch.cuda.is_available():
         torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed)
-    engine = DiffusionEngine(cfg.model, codec)
+    engine = REGISTRY[cfg.model.family](cfg.model, codec)  # diffusion or array
     acc = make_accelerator(cfg.train)
     start_step, opt_state, history = 0, None, []
     ckpt = ray.train.get_checkpoint()
@@ -336,9 +336,7 @@ def _check_resume_compatible(storage_path: str, cfg: RunConfig, codec: TableCode
             codec_json = json.loads(f.read())
     except (OSError, json.JSONDecodeError):
         return
-    from synth.engine.diffusion import DiffusionConfig
-
-    if engine_json.get("config") != DiffusionConfig.model_validate(cfg.model.model_dump()).model_dump(mode="json") \
+    if engine_json.get("config") != type(cfg.model).model_validate(cfg.model.model_dump()).model_dump(mode="json") \
             or codec_json != codec.to_dict():
         raise ConfigError(f"run {cfg.name!r} under {storage_path} already has checkpoints of a different model or "
                           f"data ({latest}); resuming from them is impossible. Use a new `name`, another "

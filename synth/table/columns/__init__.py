@@ -2,18 +2,22 @@
 
 - `numeric.NumericColumn`: continuous, integer and datetime columns (quantile-normal).
 - `categorical.CategoricalColumn`: categorical and boolean columns (one-hot, capped).
+- `array.ArrayColumn`: fixed-shape numeric arrays (images, series windows), one block of features.
 
 A transform has `width`, `encode(array, rng) -> (n, width) float64`,
 `decode(features, rng) -> pa.Array` and `to_dict()/from_dict()` for the codec state.
 """
+from synth.table.columns.array import ArrayColumn
 from synth.table.columns.categorical import CategoricalColumn
 from synth.table.columns.numeric import NumericColumn
 
-KINDS = ("continuous", "integer", "datetime", "categorical", "boolean")
+KINDS = ("continuous", "integer", "datetime", "categorical", "boolean", "array")
 
 
 def column_from_dict(d: dict):
+    if d["kind"] == "array":
+        return ArrayColumn.from_dict(d)
     return (CategoricalColumn if d["kind"] in ("categorical", "boolean") else NumericColumn).from_dict(d)
 
 
-__all__ = ["KINDS", "CategoricalColumn", "NumericColumn", "column_from_dict"]
+__all__ = ["KINDS", "ArrayColumn", "CategoricalColumn", "NumericColumn", "column_from_dict"]

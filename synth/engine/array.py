@@ -1,0 +1,262 @@
+"""The array family: diffusion over one fixed-shape array column (images, series windows) with a
+convolutional denoiser, class-conditional on the table's categorical columns (e.g. a label).
+
+The table codec encodes the array column as one block of features in [-1, 1] (row-major) and
+each label as a one-hot block, so a training batch is the encoded rows, exactly as for the
+tabular diffusion family (same training loop, Ray Train path and artifact). The engine reshapes
+the array block to (C, H, W) or (C, L), reads condition slots off the one-hot blocks, and trains
+with the configured noise process and objective; it samples with any sampler of
+`synth.diffusion.samplers` and classifier-free guidance (`synth.diffusion.guidance`).
+
+Rows whose label is not requested get one drawn from the reference label frequencies (from the
+request's seed) and are then generated conditionally, so every row's label matches its array;
+guidance 0 ignores the label (the unconditional model), 1 is the plain conditional model.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from synth.artifact import Artifact
+from synth.diffusion.guidance import guided_denoiser
+from synth.diffusion.objectives import ObjectiveConfig
+from synth.diffusion.processes import ProcessConfig, timesteps
+from synth.diffusion.samplers import DEFAULT_SPACING, SAMPLERS
+from synth.engine.base import Conditions, Engine, register
+from synth.errors import ConfigError
+from synth.nets.conv import ConvNetConfig, build_conv_net
+from synth.table import TableCodec
+from synth.table.columns import ArrayColumn, CategoricalColumn
+
+MAX_STEPS = 1000
+
+
+class ArrayConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    family: Literal["array"] = "array"
+    array_column: str | None = Field(None, description="the array column to generate; null = the only one")
+    layout: Literal["auto", "image", "series"] = Field(
+        "auto", description="auto: 1-D arrays are series (1, L), 2-D images (1, H, W), 3-D images (C, H, W); "
+                            "series: 2-D arrays are (channels, length)")
+    process: ProcessConfig = Field(default_factory=ProcessConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    net: ConvNetConfig = Field(default_factory=ConvNetConfig)
+    cond_drop_all: float = Field(0.15, ge=0, le=1, description="share of training rows with the null class")
+    cond_drop_each: float = Field(0.0, ge=0, le=1, description="otherwise, chance each condition is hidden")
+    sampler: str = "ddim"
+    steps: int = Field(20, ge=1, le=MAX_STEPS)
+    guidance: float = Field(2.0, ge=0)
+    sample_batch_size: int = Field(1024, ge=1)
+
+
+def array_layout(cfg: ArrayConfig, shape: list[int]) -> tuple[str, tuple[int, ...]]:
+    """('image' | 'series', the network's per-row input shape with channels first)."""
+    layout = cfg.layout
+    if layout == "auto":
+        layout = "series" if len(shape) == 1 else "image"
+    if layout == "series":
+        if len(shape) == 1:
+            return "series", (1, shape[0])
+        if len(shape) == 2:
+            return "series", (shape[0], shape[1])
+    elif len(shape) == 2:
+        return "image", (1, shape[0], shape[1])
+    elif len(shape) == 3:
+        return "image", tuple(shape)
+    raise ConfigError(f"arrays of shape {tuple(shape)} cannot be modelled as {layout}: series take (length) or "
+                      "(channels, length), images (height, width) or (channels, height, width)")
+
+
+@register
+class ArrayEngine(Engine):
+    family = "array"
+
+    def __init__(self, config: ArrayConfig, codec: TableCodec):
+        self.config = config
+        self.codec = codec
+        arrays = [c for c in codec.columns if isinstance(c, ArrayColumn)]
+        if not arrays:
+            raise ConfigError(f"model.family array needs an array column (fixed-size lists or fixed_shape_tensor); "
+                              f"the data's columns are {codec.kinds()}")
+        name = config.array_column or arrays[0].name
+        if config.array_column is None and len(arrays) > 1:
+            raise ConfigError(f"the data has several array columns {[c.name for c in arrays]}; pick one with "
+                              "model.array_column and list the others under data.codec.ignore")
+        others = [c for c in codec.columns if c.name != name and not isinstance(c, CategoricalColumn)]
+        if name not in codec.by_name or not isinstance(codec.by_name[name], ArrayColumn):
+            raise ConfigError(f"model.array_column {name!r} is not an array column; array columns are "
+                              f"{[c.name for c in arrays]}")
+        if others:
+            raise ConfigError(f"model.family array generates one array column conditioned on categorical columns; "
+                              f"{ {c.name: c.kind for c in others} } cannot be modelled with it: list them under "
+                              "data.codec.ignore (or declare integer labels categorical in data.codec.overrides)")
+        self.array = codec.by_name[name]
+        self.array_slice = codec.slice_of(name)
+        self.layout, self.shape = array_layout(config, self.array.shape)
+        self.cond_columns = codec.categorical_names()
+        self.cond_slices = [codec.slice_of(c) for c in self.cond_columns]
+        self.cond_cards = [s.stop - s.start for s in self.cond_slices]
+        self.cond_probs = [torch.tensor(codec.categorical(c).probs, dtype=torch.float64) for c in self.cond_columns]
+        try:
+            self.net = build_conv_net(self.layout, self.shape, config.net, self.cond_cards)
+        except ValueError as e:
+            raise ConfigError(f"model.net: {e}") from None
+        self.ema = copy.deepcopy(self.net).requires_grad_(False)
+        self.process = config.process.build()
+        self.objective = config.objective.build()
+
+    # -- training -------------------------------------------------------------------------
+    def split_rows(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Encoded rows (n, width) -> arrays (n, *shape) and condition slots (n, k)."""
+        x0 = rows[:, self.array_slice].reshape(rows.shape[0], *self.shape)
+        if not self.cond_columns:
+            return x0, torch.zeros(rows.shape[0], 0, dtype=torch.long, device=rows.device)
+        return x0, torch.stack([rows[:, s].argmax(dim=1) for s in self.cond_slices], dim=1)
+
+    def null_conditions(self, n: int, device: torch.device | str = "cpu") -> Tensor:
+        return torch.tensor(self.cond_cards, dtype=torch.long, device=device).expand(n, -1).clone()
+
+    def loss(self, net: nn.Module, rows: Tensor, generator: torch.Generator | None) -> Tensor:
+        x0, cond = self.split_rows(rows)
+        n, dev = x0.shape[0], x0.device
+        if self.cond_columns:
+            drop_all = torch.rand(n, 1, generator=generator, device=dev) < self.config.cond_drop_all
+            drop_each = torch.rand(cond.shape, generator=generator, device=dev) < self.config.cond_drop_each
+            cond = torch.where(drop_all | drop_each, self.null_conditions(n, dev), cond)
+        t = self.objective.sample_t(n, generator, dev)
+        noise = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype)
+        out = net(self.process.q_sample(x0, t, noise), t, cond)
+        return self.objective.loss(out.float(), x0, noise, t, self.process).mean()
+
+    @torch.no_grad()
+    def update_ema(self, net: nn.Module, decay: float) -> None:
+        for e, p in zip(self.ema.parameters(), net.parameters()):
+            e.lerp_(p.detach().to(e.device), 1.0 - decay)
+
+    # -- the sampling protocol (see synth.engine.onepass) ---------------------------------
+    def samplers(self) -> list[str]:
+        return sorted(s for s in SAMPLERS if s != "distilled")
+
+    def nfe(self, sampler: str, steps: int, guidance: float) -> int:
+        from synth.diffusion.samplers import nfe
+
+        return nfe(sampler, steps) * (2 if guidance not in (0.0, 1.0) and self.cond_columns else 1)
+
+    def validate_request(self, n: int, sampler: str, steps: int, guidance: float) -> None:
+        if not isinstance(n, (int, np.integer)) or n < 1:
+            raise ConfigError(f"rows must be a positive integer, got {n!r}")
+        if sampler not in self.samplers():
+            raise ConfigError(f"unknown sampler {sampler!r} for an array model; choose one of {self.samplers()}")
+        if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= MAX_STEPS:
+            raise ConfigError(f"steps must be an integer in 1..{MAX_STEPS}, got {steps!r}")
+        if not (isinstance(guidance, (int, float)) and math.isfinite(guidance) and guidance >= 0):
+            raise ConfigError(f"guidance must be a finite number >= 0, got {guidance!r}")
+
+    def encode_conditions(self, n: int, conditions: Conditions | None) -> tuple[Tensor, dict[str, list]]:
+        """Condition slots (n, k) (slot = card: not given) and the requested values per row."""
+        cond = self.null_conditions(n)
+        requested: dict[str, list] = {}
+        for name, value in (conditions or {}).items():
+            if name not in self.cond_columns:
+                raise ConfigError(f"column {name!r} is not a condition column of this array model; "
+                                  f"condition columns are {self.cond_columns}")
+            col = self.codec.categorical(name)
+            values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value] * n
+            if len(values) != n:
+                raise ConfigError(f"condition {name!r} has {len(values)} values for {n} rows; "
+                                  "give one value or one per row")
+            cond[:, self.cond_columns.index(name)] = torch.from_numpy(col.codes(values))
+            requested[name] = values
+        return cond, requested
+
+    def prior(self, n: int, generator: torch.Generator) -> Tensor:
+        return self.process.prior((n, *self.shape), generator=generator)
+
+    def to(self, device: torch.device | str) -> "ArrayEngine":
+        self.ema.to(device)
+        return self
+
+    def model_fn(self, net: nn.Module):
+        def fn(x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+            return self.objective.to_x0(net(x, t, cond), x, t, self.process).clamp(-1.0, 1.0)
+        return fn
+
+    def draw_labels(self, cond: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Fill "not given" slots with labels drawn from the reference frequencies."""
+        cond = cond.clone()
+        for j, (card, probs) in enumerate(zip(self.cond_cards, self.cond_probs)):
+            missing = cond[:, j] == card
+            k = int(missing.sum())
+            if k:
+                cond[missing, j] = torch.multinomial(probs, k, replacement=True, generator=generator).to(cond)
+        return cond
+
+    @torch.no_grad()
+    def sample_features(self, x: Tensor, cond: Tensor, *, sampler: str, steps: int, guidance: float,
+                        generator: torch.Generator | None) -> Tensor:
+        """Prior draws `x` (n, *shape) -> codec features (n, width) on the CPU: the generated array
+        block plus each label's one-hot block."""
+        self.ema.eval()
+        cond = self.draw_labels(cond.cpu(), generator)
+        dev = next(self.ema.parameters()).device
+        xd, cd, gen = x, cond, generator
+        if dev.type != "cpu":
+            xd, cd = x.to(dev), cond.to(dev)
+            if generator is not None:
+                gen = torch.Generator(device=dev).manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        den = guided_denoiser(self.model_fn(self.ema), cd, self.null_conditions(x.shape[0], dev), guidance)
+        ts = timesteps(self.process, steps, DEFAULT_SPACING[sampler])
+        arr = SAMPLERS[sampler](den, xd, ts, process=self.process, generator=gen).cpu()
+        feats = torch.full((x.shape[0], self.codec.width), -1.0)
+        feats[:, self.array_slice] = arr.reshape(x.shape[0], -1).float()
+        for j, s in enumerate(self.cond_slices):
+            feats[torch.arange(x.shape[0]), s.start + cond[:, j]] = 1.0
+        return feats
+
+    def decode(self, feats: Tensor | np.ndarray, requested: dict[str, list], seed: int) -> pa.Table:
+        feats = feats.numpy() if isinstance(feats, Tensor) else feats
+        table = self.codec.decode(feats, np.random.default_rng(seed))
+        for name, values in requested.items():  # requested values are met exactly
+            i = table.schema.get_field_index(name)
+            table = table.set_column(i, table.schema.field(i), self.codec.categorical(name).to_arrow(values))
+        return table
+
+    def sample(self, n: int, conditions: Conditions | None = None, *, sampler: str | None = None,
+               steps: int | None = None, guidance: float | None = None, seed: int = 0) -> pa.Table:
+        sampler = sampler or self.config.sampler
+        steps = self.config.steps if steps is None else steps
+        guidance = self.config.guidance if guidance is None else guidance
+        self.validate_request(n, sampler, steps, guidance)
+        cond, requested = self.encode_conditions(n, conditions)
+        gen = torch.Generator().manual_seed(int(seed))
+        bs = self.config.sample_batch_size
+        parts = []
+        for s in range(0, n, bs):
+            c = cond[s:s + bs]
+            parts.append(self.sample_features(self.prior(c.shape[0], gen), c, sampler=sampler, steps=steps,
+                                              guidance=guidance, generator=gen))
+        return self.decode(torch.cat(parts), requested, seed)
+
+    # -- artifact -------------------------------------------------------------------------
+    def sampling_state(self) -> dict[str, Tensor]:
+        return {k: v.float() for k, v in self.ema.state_dict().items()}
+
+    def config_dict(self) -> dict[str, Any]:
+        return self.config.model_dump(mode="json")
+
+    @classmethod
+    def from_artifact(cls, art: Artifact) -> "ArrayEngine":
+        engine = cls(ArrayConfig.model_validate(art.engine["config"]), TableCodec.from_dict(art.codec))
+        engine.ema.load_state_dict(art.tensors)
+        engine.net.load_state_dict(art.tensors)
+        return engine
+
+
+__all__ = ["ArrayConfig", "ArrayEngine", "array_layout"]
