@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from synth import storage
 from synth.errors import ConfigError
-from synth.evaluate.fidelity import _categorical, _is_numeric, _numeric
+from synth.evaluate.fidelity import NULL_LABEL, _categorical, _is_numeric, _numeric
 from synth.manifest import base_manifest
 
 from . import plots
@@ -74,8 +74,8 @@ def _marginals(real: pd.DataFrame, syn: pd.DataFrame, kinds: Mapping[str, str], 
             svg = plots.numeric_marginal(rv, sv, col + (" (days since 1970-01-01)" if kind == "datetime" else ""))
             cls = "numeric"
         else:
-            rc = _categorical(real[col]).astype(str).value_counts().to_dict()
-            sc = _categorical(syn[col]).astype(str).value_counts().to_dict()
+            rc, sc = ({("(null)" if k == NULL_LABEL else k): v for k, v in
+                       _categorical(f[col]).astype(str).value_counts().to_dict().items()} for f in (real, syn))
             svg = plots.categorical_marginal(rc, sc, col)
             cls = "categorical"
         figs.append(f'<figure class="plot marginal {cls}" data-column="{_e(col)}">{svg}'
