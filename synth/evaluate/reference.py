@@ -1,6 +1,7 @@
 """Evaluate synthetic rows against the reference data a model was trained on, using the split
-recorded in the model's manifest: fidelity on the held-out test rows only, DCR and ML efficacy
-against the training rows."""
+recorded in the model's manifest: fidelity and C2ST against (a sample of) the training rows the
+generator learnt from, ML efficacy tested on the held-out test rows, DCR and membership inference
+with the test rows as the holdout (see `synth.evaluate.suite.evaluate`)."""
 from __future__ import annotations
 
 import pyarrow as pa
