@@ -152,6 +152,28 @@ def fit_synth(name: str, uri: str, target: str, args, workdir: Path):
     return engine, fit_s, settings
 
 
+def distill_student(engine, steps: int, target: str, workdir: Path, name: str, args):
+    """The fastest synth: a `steps`-NFE student of the fitted model (configs/distill.yaml settings)."""
+    import yaml
+
+    from synth.distill import DistillConfig, distill
+    from synth.engine import load_engine
+
+    raw = yaml.safe_load((REPO / "configs" / "distill.yaml").read_text())
+    raw.update(name=f"{name}-distill-{steps}", teacher=engine.uri, output=str(workdir / name / f"student-{steps}"),
+               steps=steps, target=target, evaluate=None)
+    if args.distill_trajectories:
+        raw["trajectories"] = args.distill_trajectories
+    if args.distill_train_steps:
+        raw["train"]["steps"] = args.distill_train_steps
+    cfg = DistillConfig.parse(raw, source="configs/distill.yaml")
+    t0 = time.perf_counter()
+    result = distill(cfg)
+    settings = {"distill_config": "configs/distill.yaml", "steps": steps, "trajectories": cfg.trajectories,
+                "train_steps": cfg.train.steps, "teacher_steps": cfg.teacher_steps, "artifact": result.artifact_uri}
+    return load_engine(result.artifact_uri), time.perf_counter() - t0, settings
+
+
 def extra_engine(uri: str, judge_uri: str):
     """An artifact trained elsewhere (e.g. a distilled student): it must model the same data and split."""
     from synth.artifact import read_artifact
@@ -213,6 +235,9 @@ def main(argv=None) -> None:
     ap.add_argument("--synth-config", default="configs/adult.yaml", help="model and training settings for synth")
     ap.add_argument("--synth-steps", type=int, help="training steps (default: the config's)")
     ap.add_argument("--no-synth", action="store_true", help="skip fitting synth (e.g. to add only --extra models)")
+    ap.add_argument("--distill", type=int, default=4, help="also distil a student with this NFE (0 = no student)")
+    ap.add_argument("--distill-trajectories", type=int, help="default: configs/distill.yaml's")
+    ap.add_argument("--distill-train-steps", type=int, help="default: configs/distill.yaml's")
     ap.add_argument("--sdv", default="gaussian_copula,ctgan:50,tvae:50",
                     help="SDV models as name[:epochs] (SDV's default is 300 epochs)")
     ap.add_argument("--extra", action="append", default=[], metavar="DATASET:LABEL=ARTIFACT[@SAMPLER:STEPS]",
@@ -336,6 +361,12 @@ def main(argv=None) -> None:
                 engine, fit_s, settings = fit_synth(ds, uri, target, args, workdir)
                 synth_runs(engine, fit_s, settings, base_key, "shared by the samplers of one model", "synth",
                            samplers)
+                if args.distill:
+                    student, distill_s, st_settings = distill_student(engine, args.distill, target, workdir, ds, args)
+                    synth_runs(student, fit_s + distill_s, {**settings, "student": st_settings},
+                               {**base_key, "distill": args.distill},
+                               f"teacher fit {fit_s:.0f} s + distillation {distill_s:.0f} s", "synth student",
+                               [("distilled", args.distill)])
         for label, art, sampler, steps in extras.get(ds, []):
             engine, fit_s, note = extra_engine(art, uri)
             synth_runs(engine, fit_s, {"artifact": art}, {"artifact": art}, note, label, [(sampler, steps)])
