@@ -74,16 +74,21 @@ def fit_cmd(config: Optional[Path] = typer.Option(None, "--config", "-c", help="
             data: Optional[str] = typer.Option(None, help="reference Parquet (overrides data.uri)"),
             output: Optional[str] = typer.Option(None, help="run folder (overrides output)"),
             steps: Optional[int] = typer.Option(None, help="training steps (overrides train.steps)"),
-            workers: Optional[int] = typer.Option(None, help="Ray Train workers (0 = in this process)")):
+            workers: Optional[int] = typer.Option(None, help="Ray Train workers (0 = in this process)"),
+            epsilon: Optional[float] = typer.Option(None, help="train privately with this total epsilon (overrides "
+                                                               "privacy.epsilon; needs privacy.schema, docs/privacy.md)")):
     """Train a model; writes the artifact to OUTPUT/model."""
     try:
         cfg = _load_config(config, {"data.uri": data, "output": output, "train.steps": steps,
-                                    "scaling.num_workers": workers})
+                                    "scaling.num_workers": workers, "privacy.epsilon": epsilon,
+                                    "privacy.enabled": True if epsilon is not None else None})
         result = run_fit(cfg)
     except SynthError as e:
         _fail(e)
     console.print(f"model artifact: [bold]{result.artifact_uri}[/] (id {result.artifact_id}), "
-                  f"val loss {result.metrics.get('val_loss', float('nan')):.4f}")
+                  f"val loss {result.metrics.get('val_loss', float('nan')):.4f}"
+                  + (f", training epsilon {result.metrics['epsilon']:.3f} (total in the manifest's privacy block)"
+                     if "epsilon" in result.metrics else ""))
 
 
 @app.command("distill")
