@@ -55,7 +55,29 @@ def to_parquet(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def encode(table: pa.Table, fmt: str, meta: dict[str, Any]) -> bytes:
+def to_png(table: pa.Table, column: str, lo: float, hi: float) -> bytes:
+    """The rows' images of `column` side by side (grey scale or RGB), scaled from [lo, hi] to 0..255."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from synth.table.columns.array import flatten
+
+    x, shape = flatten(column, table.column(column))
+    imgs = x.reshape(-1, *shape)
+    if imgs.ndim == 4:  # (n, C, H, W): grey (C=1) or RGB (C=3)
+        imgs = imgs[:, 0] if imgs.shape[1] == 1 else imgs.transpose(0, 2, 3, 1)
+    scaled = np.clip((imgs - lo) / ((hi - lo) or 1.0) * 255.0, 0, 255).round().astype(np.uint8)
+    strip = np.concatenate(list(scaled), axis=1)
+    buf = io.BytesIO()
+    Image.fromarray(strip).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def encode(table: pa.Table, fmt: str, meta: dict[str, Any], image: tuple[str, float, float] | None = None) -> bytes:
+    if fmt == "png":
+        return to_png(table, *image)
     if fmt == "arrow":
         return to_arrow(table)
     if fmt == "parquet":

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from synth.diffusion.samplers import SAMPLERS
 
 SamplerName = Literal[tuple(sorted(SAMPLERS))]  # type: ignore[valid-type]
-Format = Literal["json", "arrow", "parquet"]
+Format = Literal["json", "arrow", "parquet", "png"]
 Scalar = Union[StrictStr, StrictInt, StrictFloat, StrictBool, None]
 
 MAX_SEED = 2**63 - 1
@@ -17,6 +17,7 @@ MEDIA_TYPES = {
     "json": "application/json",
     "arrow": "application/vnd.apache.arrow.stream",
     "parquet": "application/vnd.apache.parquet",
+    "png": "image/png",  # image models (family array): the rows' images side by side
 }
 
 
@@ -42,7 +43,7 @@ class SampleRequest(BaseModel):
         None, ge=0, le=MAX_SEED,
         description="same seed and settings -> same rows, alone or batched with other requests; "
                     "default: random (reported in X-Synth-Seed)")
-    format: Format = Field("json", description="json records, an Arrow IPC stream, or Parquet bytes")
+    format: Format = Field("json", description="json records, an Arrow IPC stream, Parquet bytes, or (image models) a PNG strip")
 
 
 class SampleResponse(BaseModel):

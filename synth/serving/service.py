@@ -98,6 +98,9 @@ class SamplingService:
                 errors.append(_problem(("conditions", name), str(e)))
             except (TypeError, ValueError) as e:
                 errors.append(_problem(("conditions", name), f"invalid value for condition {name!r}: {e}"))
+        if req.format == "png" and self.image_column() is None:
+            errors.append(_problem(("format",), "format png is for image models (model.family array with an image "
+                                                "layout); use json, arrow or parquet"))
         if errors:
             raise RequestProblem(errors)
 
@@ -167,7 +170,8 @@ class SamplingService:
         out: list[bytes | BaseException] = []
         for job in jobs:
             try:
-                out.append(formats.encode(batching.finish(self.engine, job), job.fmt, self.meta(job)))
+                out.append(formats.encode(batching.finish(self.engine, job), job.fmt, self.meta(job),
+                                          self.image_column()))
             except Exception as e:  # noqa: BLE001 - reported as that request's 500
                 out.append(e)
         return out, stats
@@ -196,6 +200,13 @@ class SamplingService:
         if self.seed_reproducible(job):
             h["X-Synth-Seed"] = str(job.seed)
         return h
+
+    def image_column(self) -> tuple[str, float, float] | None:
+        """(column, min, max) of an image model's array column, for PNG responses."""
+        e = self.engine
+        if getattr(e, "layout", None) != "image" or len(e.array.shape) == 3 and e.array.shape[0] not in (1, 3):
+            return None
+        return e.array.name, e.array.min, e.array.max
 
     @staticmethod
     def media_type(fmt: str) -> str:
