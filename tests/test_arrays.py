@@ -237,6 +237,9 @@ def test_endpoint_json_arrow_and_png(http):
     expect = np.round(np.concatenate(list(flatten("image", table.column("image"))[0].reshape(4, 8, 8)), axis=1)
                       / 16 * 255)
     np.testing.assert_array_equal(img, expect)
+    free = [http.post("/v1/sample", json={"rows": 6, "seed": 9, "steps": 4, "format": "arrow"}).content
+            for _ in range(2)]  # labels drawn from the request's own seed: reproducible
+    assert free[0] == free[1]
     r = http.post("/v1/sample", json={"rows": 2, "conditions": {"digit": 12}})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "conditions", "digit"]
     info = http.get("/v1/model").json()

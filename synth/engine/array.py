@@ -177,7 +177,12 @@ class ArrayEngine(Engine):
         return cond, requested
 
     def prior(self, n: int, generator: torch.Generator) -> Tensor:
-        return self.process.prior((n, *self.shape), generator=generator)
+        """(n, prod(shape) + k): the noise of each row's array, then one uniform per condition column
+        (the label drawn when none is requested), all from the request's own generator, so a row's
+        result does not depend on the other rows it is batched with."""
+        z = self.process.prior((n, *self.shape), generator=generator).reshape(n, -1)
+        u = torch.rand(n, len(self.cond_columns), generator=generator, dtype=z.dtype)
+        return torch.cat([z, u], dim=1)
 
     def to(self, device: torch.device | str) -> "ArrayEngine":
         self.ema.to(device)
@@ -188,23 +193,25 @@ class ArrayEngine(Engine):
             return self.objective.to_x0(net(x, t, cond), x, t, self.process).clamp(-1.0, 1.0)
         return fn
 
-    def draw_labels(self, cond: Tensor, generator: torch.Generator | None) -> Tensor:
-        """Fill "not given" slots with labels drawn from the reference frequencies."""
+    def draw_labels(self, cond: Tensor, u: Tensor) -> Tensor:
+        """Fill "not given" slots with labels drawn from the reference frequencies (inverse CDF of
+        the prior's uniforms `u`)."""
         cond = cond.clone()
         for j, (card, probs) in enumerate(zip(self.cond_cards, self.cond_probs)):
-            missing = cond[:, j] == card
-            k = int(missing.sum())
-            if k:
-                cond[missing, j] = torch.multinomial(probs, k, replacement=True, generator=generator).to(cond)
+            cdf = torch.cumsum(probs, 0)
+            drawn = torch.searchsorted(cdf / cdf[-1], u[:, j].double().contiguous(), right=True).clamp_max(card - 1)
+            cond[:, j] = torch.where(cond[:, j] == card, drawn.to(cond), cond[:, j])
         return cond
 
     @torch.no_grad()
     def sample_features(self, x: Tensor, cond: Tensor, *, sampler: str, steps: int, guidance: float,
                         generator: torch.Generator | None) -> Tensor:
-        """Prior draws `x` (n, *shape) -> codec features (n, width) on the CPU: the generated array
+        """Prior draws `x` (see `prior`) -> codec features (n, width) on the CPU: the generated array
         block plus each label's one-hot block."""
         self.ema.eval()
-        cond = self.draw_labels(cond.cpu(), generator)
+        n, d = x.shape[0], self.array.width
+        cond = self.draw_labels(cond.cpu(), x[:, d:].cpu())
+        x = x[:, :d].reshape(n, *self.shape)
         dev = next(self.ema.parameters()).device
         xd, cd, gen = x, cond, generator
         if dev.type != "cpu":
