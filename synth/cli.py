@@ -60,9 +60,6 @@ def _load_config(config: Optional[Path], overrides: dict):
 def run_fit(cfg, quiet: bool = False):
     from synth.train.fit import fit
 
-    if getattr(cfg.model, "family", "diffusion") == "gan":  # trains in this process (synth.engine.gan)
-        from synth.engine.gan import fit_gan as fit
-
     progress, report = _progress_printer(cfg.train.steps)
     with progress:
         result = fit(cfg, report=None if quiet else report)

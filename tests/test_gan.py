@@ -57,6 +57,10 @@ def test_config_union_on_family():
         RunConfig.parse({"model": {"family": "gan", "process": {}}})
     with pytest.raises(ConfigError, match="trains in this process only"):
         fit_gan(RunConfig.parse({"model": {"family": "gan"}, "scaling": {"num_workers": 2}}))
+    from synth.train.fit import fit  # what jobs.train and `synth fit` call
+
+    with pytest.raises(ConfigError, match="trains in this process only"):
+        fit(RunConfig.parse({"model": {"family": "gan"}, "scaling": {"num_workers": 2}}))
 
 
 def test_example_config_is_valid():

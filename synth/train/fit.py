@@ -74,6 +74,10 @@ class FitResult:
 
 def fit(cfg: RunConfig, report: Callable | None = None) -> FitResult:
     """Train per `cfg`; in this process when scaling.num_workers is 0, else on Ray Train."""
+    if cfg.model.family == "gan":  # the GAN's two-optimizer loop lives with its engine (in-process only)
+        from synth.engine.gan import fit_gan
+
+        return fit_gan(cfg, report)
     if cfg.scaling.num_workers > 0:
         from synth.train.ray_train import fit_on_ray
 
