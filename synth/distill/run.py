@@ -183,7 +183,6 @@ def _distill_on_ray(cfg: DistillConfig, teacher: DiffusionEngine) -> DistillResu
     from ray.train.torch import TorchTrainer
 
     from synth.raycluster import check_resources, ensure_ray
-    from synth.train.ray_train import WORKER_RUNTIME_ENV
 
     if cfg.train.time_budget_s is not None and cfg.scaling.num_workers > 1:
         raise ConfigError("train.time_budget_s stops workers at different steps; use train.steps with several workers")
@@ -201,8 +200,7 @@ def _distill_on_ray(cfg: DistillConfig, teacher: DiffusionEngine) -> DistillResu
         run_config=ray.train.RunConfig(
             name=cfg.name, storage_path=cfg.storage_path,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
-            worker_runtime_env=WORKER_RUNTIME_ENV),
+            failure_config=ray.train.FailureConfig(max_failures=sc.max_failures)),
     )
     try:
         result = trainer.fit()

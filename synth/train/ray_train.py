@@ -29,14 +29,6 @@ from synth.errors import ConfigError, SynthError
 from synth.table import TableCodec, TableStats
 
 
-# Ray Train V2 runs the training function in a second thread of the worker process. With
-# libgomp, once the process's main thread has run an OpenMP region with 2 threads, torch in
-# another thread runs about 2x slower here (bf16 MLP step: 33 ms vs 15 ms; bench notes in
-# docs/architecture.md). Starting workers with OMP_NUM_THREADS=1 keeps the main thread serial;
-# the training thread then sets its own count (torch.set_num_threads, per thread): 13 ms.
-WORKER_RUNTIME_ENV = {"env_vars": {"OMP_NUM_THREADS": "1"}}
-
-
 # -- Ray Data ingest ------------------------------------------------------------------------
 def read_reference(uri: str):
     """A Ray dataset over the reference Parquet, after naming any unreadable file."""
@@ -219,8 +211,7 @@ def fit_on_ray(cfg: RunConfig, report=None):
         run_config=ray.train.RunConfig(
             name=cfg.name, storage_path=storage_path,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
-            worker_runtime_env=WORKER_RUNTIME_ENV),
+            failure_config=ray.train.FailureConfig(max_failures=sc.max_failures)),
         datasets={"train": train_ds, "val": val_ds},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"] if sc.data_mode == "stream" else []),
     )
