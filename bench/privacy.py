@@ -1,7 +1,7 @@
 """Privacy benchmark on UCI Adult: fidelity and attack success at epsilon 1, 3, 8 and without DP.
 
 Every run trains the same model (configs/adult-dp.yaml: residual MLP 128 x 2, expected batch
-1024, the same steps) in this process; private runs use the config's declared schema with dp
+1024, 3,000 steps) in this process; private runs use the config's declared schema with dp
 preprocessing (10 % of epsilon) and DP-SGD for the rest, the non-private run fits its codec on
 the data as usual. Each model draws 10,000 rows, judged on the held-out test split by SDMetrics
 (QualityReport, all pairs) and by synth.evaluate (C2ST, ML efficacy, DCR, membership inference:
@@ -30,7 +30,7 @@ from synth.engine import load_engine  # noqa: E402
 from synth.evaluate.reference import evaluate_against_reference  # noqa: E402
 from synth.train.fit import fit  # noqa: E402
 
-RESULTS = Path("bench/results/privacy.json")
+RESULTS = Path(os.environ.get("PRIVACY_RESULTS", "bench/results/privacy.json"))
 
 
 def run_one(eps: float | None, args) -> dict:
@@ -39,6 +39,13 @@ def run_one(eps: float | None, args) -> dict:
     raw = yaml.safe_load(Path(args.config).read_text())
     raw["output"] = f"{args.output}/eps-{eps if eps is not None else 'none'}"
     raw["train"]["steps"] = args.steps
+    for item in args.set:
+        key, value = item.split("=", 1)
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = json.loads(value)
     if eps is None:
         raw["privacy"] = {"enabled": False}
     else:
@@ -60,7 +67,7 @@ def run_one(eps: float | None, args) -> dict:
     return {
         "epsilon_target": eps,
         "privacy": engine.manifest["privacy"],
-        "fit_s": fit_s, "sample_s": sample_s, "steps": args.steps,
+        "fit_s": fit_s, "sample_s": sample_s, "steps": args.steps, "overrides": args.set,
         "sdmetrics": sdm,
         "ours": {"shapes": ours["column_shapes"]["mean"], "pair_trends": ours["pair_trends"]["mean"]},
         "c2st_auc": ours["detection"]["c2st_auc"],
@@ -76,7 +83,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="configs/adult-dp.yaml")
     ap.add_argument("--eps", action="append", help="epsilon to run, or 'none' (repeatable; default 1 3 8 none)")
-    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--set", action="append", default=[], help="dotted.key=json-value overrides of the config")
     ap.add_argument("--rows", type=int, default=10_000)
     ap.add_argument("--output", default="runs/bench-privacy")
     args = ap.parse_args()

@@ -69,6 +69,8 @@ class DPTraining:
         self.engine = PrivacyEngine(accountant=plan.accountant)
         if start_step:  # resumed: the steps already made are already spent
             self.engine.accountant.history = [(plan.noise_multiplier, plan.sample_rate, int(start_step))]
+        # Opacus' ghost clipping backpropagates to module outputs only; torch warns about it every step
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Ss]ecure.*")
             out = self.engine.make_private(
