@@ -26,6 +26,12 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         precision = "bf16" if (torch.cuda.is_bf16_supported() if cuda else cpu_has_fast_bf16()) else "fp32"
     if precision == "fp16" and not cuda:
         precision = "fp32"  # fp16 autocast is silently ignored on CPU
+    # Accelerate keeps one process-wide state and refuses a second Accelerator with another
+    # precision; one process may train several models in turn (tests, notebooks, a job fitting
+    # a teacher then a student), so start each fit from a fresh state (process group kept).
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(cpu=not cuda, mixed_precision="no" if precision == "fp32" else precision,
                        gradient_accumulation_steps=cfg.grad_accum)
 
