@@ -20,13 +20,18 @@ RAY = str(Path(sys.executable).with_name("ray"))
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
     """A head node of its own (`--block` keeps it tied to this process, so stopping it does not
-    touch any other Ray on the machine the way `ray stop` would)."""
+    touch any other Ray on the machine the way `ray stop` would). Every port is chosen free: the
+    session's local Ray already holds the default dashboard-agent port (52365), and a second
+    agent on it dies silently, leaving the head with "No available agent to submit job"."""
     port, dash = free_port(), free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen([RAY, "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}",
                              "--dashboard-host=127.0.0.1", "--num-cpus=4", "--include-dashboard=true",
-                             f"--metrics-export-port={free_port()}"],
+                             f"--metrics-export-port={free_port()}",
+                             f"--dashboard-agent-listen-port={free_port()}",
+                             f"--dashboard-agent-grpc-port={free_port()}",
+                             f"--runtime-env-agent-port={free_port()}"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 120
