@@ -191,6 +191,35 @@ def test_distill_cli_and_job_entry_point(tiny_artifact, tmp_path):
     assert out.returncode == 2 and "bogus" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.ray
+def test_endpoint_serves_a_student_over_http(ray_session, student):
+    import httpx
+    import ray
+    from ray import serve
+
+    from serve.app import build_app
+    from tests.conftest import free_port
+
+    engine, result = student
+    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+    port = ray.get(serve.context._get_global_client()._controller.get_http_config.remote()).port
+    serve.run(build_app({"artifact_uri": result.artifact_uri, "num_cpus": 1, "deployment_name": "Student"}),
+              name="student", route_prefix="/student")
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}/student", timeout=60) as c:
+            info = c.get("/v1/model").json()
+            assert [s["name"] for s in info["samplers"]] == ["distilled"]
+            assert info["defaults"]["sampler"] == "distilled" and info["defaults"]["steps"] == 2
+            r = c.post("/v1/sample", json={"rows": 3, "conditions": {"sex": "Female"}, "guidance": 2.0, "seed": 1})
+            assert r.status_code == 200, r.text
+            assert r.headers["x-synth-sampler"] == "distilled" and r.headers["x-synth-nfe"] == "2"
+            assert [rec["sex"] for rec in r.json()["records"]] == ["Female"] * 3
+            bad = c.post("/v1/sample", json={"rows": 1, "sampler": "ddim", "steps": 4})
+            assert bad.status_code == 422 and "distilled" in bad.text
+    finally:  # leave no Serve proxy behind: it would hold ports other tests' clusters need
+        serve.shutdown()
+
+
 def test_thinned_trajectories_equal_a_fresh_draw_for_fewer_steps(tiny_artifact):
     from synth.distill.student import thin
 
