@@ -25,6 +25,8 @@ import torch
 
 from synth.config import RunConfig
 from synth.engine import load_engine
+from synth.evaluate import arrays
+from synth.evaluate.arrays import acf, kid, precision_recall
 from synth.train.fit import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,31 +49,6 @@ def images(table, column: str) -> np.ndarray:
 
     x, _ = flatten(column, table.column(column))
     return x
-
-
-# -- image metrics ------------------------------------------------------------------------------
-def kid(a: np.ndarray, b: np.ndarray) -> float:
-    """Unbiased MMD^2 with the cubic polynomial kernel (Binkowski et al. 2018)."""
-    d = a.shape[1]
-    k = lambda x, y: (x @ y.T / d + 1.0) ** 3  # noqa: E731
-    kaa, kbb, kab = k(a, a), k(b, b), k(a, b)
-    m, n = len(a), len(b)
-    return float((kaa.sum() - np.trace(kaa)) / (m * (m - 1)) + (kbb.sum() - np.trace(kbb)) / (n * (n - 1))
-                 - 2 * kab.mean())
-
-
-def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:
-    from sklearn.metrics import pairwise_distances
-
-    def radii(x):
-        d = pairwise_distances(x)
-        return np.sort(d, axis=1)[:, k]  # k-th neighbour (index 0 is the point itself)
-
-    r_real, r_fake = radii(real), radii(fake)
-    d = pairwise_distances(fake, real)
-    precision = float(np.mean((d <= r_real[None, :]).any(axis=1)))
-    recall = float(np.mean((d.T <= r_fake[None, :]).any(axis=1)))
-    return precision, recall
 
 
 def bench_digits(steps: int | None, out_dir: Path) -> dict:
@@ -131,34 +108,8 @@ def save_grid(engine, path: Path) -> None:
     plt.imsave(path, x, cmap="gray_r", vmin=0, vmax=16)
 
 
-# -- series metrics -----------------------------------------------------------------------------
-def acf(x: np.ndarray, lags: int) -> np.ndarray:
-    """Mean over windows of each window's sample autocorrelation at lags 1..lags."""
-    x = x - x.mean(axis=1, keepdims=True)
-    var = (x ** 2).sum(axis=1)
-    var[var == 0] = 1.0
-    return np.stack([(x[:, :-k] * x[:, k:]).sum(axis=1) / var for k in range(1, lags + 1)], axis=1).mean(axis=0)
-
-
-def spectrum(x: np.ndarray) -> np.ndarray:
-    from scipy.signal import periodogram
-
-    _, p = periodogram(x, axis=1, detrend="constant")
-    p = p[:, 1:]
-    p = p / np.maximum(p.sum(axis=1, keepdims=True), 1e-12)
-    return p.mean(axis=0)
-
-
-def series_scores(x: np.ndarray, real: np.ndarray, lags: int = 48) -> dict:
-    a, ar = acf(x, lags), acf(real, lags)
-    s, sr = spectrum(x), spectrum(real)
-    from scipy.stats import wasserstein_distance
-
-    return {"acf_mae": float(np.abs(a - ar).mean()), "acf_max_err": float(np.abs(a - ar).max()),
-            "spectrum_l1": float(np.abs(s - sr).sum()),
-            "log_spectral_distance": float(np.sqrt(np.mean((10 * np.log10((s + 1e-12) / (sr + 1e-12))) ** 2))),
-            "marginal_wasserstein_over_std": float(wasserstein_distance(x.ravel(), real.ravel()) / real.std()),
-            "acf": [round(float(v), 4) for v in a[:12]]}
+def series_scores(x: np.ndarray, real: np.ndarray) -> dict:
+    return {**arrays.series_scores(x, real, lags=48), "acf": [round(float(v), 4) for v in acf(x, 12)]}
 
 
 def bench_series(steps: int | None, out_dir: Path) -> dict:

@@ -108,8 +108,8 @@ def main() -> None:
             print(f"student {k}: trained in {distill_info[k]['distill_s']:.0f} s (trajectories {traj_s:.0f} s, "
                   f"shared), val loss {distill_info[k]['val_loss']:.4f}", flush=True)
         student = load_engine(out)
-        add(f"student", judge(student, "distilled", k, args.rows, test, kinds, student.manifest))
-        add(f"student", judge(student, "distilled", k, args.rows, test, kinds, student.manifest, cond, args.guidance))
+        add("student", judge(student, "distilled", k, args.rows, test, kinds, student.manifest))
+        add("student", judge(student, "distilled", k, args.rows, test, kinds, student.manifest, cond, args.guidance))
 
     # the target: the 4-step student's fidelity error within 1.1x of the 50-step teacher's, at >= 10x rows/s
     t50 = [r for r in runs if r["model"] == "teacher" and r["nfe"] == 50 and not r["guided"]]

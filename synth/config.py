@@ -68,6 +68,14 @@ class RunConfig(Strict):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig, description="differential privacy (docs/privacy.md)")
 
     @model_validator(mode="after")
+    def _family_limits(self):
+        if getattr(self.model, "family", "diffusion") == "gan" and self.scaling.num_workers > 0 \
+                and self.scaling.data_mode != "memory":
+            raise ValueError("model.family gan needs scaling.data_mode memory: training-by-sampling draws rows by "
+                             "category from the whole training set, which a streamed shard cannot give")
+        return self
+
+    @model_validator(mode="after")
     def _private_runs(self):
         if self.privacy.enabled:
             if getattr(self.model, "family", "diffusion") != "diffusion":

@@ -54,6 +54,8 @@ def resolve_data_uri(uri: str) -> str:
 
 
 def parquet_files(uri: str) -> tuple[pafs.FileSystem, list[str]]:
+    """The Parquet files of a file or folder URI; in a folder, files and folders whose names
+    start with "_" or "." (manifests, commit markers, Spark/Hive metadata) are skipped."""
     uri = resolve_data_uri(uri)
     fs, path = storage.resolve(uri)
     info = fs.get_file_info(path)
@@ -61,8 +63,9 @@ def parquet_files(uri: str) -> tuple[pafs.FileSystem, list[str]]:
         raise DataError(f"reference data {uri!r} does not exist; give a Parquet file or a folder of them")
     if info.type == pafs.FileType.Directory:
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-        files = sorted(i.path for i in infos if i.type == pafs.FileType.File
-                       and not i.base_name.startswith((".", "_")))
+        root = path.rstrip("/") + "/"
+        hidden = lambda p: any(part.startswith((".", "_")) for part in p[len(root):].split("/"))  # noqa: E731
+        files = sorted(i.path for i in infos if i.type == pafs.FileType.File and not hidden(i.path))
         if not files:
             raise DataError(f"folder {uri!r} holds no Parquet files")
     else:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -97,11 +97,14 @@ def plan_shards(cfg: SynthesizeConfig, engine) -> list[dict]:
                               "make them equal")
         if any(v < 0 for v in counts.values()):
             raise ConfigError("conditions.mix counts must be >= 0")
-        engine.encode_conditions(len(counts), {col: list(counts)})  # unknown column / unseen values named here
+        # keys are text (YAML/JSON object keys): map "3" to the category 3 of an integer column
+        cat = engine.codec.categorical(col)
+        by_text = {str(v): v for v in cat.categories if v is not None}
+        keys = [k if k in cat.index_of() else by_text.get(k, k) for k in counts]
+        engine.encode_conditions(len(keys), {col: keys})  # unknown column / unseen values named here
         # rows are laid out value after value across shards: shard i holds rows [start, start+size)
         start = 0
         bounds = np.cumsum([0, *counts.values()])
-        keys = list(counts)
         for s in specs:
             lo, hi = start, start + s["rows"]
             parts = []
@@ -232,11 +235,11 @@ def synthesize(cfg: SynthesizeConfig, progress=None) -> dict:
     import ray
     import ray.data
 
-    from synth.diffusion.samplers import nfe
     from synth.engine import load_engine
     from synth.raycluster import ensure_ray
 
     t0 = time.perf_counter()
+    c = cfg.conditions
     engine = load_engine(cfg.artifact)  # missing / tampered / incompatible artifacts fail here
     sampler = cfg.sampler or engine.config.sampler
     steps = engine.config.steps if cfg.steps is None else cfg.steps
@@ -279,7 +282,8 @@ def synthesize(cfg: SynthesizeConfig, progress=None) -> dict:
         "synthesis",
         artifact={"uri": cfg.artifact, "artifact_id": engine.manifest["artifact_id"],
                   "files": engine.manifest["files"], "privacy": engine.manifest.get("privacy")},
-        sampler=sampler, steps=steps, nfe=nfe(sampler, steps), guidance=guidance, seed=cfg.seed,
+        sampler=sampler, steps=steps, guidance=guidance, seed=cfg.seed,
+        nfe=engine.nfe(sampler, steps, guidance, conditioned=bool(c.fixed or c.mix or c.reference)),
         conditions=cfg.conditions.model_dump(), rows=total,
         shards=[records[i] for i in sorted(records)],
         resumed_shards=len(done), wall_s=wall, rows_per_s=written / wall if written else None,

@@ -6,9 +6,7 @@
 """
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -20,7 +18,7 @@ from synth.distill.config import DistillConfig
 from synth.distill.student import DistillTask, make_student, teacher_trajectories
 from synth.engine import load_engine, save_engine
 from synth.engine.diffusion import DiffusionEngine
-from synth.errors import ConfigError, SynthError
+from synth.errors import ConfigError
 from synth.manifest import base_manifest
 from synth.train import loop
 
@@ -145,6 +143,7 @@ def _distill_worker(config: dict[str, Any]) -> None:
     import ray.train
 
     from synth.train.checkpoint import load_checkpoint, save_checkpoint
+    from synth.train.ray_train import report_checkpoint, restore_checkpoint
 
     cfg = DistillConfig.model_validate(config["cfg"])
     ctx = ray.train.get_context()
@@ -154,64 +153,32 @@ def _distill_worker(config: dict[str, Any]) -> None:
     teacher = load_teacher(cfg.teacher)
     torch.manual_seed(cfg.train.seed)
     student = make_student(teacher, cfg)
-    start_step, opt_state, history = 0, None, []
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            start_step, opt_state = load_checkpoint(student, d)
-            history = json.load(open(os.path.join(d, "manifest.json"))).get("history", [])
+    modules = {"net": student.net, "ema": student.ema}
+    state = restore_checkpoint(lambda d: load_checkpoint(student, d, modules))
+    start_step = state.step if state else 0
+    history = state.extra.get("history", []) if state else []
     share = cfg.trajectories // world + (1 if rank < cfg.trajectories % world else 0)
     x_train, x_val = _split(teacher_trajectories(teacher, cfg, share, rank=rank), cfg.val_share)
     batches = loop.shuffled_batches(x_train, max(1, cfg.train.batch_size // world), cfg.train.seed + 7919 * rank + start_step)
 
     def report(metrics: dict, optimizer) -> None:
         history.append(metrics)
-        if rank == 0:
-            with tempfile.TemporaryDirectory() as d:
-                save_checkpoint(student, optimizer, metrics["step"], d,
-                                {"kind": "checkpoint", "run": cfg.name, "history": history})
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-        else:
-            ray.train.report(metrics, checkpoint=None)
+        report_checkpoint(metrics, lambda d: save_checkpoint(
+            student, metrics["step"], d, {"kind": "checkpoint", "run": cfg.name, "history": history},
+            modules=modules, optimizers={"opt": optimizer}, extra={"history": history}))
 
     loop.train(DistillTask(student), batches, cfg.train, x_val=x_val, accelerator=loop.make_accelerator(cfg.train),
-               start_step=start_step, optimizer_state=opt_state, report=report)
+               start_step=start_step, optimizer_state=state.optimizers["opt"] if state else None, report=report)
 
 
 def _distill_on_ray(cfg: DistillConfig, teacher: DiffusionEngine) -> DistillResult:
-    import ray.train
-    from ray.train.torch import TorchTrainer
+    from synth.train.ray_train import prepare_cluster, run_trainer
 
-    from synth.raycluster import check_resources, ensure_ray
-
-    if cfg.train.time_budget_s is not None and cfg.scaling.num_workers > 1:
-        raise ConfigError("train.time_budget_s stops workers at different steps; use train.steps with several workers")
-    sc = cfg.scaling
     storage.check_writable(cfg.storage_path)
-    ensure_ray()
-    check_resources(sc.num_workers, sc.cpus_per_worker, sc.gpus_per_worker, sc.use_gpu)
+    prepare_cluster(cfg.scaling, cfg.train)
     t0 = time.perf_counter()
-    trainer = TorchTrainer(
-        _distill_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json")},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=sc.num_workers, use_gpu=sc.use_gpu,
-            resources_per_worker={"CPU": sc.cpus_per_worker, **({"GPU": sc.gpus_per_worker} if sc.use_gpu else {})}),
-        run_config=ray.train.RunConfig(
-            name=cfg.name, storage_path=cfg.storage_path,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            failure_config=ray.train.FailureConfig(max_failures=sc.max_failures)),
-    )
-    try:
-        result = trainer.fit()
-    except ray.train.TrainingFailedError as e:
-        from synth.train.ray_train import _root_message
-
-        raise SynthError(f"distillation failed after {sc.max_failures} restarts: {_root_message(e)}") from None
-    if result.checkpoint is None:
-        raise SynthError("distillation finished without a checkpoint")
-    with result.checkpoint.as_directory() as d:
-        student = load_engine(d)
+    student, metrics = run_trainer(_distill_worker, {"cfg": cfg.model_dump(mode="json")}, cfg.scaling,
+                                   name=cfg.name, storage_path=cfg.storage_path, what="distillation")
     history = student.manifest.get("history", [])
-    return _finish(cfg, teacher, student, dict(result.metrics or {}), history,
-                   {"ray_s": time.perf_counter() - t0}, workers=sc.num_workers)
+    return _finish(cfg, teacher, student, metrics, history,
+                   {"ray_s": time.perf_counter() - t0}, workers=cfg.scaling.num_workers)

@@ -144,7 +144,8 @@ class ArrayEngine(Engine):
     def samplers(self) -> list[str]:
         return sorted(s for s in SAMPLERS if s != "distilled")
 
-    def nfe(self, sampler: str, steps: int, guidance: float) -> int:
+    def nfe(self, sampler: str, steps: int, guidance: float, conditioned: bool = True) -> int:
+        """Every row carries a label (drawn when not requested), so guidance always applies."""
         from synth.diffusion.samplers import nfe
 
         return nfe(sampler, steps) * (2 if guidance not in (0.0, 1.0) and self.cond_columns else 1)

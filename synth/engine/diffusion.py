@@ -109,12 +109,12 @@ class DiffusionEngine(Engine):
             return ["distilled"]
         return sorted(s for s in SAMPLERS if s != "distilled")
 
-    def nfe(self, sampler: str, steps: int, guidance: float) -> int:
-        """Network evaluations per row when conditions are given (guidance doubles them unless
-        the student takes the weight as an input)."""
+    def nfe(self, sampler: str, steps: int, guidance: float, conditioned: bool = True) -> int:
+        """Network evaluations per row (guidance doubles them for conditioned rows, unless the
+        student takes the weight as an input)."""
         from synth.diffusion.samplers import nfe
 
-        guided = guidance not in (0.0, 1.0) and sampler != "distilled"
+        guided = conditioned and guidance not in (0.0, 1.0) and sampler != "distilled"
         return nfe(sampler, steps) * (2 if guided else 1)
 
     def validate_request(self, n: int, sampler: str, steps: int, guidance: float) -> None:

@@ -24,14 +24,16 @@ numerics already are ~N(0, 1)).
   correlations of generated vs held-out rows); training stops early after `patience`
   evaluations without improvement or on a non-finite loss, and the best generator is kept.
 
-Trains in this process (`synth fit` with `model.family: gan`); the Ray Train path is
-diffusion-only for now.
+Trains in this process (`synth fit` with `model.family: gan`) or on Ray Train workers
+(`scaling.num_workers > 0`: gradients of both networks averaged over the workers, every
+evaluation a checkpoint, resume after a worker failure); both run `train_gan`.
 """
 from __future__ import annotations
 
 import copy
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 import numpy as np
@@ -44,9 +46,10 @@ from torch.nn import functional as F
 from synth.artifact import Artifact
 from synth.engine.base import register
 from synth.engine.onepass import OnePassEngine
-from synth.errors import ConfigError, SynthError
+from synth.errors import SynthError
 from synth.table import TableCodec
 from synth.table.columns import CategoricalColumn
+from synth.train.distributed import ProcessGroup
 
 
 class GANConfig(BaseModel):
@@ -305,25 +308,93 @@ def _grad_norm(module: nn.Module) -> float:
     return float(torch.stack(norms).norm()) if norms else 0.0
 
 
+@dataclass
+class GANResume:
+    """Where a checkpointed GAN run left off (critic, generator and both optimizers are restored
+    by `load`; the random streams restart from (seed, rank, step))."""
+    step: int
+    optimizers: dict[str, dict]
+    best: dict
+    stale: int
+    stop_reason: str | None
+
+    @classmethod
+    def load(cls, engine: "GANEngine", directory: str) -> "GANResume":
+        from synth.train.checkpoint import load_checkpoint
+
+        state = load_checkpoint(engine, directory, {"generator": engine.generator, "critic": engine.critic})
+        extra = state.extra
+        engine.history = list(extra.get("history", []))
+        best_state = {k[len("best."):]: v for k, v in state.tensors.items() if k.startswith("best.")}
+        live = {k[len("live."):]: v for k, v in state.tensors.items() if k.startswith("live.")}
+        if live:  # a final checkpoint holds the rolled-back generator; training goes on from the last one
+            engine.generator.load_state_dict(live)
+        return cls(state.step, state.optimizers, {"score": extra["best_score"], "step": extra["best_step"],
+                                                  "state": best_state}, extra["stale"], extra.get("stop_reason"))
+
+
+@dataclass
+class GANSnapshot:
+    """The state a report can checkpoint: `save(directory, manifest)` writes an artifact of the
+    current generator plus everything `GANResume.load` needs."""
+    engine: "GANEngine"
+    step: int
+    optimizers: dict[str, torch.optim.Optimizer]
+    best: dict
+    stale: int
+    stop_reason: str | None = None
+    live: dict[str, Tensor] | None = None  # the last trained generator, when the engine holds the best
+
+    def save(self, directory: str, manifest: dict) -> None:
+        from synth.train.checkpoint import save_checkpoint
+
+        e = self.engine
+        save_checkpoint(e, self.step, directory, {**manifest, "history": e.history},
+                        modules={"generator": e.generator, "critic": e.critic}, optimizers=self.optimizers,
+                        tensors={**{f"best.{k}": v for k, v in self.best["state"].items()},
+                                 **{f"live.{k}": v for k, v in (self.live or {}).items()}},
+                        extra={"best_score": self.best["score"], "best_step": self.best["step"], "stale": self.stale,
+                               "stop_reason": self.stop_reason, "history": e.history})
+
+
 def train_gan(engine: GANEngine, x_train: Tensor, x_val: Tensor, *, steps: int, batch_size: int, seed: int,
               eval_every: int, time_budget_s: float | None = None,
-              report: Callable[[dict], None] | None = None) -> dict:
-    """Adversarial training with monitoring, early stopping and rollback to the best generator."""
+              report: Callable[[dict, GANSnapshot], None] | None = None,
+              group: ProcessGroup = ProcessGroup(), resume: GANResume | None = None) -> dict:
+    """Adversarial training with monitoring, early stopping and rollback to the best generator.
+
+    `report(metrics, snapshot)` is called at every evaluation and once more at the end (metrics
+    with "final": True, snapshot of the rolled-back generator). With a `group` of several
+    workers (Ray Train), each draws batch_size / world rows per step from its own seeded stream
+    and gradients are averaged over the group after every backward; decisions taken on the
+    validation score use rank 0's value."""
     cfg = engine.config
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
+    rank, world = group.rank, group.world
+    start = resume.step if resume else 0
+    stream = seed if world == 1 and start == 0 else [seed, rank, start]  # one worker, fresh: as before
+    torch.manual_seed(seed + 7919 * rank + start)
+    rng = np.random.default_rng(stream)
     pac = cfg.pac
-    batch = max(pac, batch_size // pac * pac)
+    batch = max(pac, batch_size // world // pac * pac)
+    group.broadcast_module(engine.generator)
+    group.broadcast_module(engine.critic)
     opt_g = torch.optim.Adam(engine.generator.parameters(), lr=cfg.lr_generator, betas=(0.5, 0.9), weight_decay=1e-6)
     opt_d = torch.optim.Adam(engine.critic.parameters(), lr=cfg.lr_critic, betas=(0.5, 0.9))
+    optimizers = {"generator": opt_g, "critic": opt_d}
     sampler = CondSampler(engine, x_train, rng)
-    best = {"score": math.inf, "step": 0, "state": copy.deepcopy(engine.generator.state_dict())}
-    stale, stop_reason = 0, "steps"
+    if resume:
+        opt_g.load_state_dict(resume.optimizers["generator"])
+        opt_d.load_state_dict(resume.optimizers["critic"])
+        best, stale, stop_reason = resume.best, resume.stale, resume.stop_reason or "steps"
+    else:
+        best = {"score": math.inf, "step": 0, "state": copy.deepcopy(engine.generator.state_dict())}
+        stale, stop_reason = 0, "steps"
+    finished = resume is not None and resume.stop_reason not in (None, "steps", "time budget")  # early stop is final
     t0 = time.perf_counter()
     window: dict[str, list[float]] = {"loss_critic": [], "loss_generator": [], "wasserstein": [],
                                       "grad_norm_critic": [], "grad_norm_generator": []}
-    step = 0
-    for step in range(1, steps + 1):
+    step = start
+    for step in range(start + 1, steps + 1) if not finished else ():
         engine.generator.train()
         engine.critic.train()
         for _ in range(cfg.critic_steps):
@@ -337,6 +408,7 @@ def train_gan(engine: GANEngine, x_train: Tensor, x_val: Tensor, *, steps: int, 
             loss_d = d_fake - d_real + cfg.gp_weight * gp
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
+            group.average_gradients(engine.critic)
             gn_d = _grad_norm(engine.critic)
             opt_d.step()
         _, c = sampler.draw(batch)
@@ -346,22 +418,23 @@ def train_gan(engine: GANEngine, x_train: Tensor, x_val: Tensor, *, steps: int, 
         loss_g = -engine.critic_score(fake, c).mean() + engine.cond_cross_entropy(raw, c)
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
+        group.average_gradients(engine.generator)
         gn_g = _grad_norm(engine.generator)
         opt_g.step()
         for k, v in (("loss_critic", loss_d), ("loss_generator", loss_g), ("wasserstein", d_real - d_fake),
                      ("grad_norm_critic", gn_d), ("grad_norm_generator", gn_g)):
             window[k].append(float(v.detach()) if isinstance(v, Tensor) else float(v))
-        if not (math.isfinite(loss_d.item()) and math.isfinite(loss_g.item())):
+        if not group.agree(float(math.isfinite(loss_d.item()) and math.isfinite(loss_g.item()))):
             stop_reason = "diverged (non-finite loss)"
             break
         out_of_time = time_budget_s is not None and time.perf_counter() - t0 > time_budget_s
         if step % eval_every == 0 or step == steps or out_of_time:
             recalibrate_norms(engine, seed=seed)
-            score = validation_distance(engine, x_val, cfg.val_rows, seed)
+            score = group.agree(validation_distance(engine, x_val, cfg.val_rows, seed))
             m = {"step": step, **{k: float(np.mean(v)) for k, v in window.items()},
                  "loss_gap": float(np.mean(window["loss_generator"]) - np.mean(window["loss_critic"])),
                  "val_distance": score, "seconds": time.perf_counter() - t0,
-                 "samples_per_s": step * batch * (cfg.critic_steps + 1) / (time.perf_counter() - t0)}
+                 "samples_per_s": (step - start) * batch * world * (cfg.critic_steps + 1) / (time.perf_counter() - t0)}
             window = {k: [] for k in window}
             engine.history.append(m)
             if score < best["score"]:
@@ -370,31 +443,32 @@ def train_gan(engine: GANEngine, x_train: Tensor, x_val: Tensor, *, steps: int, 
             else:
                 stale += 1
             m["best_step"] = best["step"]
-            if report:
-                report(m)
             if stale >= cfg.patience:
                 stop_reason = f"early stop: no improvement in {cfg.patience} evaluations"
-                break
-            if out_of_time:
+            elif out_of_time:
                 stop_reason = "time budget"
+            if report:
+                report(m, GANSnapshot(engine, step, optimizers, best, stale))
+            if stop_reason != "steps":
                 break
+    live = copy.deepcopy(engine.generator.state_dict())
     engine.generator.load_state_dict(best["state"])  # roll back to the best generator
     engine.generator.eval()
-    return {"step": step, "best_step": best["step"], "best_val_distance": best["score"], "stop_reason": stop_reason,
-            "train_s": time.perf_counter() - t0}
+    metrics = {"step": step, "best_step": best["step"], "best_val_distance": best["score"], "stop_reason": stop_reason,
+               "train_s": time.perf_counter() - t0}
+    if report:
+        report({**metrics, "final": True}, GANSnapshot(engine, step, optimizers, best, stale, stop_reason, live))
+    return metrics
 
 
 def fit_gan(cfg, report: Callable | None = None):
-    """`synth fit` for `model.family: gan`: prepare data like diffusion, train in this process,
-    write the artifact. Returns synth.train.fit.FitResult."""
+    """`synth fit` for `model.family: gan` in this process (`scaling.num_workers: 0`; with
+    workers, `synth.train.ray_train` runs the same loop on Ray Train): prepare data like
+    diffusion, train, write the artifact. Returns synth.train.fit.FitResult."""
     from synth import storage
     from synth.engine import save_engine
-    from synth.manifest import base_manifest
-    from synth.train.fit import FitResult, encode_tensor, prepare
+    from synth.train.fit import FitResult, encode_tensor, model_manifest, prepare
 
-    if cfg.scaling.num_workers > 0:
-        raise ConfigError("model.family gan trains in this process only for now; set scaling.num_workers: 0 "
-                          "(Ray Train workers run the diffusion family)")
     t0 = time.perf_counter()
     storage.check_writable(cfg.output)
     prep = prepare(cfg)
@@ -406,20 +480,15 @@ def fit_gan(cfg, report: Callable | None = None):
         torch.set_num_threads(cfg.train.threads)
     t1 = time.perf_counter()
 
-    def on_report(m: dict) -> None:
-        if report:
+    def on_report(m: dict, snapshot: GANSnapshot) -> None:
+        if report and not m.get("final"):
             report({**m, "loss": m["loss_generator"], "val_loss": m["val_distance"]}, None)
 
     metrics = train_gan(engine, x_train, x_val, steps=cfg.train.steps, batch_size=cfg.train.batch_size,
                         seed=cfg.train.seed, eval_every=cfg.train.eval_every, time_budget_s=cfg.train.time_budget_s,
                         report=on_report)
-    manifest = base_manifest(
-        "model", run=cfg.name, input=prep.fingerprint, split=prep.split, columns=prep.codec.kinds(),
-        seeds={"train": cfg.train.seed, "split": cfg.data.split.seed},
-        sampling={"sampler": cfg.model.sampler, "steps": 1, "guidance": 1.0, "one_pass": True},
-        train=cfg.train.model_dump(mode="json"), workers=0,
-        metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))},
-        wall_s={"prepare_s": t1 - t0, "train_s": metrics["train_s"], "total_s": time.perf_counter() - t0},
-        privacy={"dp": False}, history=engine.history)
+    manifest = model_manifest(cfg, prep, metrics, {"prepare_s": t1 - t0, "train_s": metrics["train_s"],
+                                                   "total_s": time.perf_counter() - t0}, workers=0)
+    manifest["history"] = engine.history
     artifact_id = save_engine(engine, cfg.artifact_uri, manifest)
     return FitResult(cfg.artifact_uri, artifact_id, metrics, prep)

@@ -31,7 +31,7 @@ class OnePassEngine(Engine):
     def samplers(self) -> list[str]:
         return sorted(s for s in SAMPLERS if s != "distilled")
 
-    def nfe(self, sampler: str, steps: int, guidance: float) -> int:
+    def nfe(self, sampler: str, steps: int, guidance: float, conditioned: bool = True) -> int:
         return 1
 
     def validate_request(self, n: int, sampler: str, steps: int, guidance: float) -> None:

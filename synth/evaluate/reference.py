@@ -1,7 +1,8 @@
 """Evaluate synthetic rows against the reference data a model was trained on, using the split
 recorded in the model's manifest: fidelity and C2ST against (a sample of) the training rows the
 generator learnt from, ML efficacy tested on the held-out test rows, DCR and membership inference
-with the test rows as the holdout (see `synth.evaluate.suite.evaluate`)."""
+with the test rows as the holdout (see `synth.evaluate.suite.evaluate`); array columns (images,
+series) are scored by `synth.evaluate.arrays` under the result's "arrays" key."""
 from __future__ import annotations
 
 import pyarrow as pa
@@ -26,9 +27,18 @@ def evaluate_against_reference(synthetic: pa.Table, manifest: dict, *, data_uri:
     missing = [c for c in kinds if c not in synthetic.schema.names]
     if missing:
         raise ConfigError(f"the synthetic table lacks columns {missing} that the model produces")
-    cols = list(kinds)
-    if target is not None and target not in kinds:
-        raise ConfigError(f"target {target!r} is not a modelled column; columns are {cols}")
+    cols = [c for c, k in kinds.items() if k != "array"]  # array columns: synth.evaluate.arrays
+    if target is not None and target not in cols:
+        raise ConfigError(f"target {target!r} is not a modelled tabular column; columns are {cols}")
+    arrays = None
+    if len(cols) < len(kinds):
+        from synth.evaluate.arrays import evaluate_arrays
+
+        arrays = evaluate_arrays(train, test, synthetic, kinds, seed=seed)
+        if not cols:
+            return {"arrays": arrays, "rows": {"train": train.num_rows, "test": test.num_rows,
+                                               "synthetic": synthetic.num_rows}}
+    kinds = {c: kinds[c] for c in cols}
     real_train = train.select(cols).to_pandas()
     real_test = test.select(cols).to_pandas()
     syn = synthetic.select(cols).to_pandas()
@@ -38,4 +48,6 @@ def evaluate_against_reference(synthetic: pa.Table, manifest: dict, *, data_uri:
         syn = syn.sample(max_rows, random_state=seed)
     out = evaluate(real_train, real_test, syn, kinds, target=target, seed=seed)
     out["rows"] = {"train": len(real_train), "test": len(real_test), "synthetic": len(syn)}
+    if arrays is not None:
+        out["arrays"] = arrays
     return out

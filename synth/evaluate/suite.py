@@ -136,4 +136,17 @@ def summary_table(result: Mapping[str, Any]) -> list[tuple[str, str]]:
         mia = pr.get("membership_inference")
         if mia:
             rows.append(("Membership-inference AUC (0.5 = none)", _fmt(mia.get("auc"))))
+    for col, m in (get("arrays") or {}).items():
+        ref = m.get("reference", {})
+        if m.get("kind") == "image":
+            rows.append((f"{col}: KID (real train: {_fmt(ref.get('real_train', {}).get('kid'))})", _fmt(m.get("kid"))))
+            rows.append((f"{col}: precision / recall", f"{_fmt(m.get('precision'))} / {_fmt(m.get('recall'))}"))
+            if "label_accuracy" in m:
+                rows.append((f"{col}: {m['label']} accuracy (real held-out: "
+                             f"{_fmt(ref.get('real_heldout_label_accuracy'))})", _fmt(m["label_accuracy"])))
+        else:
+            floor = ref.get("real_train", {})
+            rows.append((f"{col}: ACF MAE (real train: {_fmt(floor.get('acf_mae'))})", _fmt(m.get("acf_mae"))))
+            rows.append((f"{col}: log-spectral distance dB (real train: {_fmt(floor.get('log_spectral_distance'))})",
+                         _fmt(m.get("log_spectral_distance"))))
     return rows

@@ -2,7 +2,8 @@
 fetched from anywhere.
 
 Sections: summary scores (synth.evaluate), contract verdicts, real vs synthetic marginals of
-every column, association heatmaps (real, synthetic, |difference|), and the manifests.
+every tabular column, image grids or series windows with autocorrelation for array columns,
+association heatmaps (real, synthetic, |difference|), and the manifests.
 """
 from __future__ import annotations
 
@@ -83,6 +84,34 @@ def _marginals(real: pd.DataFrame, syn: pd.DataFrame, kinds: Mapping[str, str], 
     return '<div class="grid">' + "\n".join(figs) + "</div>"
 
 
+def _arrays(real: pa.Table, syn: pa.Table, kinds: Mapping[str, str], scores: Mapping[str, dict]) -> str:
+    """Per array column: a real/synthetic image grid, or series windows with their autocorrelation."""
+    from synth.evaluate.arrays import acf
+    from synth.table.columns.array import flatten
+
+    figs = []
+    for col in (c for c, k in kinds.items() if k == "array"):
+        r, shape = flatten(col, real.column(col))
+        s, _ = flatten(col, syn.column(col), shape)
+        m = scores.get(col) or {}
+        if len(shape) == 1:
+            lags = max(1, min(48, shape[0] // 2))
+            svg = plots.series_panel(r, s, acf(r, lags), acf(s, lags), col)
+            caption = f"{_e(col)} (series, length {shape[0]}) &middot; ACF MAE {_fmt(m.get('acf_mae'))}, " \
+                      f"log-spectral distance {_fmt(m.get('log_spectral_distance'))} dB"
+            cls = "series"
+        else:
+            svg = plots.image_grid(r.reshape(-1, *shape), s.reshape(-1, *shape), col)
+            caption = f"{_e(col)} (image {'&times;'.join(map(str, shape))}) &middot; KID {_fmt(m.get('kid'))}, " \
+                      f"precision {_fmt(m.get('precision'))}, recall {_fmt(m.get('recall'))}"
+            if "label_accuracy" in m:
+                caption += f", {_e(m['label'])} accuracy {_fmt(m['label_accuracy'])}"
+            cls = "image"
+        figs.append(f'<figure class="plot array {cls}" data-column="{_e(col)}">{svg}'
+                    f"<figcaption>{caption}</figcaption></figure>")
+    return "\n".join(figs)
+
+
 def _heatmaps(real: pd.DataFrame, syn: pd.DataFrame, kinds: Mapping[str, str]) -> str:
     cols = list(kinds)
     ar, as_ = association_matrix(real, kinds), association_matrix(syn, kinds)
@@ -142,8 +171,10 @@ def _manifests(manifests: Mapping[str, Any]) -> str:
 
 def render_html(*, title: str, subtitle: str, evaluation: Mapping[str, Any], contract: Mapping[str, Any] | None,
                 real: pd.DataFrame, synthetic: pd.DataFrame, kinds: Mapping[str, str],
-                manifests: Mapping[str, Any]) -> str:
+                manifests: Mapping[str, Any], arrays: str = "") -> str:
+    """`kinds` are the tabular columns; `arrays` the rendered array-column section (`_arrays`)."""
     scores = (evaluation.get("column_shapes") or {}).get("columns") or {}
+    array_section = f"<h2>Array columns: real vs synthetic</h2><section id=\"arrays\">{arrays}</section>" if arrays else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{_e(title)}</title><style>{CSS}</style></head>
@@ -156,7 +187,9 @@ def render_html(*, title: str, subtitle: str, evaluation: Mapping[str, Any], con
 (0.5&ndash;99.5th percentiles, outliers in the end bins); bar charts show the {plots.MAX_BARS} most frequent real
 categories.</p>
 <section id="marginals">{_marginals(real, synthetic, kinds, scores)}</section>
-<h2>Associations</h2><section id="correlations">{_heatmaps(real, synthetic, kinds)}</section>
+{array_section}
+<h2>Associations</h2><section id="correlations">{_heatmaps(real, synthetic, kinds) if len(kinds) > 1 else
+    "<p>Fewer than two tabular columns: no pairs to compare.</p>"}</section>
 <h2>Manifest</h2><section id="manifest">{_manifests(manifests)}</section>
 </body></html>
 """
@@ -186,6 +219,8 @@ def build_report(synthetic: pa.Table, manifest: dict, *, output: str, evaluation
     else:
         split = SplitConfig(**{k: manifest["split"][k] for k in ("train", "val", "test", "seed")})
         _, _, test = load_splits(data_uri or manifest["input"]["uri"], split)
+    arrays = _arrays(test.slice(0, 200), synthetic.slice(0, 200), kinds, evaluation.get("arrays") or {})
+    kinds = {c: k for c, k in kinds.items() if k != "array"}
     cols = list(kinds)
     real = test.select(cols).to_pandas()
     syn = synthetic.select(cols).to_pandas()
@@ -202,6 +237,6 @@ def build_report(synthetic: pa.Table, manifest: dict, *, output: str, evaluation
                  **(extra_manifests or {}), "report": meta}
     doc = render_html(title=title or f"synth evaluation report: {manifest.get('run', 'run')}", subtitle=subtitle,
                       evaluation=evaluation, contract=verdicts, real=real, synthetic=syn, kinds=kinds,
-                      manifests=manifests)
+                      manifests=manifests, arrays=arrays)
     storage.write_bytes(output, doc.encode())
     return output

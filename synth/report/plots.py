@@ -112,3 +112,45 @@ def heatmap(matrix: np.ndarray, labels: Sequence[str], title: str, *, vmin: floa
 def _short(text: str, n: int = 24) -> str:
     text = str(text)
     return text if len(text) <= n else text[: n - 1] + "\u2026"
+
+
+def image_grid(real: np.ndarray, synth: np.ndarray, title: str, per_row: int = 10) -> str:
+    """Real images on the top rows, synthetic below, on one shared grey scale. Arrays of shape
+    (n, h, w) or (n, c, h, w) (the first channel is shown)."""
+    plt = _mpl()
+    real, synth = (a[:, 0] if a.ndim == 4 else a for a in (real, synth))
+    rows = [("real", real[i:i + per_row]) for i in range(0, min(len(real), 2 * per_row), per_row)]
+    rows += [("synthetic", synth[i:i + per_row]) for i in range(0, min(len(synth), 2 * per_row), per_row)]
+    lo = float(min(real.min(), synth.min())) if real.size and synth.size else 0.0
+    hi = float(max(real.max(), synth.max())) if real.size and synth.size else 1.0
+    fig, axes = plt.subplots(len(rows), per_row, figsize=(per_row * 0.5, len(rows) * 0.55), squeeze=False)
+    for r, (label, imgs) in enumerate(rows):
+        for c in range(per_row):
+            ax = axes[r][c]
+            ax.set_axis_off()
+            if c < len(imgs):
+                ax.imshow(imgs[c], cmap="gray_r", vmin=lo, vmax=hi, interpolation="nearest")
+        axes[r][0].text(-0.6, 0.5, label, transform=axes[r][0].transAxes, ha="right", va="center", fontsize=7,
+                        color=REAL if label == "real" else SYNTH)
+    fig.suptitle(title, fontsize=10)
+    return to_svg(fig)
+
+
+def series_panel(real: np.ndarray, synth: np.ndarray, real_acf: np.ndarray, synth_acf: np.ndarray,
+                 title: str, lines: int = 6) -> str:
+    """A few real and synthetic windows, and their mean autocorrelation by lag."""
+    plt = _mpl()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8.0, 2.6))
+    for values, color, label in ((real, REAL, "real"), (synth, SYNTH, "synthetic")):
+        for i, w in enumerate(values[:lines]):
+            a.plot(w, color=color, alpha=0.6, linewidth=0.9, label=label if i == 0 else None)
+    a.set_title("windows", fontsize=9)
+    a.legend(frameon=False, fontsize=8)
+    lags = np.arange(1, len(real_acf) + 1)
+    b.plot(lags, real_acf, color=REAL, label="real")
+    b.plot(lags, synth_acf, color=SYNTH, label="synthetic")
+    b.set_title("mean autocorrelation", fontsize=9)
+    b.set_xlabel("lag")
+    b.legend(frameon=False, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return to_svg(fig)

@@ -1,17 +1,20 @@
-"""Training checkpoints: a model artifact plus the optimizer state, both without pickle.
+"""Training checkpoints: a model artifact plus the training state, both without pickle.
 
 A checkpoint directory is an ordinary artifact (loadable by `load_engine`) with two more
-files: `train_state.safetensors` (online weights and Adam moments) and `train_state.json`
-(step, optimizer param groups). Resuming checks that the checkpoint's model config and codec
-match the run's, and refuses otherwise.
+files: `train_state.safetensors` (the trained modules' weights, e.g. online net and EMA, or
+generator and critic, and every optimizer's moments) and `train_state.json` (step, optimizer
+param groups, and any JSON-able state a family's loop needs to resume). Resuming checks that
+the checkpoint's model config and codec match the run's, and refuses otherwise.
 """
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from synth.artifact import CODEC, ENGINE, read_artifact, write_artifact
 from synth.engine.base import Engine
@@ -20,35 +23,53 @@ from synth.errors import ArtifactError
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
 
 
-def save_checkpoint(engine: Engine, optimizer: torch.optim.Optimizer, step: int, directory: str,
-                    manifest: dict) -> None:
+@dataclass
+class TrainState:
+    """What a loop gets back from a checkpoint besides the module weights loaded in place."""
+    step: int
+    optimizers: dict[str, dict]  # name -> optimizer state dict, for `Optimizer.load_state_dict`
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # extra tensors saved by the loop
+    extra: dict = field(default_factory=dict)  # extra JSON saved by the loop
+
+
+def save_checkpoint(engine: Engine, step: int, directory: str, manifest: dict, *,
+                    modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+                    tensors: dict[str, torch.Tensor] | None = None, extra: dict | None = None) -> None:
     write_artifact(directory, family=engine.family, config=engine.config_dict(), codec=engine.codec.to_dict(),
                    tensors=engine.sampling_state(), manifest={**manifest, "step": step})
-    tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in engine.net.state_dict().items()}
-    opt = optimizer.state_dict()
-    for pid, state in opt["state"].items():
-        for name, value in state.items():
-            tensors[f"opt.{pid}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    save_file(tensors, os.path.join(directory, STATE_TENSORS))
+    out = {f"mod.{name}.{k}": v.detach().cpu().contiguous()
+           for name, module in modules.items() for k, v in module.state_dict().items()}
+    out.update({f"extra.{k}": v.detach().cpu().contiguous() for k, v in (tensors or {}).items()})
+    groups = {}
+    for name, optimizer in optimizers.items():
+        opt = optimizer.state_dict()
+        groups[name] = opt["param_groups"]
+        for pid, state in opt["state"].items():
+            for key, value in state.items():
+                out[f"opt.{name}.{pid}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    save_file(out, os.path.join(directory, STATE_TENSORS))
     with open(os.path.join(directory, STATE_JSON), "w") as f:
-        json.dump({"step": step, "param_groups": opt["param_groups"]}, f)
+        json.dump({"step": step, "param_groups": groups, "extra": extra or {}}, f)
 
 
-def load_checkpoint(engine: Engine, directory: str) -> tuple[int, dict]:
-    """Load weights and EMA into `engine`; returns (step, optimizer state dict)."""
+def load_checkpoint(engine: Engine, directory: str, modules: dict[str, nn.Module]) -> TrainState:
+    """Load the named modules' weights in place (after checking the checkpoint is of this model
+    and data); returns the step, optimizer states and the loop's extra state."""
     art = read_artifact(directory)
     check_compatible(art.engine, art.codec, engine)
-    engine.ema.load_state_dict(art.tensors)
-    tensors = load_file(os.path.join(directory, STATE_TENSORS))
-    engine.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+    saved = load_file(os.path.join(directory, STATE_TENSORS))
+    for name, module in modules.items():
+        prefix = f"mod.{name}."
+        module.load_state_dict({k[len(prefix):]: v for k, v in saved.items() if k.startswith(prefix)})
     with open(os.path.join(directory, STATE_JSON)) as f:
         meta = json.load(f)
-    state: dict = {}
-    for key, value in tensors.items():
+    optimizers = {name: {"state": {}, "param_groups": groups} for name, groups in meta["param_groups"].items()}
+    for key, value in saved.items():
         if key.startswith("opt."):
-            _, pid, name = key.split(".", 2)
-            state.setdefault(int(pid), {})[name] = value
-    return meta["step"], {"state": state, "param_groups": meta["param_groups"]}
+            _, name, pid, rest = key.split(".", 3)
+            optimizers[name]["state"].setdefault(int(pid), {})[rest] = value
+    extra_tensors = {k[len("extra."):]: v for k, v in saved.items() if k.startswith("extra.")}
+    return TrainState(meta["step"], optimizers, extra_tensors, meta.get("extra", {}))
 
 
 def check_compatible(engine_json: dict, codec: dict, engine: Engine) -> None:

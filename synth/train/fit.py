@@ -74,14 +74,14 @@ class FitResult:
 
 def fit(cfg: RunConfig, report: Callable | None = None) -> FitResult:
     """Train per `cfg`; in this process when scaling.num_workers is 0, else on Ray Train."""
-    if cfg.model.family == "gan":  # the GAN's two-optimizer loop lives with its engine (in-process only)
-        from synth.engine.gan import fit_gan
-
-        return fit_gan(cfg, report)
     if cfg.scaling.num_workers > 0:
         from synth.train.ray_train import fit_on_ray
 
         return fit_on_ray(cfg, report)
+    if cfg.model.family == "gan":  # the GAN's two-optimizer loop lives with its engine
+        from synth.engine.gan import fit_gan
+
+        return fit_gan(cfg, report)
     t0 = time.perf_counter()
     storage.check_writable(cfg.output)
     prep = prepare(cfg)
@@ -143,9 +143,9 @@ def model_manifest(cfg: RunConfig, prep: Prepared, metrics: dict, wall: dict, wo
         split=prep.split,
         columns=prep.codec.kinds(),
         seeds={"train": cfg.train.seed, "split": cfg.data.split.seed},
-        process=m.process.model_dump(mode="json"),
-        objective=m.objective.model_dump(mode="json"),
-        sampling={"sampler": m.sampler, "steps": m.steps, "guidance": m.guidance},
+        **({"process": m.process.model_dump(mode="json"), "objective": m.objective.model_dump(mode="json"),
+            "sampling": {"sampler": m.sampler, "steps": m.steps, "guidance": m.guidance}}
+           if m.family != "gan" else {"sampling": {"sampler": m.sampler, "steps": 1, "guidance": 1.0, "one_pass": True}}),
         train=cfg.train.model_dump(mode="json"),
         workers=workers,
         metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))},

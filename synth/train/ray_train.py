@@ -13,20 +13,23 @@ buffer, for data larger than a worker's memory (not bit-reproducible).
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import torch
 
 from synth import storage
-from synth.config import RunConfig
+from synth.config import RunConfig, ScalingConfig
 from synth.data import SplitConfig, fingerprint, parquet_files, row_hashes, split_labels
 from synth.errors import ConfigError, SynthError
 from synth.table import TableCodec, TableStats
+from synth.train.checkpoint import load_checkpoint, save_checkpoint
+from synth.train.config import TrainConfig
+
+T = TypeVar("T")
 
 
 # -- Ray Data ingest ------------------------------------------------------------------------
@@ -103,25 +106,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
 
     from synth.engine import REGISTRY
-    from synth.train.checkpoint import load_checkpoint, save_checkpoint
     from synth.train.loop import make_accelerator, train
 
     cfg = RunConfig.model_validate(config["run"])
     codec = TableCodec.from_dict(config["codec"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    if cfg.train.threads is None and not torch.cuda.is_available():
-        torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+    if not torch.cuda.is_available():
+        torch.set_num_threads(cfg.train.threads or max(1, int(cfg.scaling.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed)
-    engine = REGISTRY[cfg.model.family](cfg.model, codec)  # diffusion or array
-    acc = make_accelerator(cfg.train)
-    start_step, opt_state, history = 0, None, []
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            start_step, opt_state = load_checkpoint(engine, d)
-            history = json.load(open(os.path.join(d, "manifest.json"))).get("history", [])
+    engine = REGISTRY[cfg.model.family](cfg.model, codec)
     val = _materialize(ray.train.get_dataset_shard("val"))
+    if cfg.model.family == "gan":
+        return _gan_worker(cfg, engine, _materialize(ray.train.get_dataset_shard("train")), val, rank, world)
+    acc = make_accelerator(cfg.train)
+    modules = {"net": engine.net, "ema": engine.ema}
+    state = restore_checkpoint(lambda d: load_checkpoint(engine, d, modules))
+    start_step = state.step if state else 0
+    history = state.extra.get("history", []) if state else []
     if config["data_mode"] == "memory":
         x = _materialize(ray.train.get_dataset_shard("train"))
         if x.shape[0] < cfg.train.batch_size:
@@ -142,17 +144,100 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     def report(metrics: dict, optimizer) -> None:
         history.append(metrics)
-        if rank == 0:  # every worker reports (it is a barrier); rank 0 attaches the checkpoint
-            with tempfile.TemporaryDirectory() as d:
-                save_checkpoint(engine, optimizer, metrics["step"], d,
-                                {"kind": "checkpoint", "run": cfg.name, "history": history,
-                                 "privacy_plan": config.get("privacy")})
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-        else:
-            ray.train.report(metrics, checkpoint=None)
+        report_checkpoint(metrics, lambda d: save_checkpoint(
+            engine, metrics["step"], d, {"kind": "checkpoint", "run": cfg.name, "history": history,
+                                         "privacy_plan": config.get("privacy")},
+            modules=modules, optimizers={"opt": optimizer}, extra={"history": history}))
 
     train(engine, batches, cfg.train, x_val=val, accelerator=acc, start_step=start_step,
-          optimizer_state=opt_state, report=report, private=private)
+          optimizer_state=state.optimizers["opt"] if state else None, report=report, private=private)
+
+
+def _gan_worker(cfg: RunConfig, engine, x: torch.Tensor, val: torch.Tensor, rank: int, world: int) -> None:
+    """The GAN's adversarial loop on a Ray Train worker: each worker draws its share of every
+    batch by training-by-sampling (its own seeded stream), gradients of critic and generator are
+    averaged over the workers (torch.distributed, set up by Ray Train), and every evaluation is a
+    checkpoint (generator, critic, both optimizers, the best generator so far, early-stopping
+    state). The last report carries the rolled-back best generator: the run's artifact."""
+    from synth.engine.gan import GANResume, train_gan
+    from synth.train.distributed import ProcessGroup
+
+    resume = restore_checkpoint(lambda d: GANResume.load(engine, d))
+
+    def report(metrics: dict, snapshot) -> None:
+        report_checkpoint(metrics, lambda d: snapshot.save(d, {"kind": "checkpoint", "run": cfg.name}))
+
+    train_gan(engine, x, val, steps=cfg.train.steps, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
+              eval_every=cfg.train.eval_every, report=report, group=ProcessGroup(rank, world), resume=resume)
+
+
+# -- shared by every Ray Train loop (diffusion, GAN, distillation) --------------------------
+def report_checkpoint(metrics: dict, save: Callable[[str], None]) -> None:
+    """Report `metrics` from this worker; rank 0 attaches a checkpoint that `save(directory)`
+    writes. Every worker must call it (ray.train.report is a barrier)."""
+    import ray.train
+
+    if ray.train.get_context().get_world_rank() == 0:
+        with tempfile.TemporaryDirectory() as d:
+            save(d)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+    else:
+        ray.train.report(metrics, checkpoint=None)
+
+
+def restore_checkpoint(load: Callable[[str], T]) -> T | None:
+    """`load(directory)` of the checkpoint this (restarted or resumed) run starts from, if any."""
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as d:
+        return load(d)
+
+
+def prepare_cluster(sc: ScalingConfig, train: TrainConfig) -> None:
+    """Before any data is read: connect to (or start) Ray and refuse what can never run."""
+    from synth.raycluster import check_resources, ensure_ray
+
+    if train.time_budget_s is not None and sc.num_workers > 1:
+        raise ConfigError("train.time_budget_s stops workers at different steps, which deadlocks the gradient "
+                          "all-reduce; use train.steps with more than one worker")
+    ensure_ray()
+    check_resources(sc.num_workers, sc.cpus_per_worker, sc.gpus_per_worker, sc.use_gpu)
+
+
+def run_trainer(loop: Callable[[dict], None], loop_config: dict, sc: ScalingConfig, *, name: str,
+                storage_path: str, what: str, datasets: dict | None = None, dataset_config=None):
+    """Run `loop` on sc.num_workers Ray Train workers (V2 TorchTrainer, after `prepare_cluster`);
+    returns the engine of the final checkpoint and the last reported metrics. A run that fails
+    more than sc.max_failures times raises SynthError with the cause."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from synth.engine import load_engine
+
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=sc.num_workers, use_gpu=sc.use_gpu,
+            resources_per_worker={"CPU": sc.cpus_per_worker, **({"GPU": sc.gpus_per_worker} if sc.use_gpu else {})}),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=sc.max_failures)),
+        **({"datasets": datasets, "dataset_config": dataset_config} if datasets is not None else {}),
+    )
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        raise SynthError(f"{what} failed after {sc.max_failures} restarts: {_root_message(e)}") from None
+    if result.checkpoint is None:
+        raise SynthError(f"{what} finished without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        engine = load_engine(d)
+    return engine, dict(result.metrics or {})
 
 
 # -- the driver -----------------------------------------------------------------------------
@@ -162,22 +247,16 @@ def fit_on_ray(cfg: RunConfig, report=None):
     is accepted for signature compatibility with the in-process path and not called."""
     import ray
     import ray.train
-    from ray.train.torch import TorchTrainer
 
-    from synth.engine import load_engine, save_engine
-    from synth.raycluster import check_resources, ensure_ray
+    from synth.engine import save_engine
     from synth.train.fit import FitResult, Prepared, model_manifest, public_history
 
     t0 = time.perf_counter()
-    if cfg.train.time_budget_s is not None and cfg.scaling.num_workers > 1:
-        raise ConfigError("train.time_budget_s stops workers at different steps, which deadlocks DDP; "
-                          "use train.steps with more than one worker")
-    storage.check_writable(cfg.output)
-    storage_path = cfg.scaling.storage_path or storage.join(cfg.output, "ray")
-    storage.check_writable(storage_path)
-    ensure_ray()
     sc = cfg.scaling
-    check_resources(sc.num_workers, sc.cpus_per_worker, sc.gpus_per_worker, sc.use_gpu)
+    storage.check_writable(cfg.output)
+    storage_path = sc.storage_path or storage.join(cfg.output, "ray")
+    storage.check_writable(storage_path)
+    prepare_cluster(sc, cfg.train)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False
@@ -201,31 +280,15 @@ def fit_on_ray(cfg: RunConfig, report=None):
     train_ds, val_ds = enc(parts[0], cfg.train.seed), enc(parts[1], None)
     _check_resume_compatible(storage_path, cfg, codec)
 
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"run": cfg.model_dump(mode="json"), "codec": codec.to_dict(),
-                           "data_mode": cfg.scaling.data_mode, "privacy": plan and plan.to_dict()},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=sc.num_workers, use_gpu=sc.use_gpu,
-            resources_per_worker={"CPU": sc.cpus_per_worker, **({"GPU": sc.gpus_per_worker} if sc.use_gpu else {})}),
-        run_config=ray.train.RunConfig(
-            name=cfg.name, storage_path=storage_path,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            failure_config=ray.train.FailureConfig(max_failures=sc.max_failures)),
-        datasets={"train": train_ds, "val": val_ds},
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"] if sc.data_mode == "stream" else []),
-    )
     t1 = time.perf_counter()
-    try:
-        result = trainer.fit()
-    except ray.train.TrainingFailedError as e:
-        raise SynthError(f"training failed after {sc.max_failures} restarts: {_root_message(e)}") from None
+    engine, metrics = run_trainer(
+        train_loop_per_worker,
+        {"run": cfg.model_dump(mode="json"), "codec": codec.to_dict(), "data_mode": sc.data_mode,
+         "privacy": plan and plan.to_dict()},
+        sc, name=cfg.name, storage_path=storage_path, what="training",
+        datasets={"train": train_ds, "val": val_ds},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"] if sc.data_mode == "stream" else []))
     t_train = time.perf_counter() - t1
-    if result.checkpoint is None:
-        raise SynthError("training finished without a checkpoint")
-    with result.checkpoint.as_directory() as d:
-        engine = load_engine(d)
-    metrics = dict(result.metrics or {})
     prep = Prepared(codec, None, None, None, fingerprint(cfg.data.uri),
                     {"method": "row-content hash", **split, "rows": {"train": train_rows}}, plan)
     privacy = None
