@@ -19,7 +19,7 @@ import os
 import re
 import subprocess
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import jsonschema
 import pytest
