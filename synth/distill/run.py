@@ -143,13 +143,12 @@ def _distill_worker(config: dict[str, Any]) -> None:
     import ray.train
 
     from synth.train.checkpoint import load_checkpoint, save_checkpoint
-    from synth.train.ray_train import report_checkpoint, restore_checkpoint
+    from synth.train.ray_train import report_checkpoint, restore_checkpoint, training_threads
 
     cfg = DistillConfig.model_validate(config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    if cfg.train.threads is None and not torch.cuda.is_available():
-        torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+    training_threads(cfg)
     teacher = load_teacher(cfg.teacher)
     torch.manual_seed(cfg.train.seed)
     student = make_student(teacher, cfg)

@@ -5,7 +5,7 @@
     device, DDP, mixed precision) -> checkpoints = artifacts under storage_path -> artifact.
 
 Data reach the workers as Ray Data shards. In "memory" mode (default) every worker reads the
-whole encoded training set once through `iter_torch_batches`, then takes its rank's slice of
+whole encoded training set once through `iter_batches` (numpy: see WORKER_RUNTIME_ENV), then takes its rank's slice of
 each seeded global batch: the same seed, config and worker count give the same loss curve.
 In "stream" mode each worker streams its own split shard every epoch with a local shuffle
 buffer, for data larger than a worker's memory (not bit-reproducible).
@@ -73,8 +73,31 @@ def _encode(batch: pa.Table, codec_state: dict, seed: int | None) -> dict[str, n
 
 
 # -- the worker loop ------------------------------------------------------------------------
+# Ray Train V2 runs the training function in a thread of the worker process. With libgomp (torch's
+# OpenMP backend on Linux) every *other* live thread that has run a multi-threaded OpenMP region
+# keeps its own thread team, the process then has more OpenMP threads than CPUs, and libgomp stops
+# spinning between regions: the training thread's torch steps ran ~3x slower in a probe (3.7 ms ->
+# 11-12 ms; an MLP step) and the Ray loop ~30 % below a plain loop. So no other thread may run
+# torch's parallel kernels: workers start with OMP_NUM_THREADS=1 (the actor's main thread stays
+# serial), Ray Data hands over numpy batches (its prefetch threads never touch torch), and the
+# training thread alone raises its own thread count (`training_threads`).
+WORKER_RUNTIME_ENV = {"env_vars": {"OMP_NUM_THREADS": "1"}}
+
+
+def training_threads(cfg) -> None:
+    """The training thread's torch threads: train.threads, else the worker's CPUs (a run config
+    or distillation config)."""
+    if not torch.cuda.is_available():
+        torch.set_num_threads(cfg.train.threads or max(1, int(cfg.scaling.cpus_per_worker)))
+
+
+def _numpy_batches(shard, **kw):
+    for b in shard.iter_batches(batch_format="numpy", **kw):
+        yield torch.from_numpy(np.ascontiguousarray(b["x"], dtype=np.float32))
+
+
 def _materialize(shard, batch_size: int = 65_536) -> torch.Tensor:
-    parts = [b["x"] for b in shard.iter_torch_batches(batch_size=batch_size, dtypes=torch.float32)]
+    parts = list(_numpy_batches(shard, batch_size=batch_size))
     x = torch.cat(parts) if parts else torch.zeros(0)
     # arrival order of blocks is not deterministic: sort rows so every run sees the same order
     order = np.lexsort(x.numpy().T[::-1])
@@ -92,11 +115,11 @@ def _stream_batches(shard, per_worker_bs: int, seed: int):
     epoch = 0
     while True:
         got = False
-        for b in shard.iter_torch_batches(batch_size=per_worker_bs, dtypes=torch.float32, drop_last=True,
-                                          local_shuffle_buffer_size=max(4 * per_worker_bs, 10_000),
-                                          local_shuffle_seed=seed + epoch):
+        for b in _numpy_batches(shard, batch_size=per_worker_bs, drop_last=True,
+                                local_shuffle_buffer_size=max(4 * per_worker_bs, 10_000),
+                                local_shuffle_seed=seed + epoch):
             got = True
-            yield b["x"]
+            yield b
         if not got:
             raise SynthError("a training worker received no rows; use fewer workers or more data")
         epoch += 1
@@ -112,8 +135,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     codec = TableCodec.from_dict(config["codec"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    if not torch.cuda.is_available():
-        torch.set_num_threads(cfg.train.threads or max(1, int(cfg.scaling.cpus_per_worker)))
+    training_threads(cfg)
     torch.manual_seed(cfg.train.seed)
     engine = REGISTRY[cfg.model.family](cfg.model, codec)
     val = _materialize(ray.train.get_dataset_shard("val"))
@@ -226,7 +248,8 @@ def run_trainer(loop: Callable[[dict], None], loop_config: dict, sc: ScalingConf
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            failure_config=ray.train.FailureConfig(max_failures=sc.max_failures)),
+            failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
+            worker_runtime_env=WORKER_RUNTIME_ENV),
         **({"datasets": datasets, "dataset_config": dataset_config} if datasets is not None else {}),
     )
     try:
