@@ -135,7 +135,7 @@ def test_digits_fit_sample_conditions_and_reload(digits_artifact):
     assert engine.nfe("ddim", 4, 2.0) == 8 and engine.nfe("ddim", 4, 1.0) == 4
     with pytest.raises(ConfigError, match="has no category 11"):
         engine.sample(2, {"digit": 11})
-    with pytest.raises(ConfigError, match="not a condition column"):
+    with pytest.raises(ConfigError, match="'image' is array; conditions are supported on categorical"):
         engine.sample(2, {"image": 1})
     with pytest.raises(ConfigError, match="unknown sampler 'distilled'"):
         engine.sample(2, sampler="distilled")

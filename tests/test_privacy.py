@@ -196,11 +196,9 @@ def test_dp_preprocessing_reads_only_noised_counts_on_the_declared_grid(tmp_path
 
 
 def test_per_sample_loss_is_the_engine_loss_before_its_mean(tiny_artifact):
-    from synth.privacy.training import per_sample_loss
-
     engine = load_engine(tiny_artifact)
     x = torch.randn(64, engine.codec.width)
-    a = per_sample_loss(engine, engine.net, x, torch.Generator().manual_seed(3))
+    a = engine.loss(engine.net, x, torch.Generator().manual_seed(3), reduce=False)
     b = engine.loss(engine.net, x, torch.Generator().manual_seed(3))
     assert a.shape == (64,) and torch.allclose(a.mean(), b)
 

@@ -15,27 +15,21 @@ guidance 0 ignores the label (the unconditional model), 1 is the plain condition
 from __future__ import annotations
 
 import copy
-import math
-from typing import Any, Literal
+from typing import Literal
 
-import numpy as np
-import pyarrow as pa
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from synth.artifact import Artifact
-from synth.diffusion.guidance import guided_denoiser
 from synth.diffusion.objectives import ObjectiveConfig
-from synth.diffusion.processes import ProcessConfig, timesteps
-from synth.diffusion.samplers import DEFAULT_SPACING, SAMPLERS
-from synth.engine.base import Conditions, Engine, register
+from synth.diffusion.processes import ProcessConfig
+from synth.engine.base import register
+from synth.engine.sampling import MAX_STEPS, DenoisingEngine
 from synth.errors import ConfigError
 from synth.nets.conv import ConvNetConfig, build_conv_net
 from synth.table import TableCodec
 from synth.table.columns import ArrayColumn, CategoricalColumn
-
-MAX_STEPS = 1000
 
 
 class ArrayConfig(BaseModel):
@@ -75,7 +69,7 @@ def array_layout(cfg: ArrayConfig, shape: list[int]) -> tuple[str, tuple[int, ..
 
 
 @register
-class ArrayEngine(Engine):
+class ArrayEngine(DenoisingEngine):
     family = "array"
 
     def __init__(self, config: ArrayConfig, codec: TableCodec):
@@ -120,62 +114,16 @@ class ArrayEngine(Engine):
             return x0, torch.zeros(rows.shape[0], 0, dtype=torch.long, device=rows.device)
         return x0, torch.stack([rows[:, s].argmax(dim=1) for s in self.cond_slices], dim=1)
 
-    def null_conditions(self, n: int, device: torch.device | str = "cpu") -> Tensor:
-        return torch.tensor(self.cond_cards, dtype=torch.long, device=device).expand(n, -1).clone()
-
-    def loss(self, net: nn.Module, rows: Tensor, generator: torch.Generator | None) -> Tensor:
+    def loss(self, net: nn.Module, rows: Tensor, generator: torch.Generator | None, reduce: bool = True) -> Tensor:
         x0, cond = self.split_rows(rows)
-        n, dev = x0.shape[0], x0.device
-        if self.cond_columns:
-            drop_all = torch.rand(n, 1, generator=generator, device=dev) < self.config.cond_drop_all
-            drop_each = torch.rand(cond.shape, generator=generator, device=dev) < self.config.cond_drop_each
-            cond = torch.where(drop_all | drop_each, self.null_conditions(n, dev), cond)
-        t = self.objective.sample_t(n, generator, dev)
-        noise = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype)
-        out = net(self.process.q_sample(x0, t, noise), t, cond)
-        return self.objective.loss(out.float(), x0, noise, t, self.process).mean()
+        return self.denoising_loss(net, x0, cond, generator, reduce)
 
-    @torch.no_grad()
-    def update_ema(self, net: nn.Module, decay: float) -> None:
-        for e, p in zip(self.ema.parameters(), net.parameters()):
-            e.lerp_(p.detach().to(e.device), 1.0 - decay)
-
-    # -- the sampling protocol (see synth.engine.onepass) ---------------------------------
-    def samplers(self) -> list[str]:
-        return sorted(s for s in SAMPLERS if s != "distilled")
-
+    # -- the sampling protocol (see synth.engine.sampling) --------------------------------
     def nfe(self, sampler: str, steps: int, guidance: float, conditioned: bool = True) -> int:
         """Every row carries a label (drawn when not requested), so guidance always applies."""
         from synth.diffusion.samplers import nfe
 
         return nfe(sampler, steps) * (2 if guidance not in (0.0, 1.0) and self.cond_columns else 1)
-
-    def validate_request(self, n: int, sampler: str, steps: int, guidance: float) -> None:
-        if not isinstance(n, (int, np.integer)) or n < 1:
-            raise ConfigError(f"rows must be a positive integer, got {n!r}")
-        if sampler not in self.samplers():
-            raise ConfigError(f"unknown sampler {sampler!r} for an array model; choose one of {self.samplers()}")
-        if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= MAX_STEPS:
-            raise ConfigError(f"steps must be an integer in 1..{MAX_STEPS}, got {steps!r}")
-        if not (isinstance(guidance, (int, float)) and math.isfinite(guidance) and guidance >= 0):
-            raise ConfigError(f"guidance must be a finite number >= 0, got {guidance!r}")
-
-    def encode_conditions(self, n: int, conditions: Conditions | None) -> tuple[Tensor, dict[str, list]]:
-        """Condition slots (n, k) (slot = card: not given) and the requested values per row."""
-        cond = self.null_conditions(n)
-        requested: dict[str, list] = {}
-        for name, value in (conditions or {}).items():
-            if name not in self.cond_columns:
-                raise ConfigError(f"column {name!r} is not a condition column of this array model; "
-                                  f"condition columns are {self.cond_columns}")
-            col = self.codec.categorical(name)
-            values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value] * n
-            if len(values) != n:
-                raise ConfigError(f"condition {name!r} has {len(values)} values for {n} rows; "
-                                  "give one value or one per row")
-            cond[:, self.cond_columns.index(name)] = torch.from_numpy(col.codes(values))
-            requested[name] = values
-        return cond, requested
 
     def prior(self, n: int, generator: torch.Generator) -> Tensor:
         """(n, prod(shape) + k): the noise of each row's array, then one uniform per condition column
@@ -184,10 +132,6 @@ class ArrayEngine(Engine):
         z = self.process.prior((n, *self.shape), generator=generator).reshape(n, -1)
         u = torch.rand(n, len(self.cond_columns), generator=generator, dtype=z.dtype)
         return torch.cat([z, u], dim=1)
-
-    def to(self, device: torch.device | str) -> "ArrayEngine":
-        self.ema.to(device)
-        return self
 
     def model_fn(self, net: nn.Module):
         def fn(x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
@@ -209,56 +153,18 @@ class ArrayEngine(Engine):
                         generator: torch.Generator | None) -> Tensor:
         """Prior draws `x` (see `prior`) -> codec features (n, width) on the CPU: the generated array
         block plus each label's one-hot block."""
-        self.ema.eval()
         n, d = x.shape[0], self.array.width
         cond = self.draw_labels(cond.cpu(), x[:, d:].cpu())
         x = x[:, :d].reshape(n, *self.shape)
-        dev = next(self.ema.parameters()).device
-        xd, cd, gen = x, cond, generator
-        if dev.type != "cpu":
-            xd, cd = x.to(dev), cond.to(dev)
-            if generator is not None:
-                gen = torch.Generator(device=dev).manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
-        den = guided_denoiser(self.model_fn(self.ema), cd, self.null_conditions(x.shape[0], dev), guidance)
-        ts = timesteps(self.process, steps, DEFAULT_SPACING[sampler])
-        arr = SAMPLERS[sampler](den, xd, ts, process=self.process, generator=gen).cpu()
+        arr = self.solve(self.model_fn(self.ema), x, cond, sampler=sampler, steps=steps, guidance=guidance,
+                         generator=generator)
         feats = torch.full((x.shape[0], self.codec.width), -1.0)
         feats[:, self.array_slice] = arr.reshape(x.shape[0], -1).float()
         for j, s in enumerate(self.cond_slices):
             feats[torch.arange(x.shape[0]), s.start + cond[:, j]] = 1.0
         return feats
 
-    def decode(self, feats: Tensor | np.ndarray, requested: dict[str, list], seed: int) -> pa.Table:
-        feats = feats.numpy() if isinstance(feats, Tensor) else feats
-        table = self.codec.decode(feats, np.random.default_rng(seed))
-        for name, values in requested.items():  # requested values are met exactly
-            i = table.schema.get_field_index(name)
-            table = table.set_column(i, table.schema.field(i), self.codec.categorical(name).to_arrow(values))
-        return table
-
-    def sample(self, n: int, conditions: Conditions | None = None, *, sampler: str | None = None,
-               steps: int | None = None, guidance: float | None = None, seed: int = 0) -> pa.Table:
-        sampler = sampler or self.config.sampler
-        steps = self.config.steps if steps is None else steps
-        guidance = self.config.guidance if guidance is None else guidance
-        self.validate_request(n, sampler, steps, guidance)
-        cond, requested = self.encode_conditions(n, conditions)
-        gen = torch.Generator().manual_seed(int(seed))
-        bs = self.config.sample_batch_size
-        parts = []
-        for s in range(0, n, bs):
-            c = cond[s:s + bs]
-            parts.append(self.sample_features(self.prior(c.shape[0], gen), c, sampler=sampler, steps=steps,
-                                              guidance=guidance, generator=gen))
-        return self.decode(torch.cat(parts), requested, seed)
-
     # -- artifact -------------------------------------------------------------------------
-    def sampling_state(self) -> dict[str, Tensor]:
-        return {k: v.float() for k, v in self.ema.state_dict().items()}
-
-    def config_dict(self) -> dict[str, Any]:
-        return self.config.model_dump(mode="json")
-
     @classmethod
     def from_artifact(cls, art: Artifact) -> "ArrayEngine":
         engine = cls(ArrayConfig.model_validate(art.engine["config"]), TableCodec.from_dict(art.codec))

@@ -1,4 +1,5 @@
-"""The interface every generator family implements (diffusion now, GAN and others later)."""
+"""The interface every generator family implements; `synth.engine.sampling` holds the shared
+sampling protocol, the families live beside it (diffusion, array, gan, fingerprint)."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -20,8 +21,10 @@ class Engine(ABC):
     net: nn.Module  # the trained module (what the training loop prepares and optimises)
 
     @abstractmethod
-    def loss(self, net: nn.Module, x0: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Training loss of one batch of encoded rows (scalar). `net` may be a DDP/Accelerate wrapper."""
+    def loss(self, net: nn.Module, x0: torch.Tensor, generator: torch.Generator | None,
+             reduce: bool = True) -> torch.Tensor:
+        """Training loss of one batch of encoded rows: the scalar mean, or one loss per row with
+        reduce=False (DP-SGD clips per row). `net` may be a DDP/Accelerate wrapper."""
 
     @abstractmethod
     def sample(self, n: int, conditions: Conditions | None = None, *, sampler: str | None = None,

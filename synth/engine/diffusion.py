@@ -9,26 +9,21 @@ blocks, so a training batch is just the encoded rows.
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any, Literal
 
-import numpy as np
-import pyarrow as pa
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from synth.artifact import Artifact
-from synth.diffusion.guidance import guided_denoiser
 from synth.diffusion.objectives import ObjectiveConfig
-from synth.diffusion.processes import ProcessConfig, timesteps
-from synth.diffusion.samplers import DEFAULT_SPACING, SAMPLERS
-from synth.engine.base import Conditions, Engine, register
+from synth.diffusion.processes import ProcessConfig
+from synth.diffusion.samplers import SAMPLERS
+from synth.engine.base import register
+from synth.engine.sampling import MAX_STEPS, DenoisingEngine
 from synth.errors import ConfigError
 from synth.nets import MLPConfig, ResidualMLP
 from synth.table import TableCodec
-
-MAX_STEPS = 1000
 
 
 class DistilledSpec(BaseModel):
@@ -58,7 +53,7 @@ class DiffusionConfig(BaseModel):
 
 
 @register
-class DiffusionEngine(Engine):
+class DiffusionEngine(DenoisingEngine):
     family = "diffusion"
 
     def __init__(self, config: DiffusionConfig, codec: TableCodec):
@@ -81,33 +76,13 @@ class DiffusionEngine(Engine):
             return torch.zeros(x0.shape[0], 0, dtype=torch.long, device=x0.device)
         return torch.stack([x0[:, s].argmax(dim=1) for s in self.cond_slices], dim=1)
 
-    def null_conditions(self, n: int, device: torch.device | str = "cpu") -> Tensor:
-        return torch.tensor(self.cond_cards, dtype=torch.long, device=device).expand(n, -1).clone()
-
-    def loss(self, net: nn.Module, x0: Tensor, generator: torch.Generator | None) -> Tensor:
-        n, dev = x0.shape[0], x0.device
-        cond = self.conditions_from_features(x0)
-        if self.cond_columns:
-            drop_all = torch.rand(n, 1, generator=generator, device=dev) < self.config.cond_drop_all
-            drop_each = torch.rand(cond.shape, generator=generator, device=dev) < self.config.cond_drop_each
-            cond = torch.where(drop_all | drop_each, self.null_conditions(n, dev), cond)
-        t = self.objective.sample_t(n, generator, dev)
-        noise = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype)
-        x_t = self.process.q_sample(x0, t, noise)
-        out = net(x_t, t, cond)
-        return self.objective.loss(out.float(), x0, noise, t, self.process).mean()
-
-    @torch.no_grad()
-    def update_ema(self, net: nn.Module, decay: float) -> None:
-        for e, p in zip(self.ema.parameters(), net.parameters()):
-            e.lerp_(p.detach().to(e.device), 1.0 - decay)
+    def loss(self, net: nn.Module, x0: Tensor, generator: torch.Generator | None, reduce: bool = True) -> Tensor:
+        return self.denoising_loss(net, x0, self.conditions_from_features(x0), generator, reduce)
 
     # -- sampling -------------------------------------------------------------------------
     def samplers(self) -> list[str]:
         """Sampler names this artifact accepts: a student only its distilled sampler."""
-        if self.config.distilled is not None:
-            return ["distilled"]
-        return sorted(s for s in SAMPLERS if s != "distilled")
+        return ["distilled"] if self.config.distilled is not None else super().samplers()
 
     def nfe(self, sampler: str, steps: int, guidance: float, conditioned: bool = True) -> int:
         """Network evaluations per row (guidance doubles them for conditioned rows, unless the
@@ -118,10 +93,6 @@ class DiffusionEngine(Engine):
         return nfe(sampler, steps) * (2 if guided else 1)
 
     def validate_request(self, n: int, sampler: str, steps: int, guidance: float) -> None:
-        if not isinstance(n, (int, np.integer)) or n < 1:
-            raise ConfigError(f"rows must be a positive integer, got {n!r}")
-        if sampler not in SAMPLERS:
-            raise ConfigError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
         spec = self.config.distilled
         if spec is None and sampler == "distilled":
             raise ConfigError("this model is not distilled, so sampler 'distilled' is unavailable; make a student "
@@ -136,27 +107,7 @@ class DiffusionEngine(Engine):
             if isinstance(guidance, (int, float)) and guidance > spec.guidance_max:
                 raise ConfigError(f"guidance {guidance} is above {spec.guidance_max}, the largest weight this "
                                   "student was distilled for; lower it or distill with a larger guidance_max")
-        if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= MAX_STEPS:
-            raise ConfigError(f"steps must be an integer in 1..{MAX_STEPS}, got {steps!r}")
-        if not (isinstance(guidance, (int, float)) and math.isfinite(guidance) and guidance >= 0):
-            raise ConfigError(f"guidance must be a finite number >= 0, got {guidance!r}")
-
-    def encode_conditions(self, n: int, conditions: Conditions | None) -> tuple[Tensor, dict[str, list]]:
-        """Condition index tensor (n, k) and the requested value of each conditioned column per row."""
-        cond = self.null_conditions(n)
-        requested: dict[str, list] = {}
-        for name, value in (conditions or {}).items():
-            col = self.codec.categorical(name)
-            if name not in self.cond_columns:
-                raise ConfigError(f"column {name!r} is not a condition column of this model; "
-                                  f"condition columns are {self.cond_columns}")
-            values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value] * n
-            if len(values) != n:
-                raise ConfigError(f"condition {name!r} has {len(values)} values for {n} rows; "
-                                  "give one value or one per row")
-            cond[:, self.cond_columns.index(name)] = torch.from_numpy(col.codes(values))
-            requested[name] = values
-        return cond, requested
+        super().validate_request(n, sampler, steps, guidance)
 
     def model_fn(self, net: nn.Module, guidance: Tensor | None = None):
         """(x, t, cond) -> denoised estimate, projected into the features' range. Near t = 1 an
@@ -179,65 +130,20 @@ class DiffusionEngine(Engine):
         none_given = (cond == self.null_conditions(cond.shape[0], cond.device)).all(dim=1)
         return torch.where(none_given, 1.0, float(guidance)).to(torch.float32)
 
-    def to(self, device: torch.device | str) -> "DiffusionEngine":
-        """Sample on `device` (e.g. a GPU per bulk-synthesis actor or Serve replica)."""
-        self.ema.to(device)
-        return self
-
-    @torch.no_grad()
     def sample_features(self, x: Tensor, cond: Tensor, *, sampler: str, steps: int, guidance: float,
                         generator: torch.Generator | None) -> Tensor:
-        """Run the sampler from prior draws `x` (n, width) under condition indices `cond`.
-        Prior draws and seeds stay on the CPU (same rows on any device); the result is on the CPU."""
-        self.ema.eval()
-        dev = next(self.ema.parameters()).device
-        if dev.type != "cpu":
-            x, cond = x.to(dev), cond.to(dev)
-            if generator is not None:  # the sampler's own noise (ddpm) comes from a seeded device generator
-                seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-                generator = torch.Generator(device=dev).manual_seed(seed)
-        if sampler == "distilled":  # guidance is an input: one evaluation per step
-            fn = self.model_fn(self.ema, self.guidance_input(cond, guidance))
-            ts = torch.tensor(self.config.distilled.grid, dtype=torch.float64)
-            return SAMPLERS[sampler](lambda x_, t_: fn(x_, t_, cond), x, ts, process=self.process).cpu()
-        null = self.null_conditions(x.shape[0], x.device)
-        den = guided_denoiser(self.model_fn(self.ema), cond, null, guidance)
-        ts = timesteps(self.process, steps, DEFAULT_SPACING[sampler])
-        return SAMPLERS[sampler](den, x, ts, process=self.process, generator=generator).cpu()
+        """Run the sampler from prior draws `x` (n, width) under condition indices `cond`."""
+        if sampler != "distilled":
+            return self.solve(self.model_fn(self.ema), x, cond, sampler=sampler, steps=steps, guidance=guidance,
+                              generator=generator)
+        self.ema.eval()  # a student takes the guidance weight as an input: one evaluation per step
+        x, cond, _ = self.on_sampling_device(x, cond, None)
+        fn = self.model_fn(self.ema, self.guidance_input(cond, guidance))
+        ts = torch.tensor(self.config.distilled.grid, dtype=torch.float64)
+        return SAMPLERS[sampler](lambda x_, t_: fn(x_, t_, cond), x, ts, process=self.process).cpu()
 
     def prior(self, n: int, generator: torch.Generator) -> Tensor:
         return self.process.prior((n, self.codec.width), generator=generator)
-
-    def decode(self, feats: Tensor | np.ndarray, requested: dict[str, list], seed: int) -> pa.Table:
-        feats = feats.numpy() if isinstance(feats, Tensor) else feats
-        table = self.codec.decode(feats, np.random.default_rng(seed))
-        for name, values in requested.items():  # requested values are met exactly
-            i = table.schema.get_field_index(name)
-            table = table.set_column(i, table.schema.field(i), self.codec.categorical(name).to_arrow(values))
-        return table
-
-    def sample(self, n: int, conditions: Conditions | None = None, *, sampler: str | None = None,
-               steps: int | None = None, guidance: float | None = None, seed: int = 0) -> pa.Table:
-        sampler = sampler or self.config.sampler
-        steps = self.config.steps if steps is None else steps
-        guidance = self.config.guidance if guidance is None else guidance
-        self.validate_request(n, sampler, steps, guidance)
-        cond, requested = self.encode_conditions(n, conditions)
-        gen = torch.Generator().manual_seed(int(seed))
-        parts = []
-        bs = self.config.sample_batch_size
-        for start in range(0, n, bs):
-            c = cond[start:start + bs]
-            x = self.prior(c.shape[0], gen)
-            parts.append(self.sample_features(x, c, sampler=sampler, steps=steps, guidance=guidance, generator=gen))
-        return self.decode(torch.cat(parts), requested, seed)
-
-    # -- artifact -------------------------------------------------------------------------
-    def sampling_state(self) -> dict[str, Tensor]:
-        return {k: v.float() for k, v in self.ema.state_dict().items()}
-
-    def config_dict(self) -> dict[str, Any]:
-        return self.config.model_dump(mode="json")
 
     @classmethod
     def from_artifact(cls, art: Artifact) -> "DiffusionEngine":

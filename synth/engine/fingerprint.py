@@ -122,7 +122,7 @@ class FingerprintEngine(OnePassEngine):
         return cls(config, codec_from_fingerprint(fp), corr), report
 
     # -- training: none -----------------------------------------------------------------------
-    def loss(self, net: nn.Module, x0: Tensor, generator: torch.Generator | None) -> Tensor:
+    def loss(self, net: nn.Module, x0: Tensor, generator: torch.Generator | None, reduce: bool = True) -> Tensor:
         raise SynthError("the fingerprint engine is fitted from statistics (`synth fit-fingerprint`); "
                          "it has no training loss")
 

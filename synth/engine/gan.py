@@ -179,7 +179,7 @@ class GANEngine(OnePassEngine):
         return self.activate(self.generator(inp), hard=True).float().cpu()
 
     # -- training ------------------------------------------------------------------------------
-    def loss(self, net: nn.Module, x0: Tensor, generator: torch.Generator | None) -> Tensor:
+    def loss(self, net: nn.Module, x0: Tensor, generator: torch.Generator | None, reduce: bool = True) -> Tensor:
         raise SynthError("the GAN engine trains with its adversarial loop (synth.engine.gan.train_gan), "
                          "not the diffusion loop")
 

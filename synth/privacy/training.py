@@ -92,7 +92,7 @@ class DPTraining:
         DPTensorFastGradientClipping that runs Opacus' two backward passes)."""
         if self.criterion is None:
             return engine.loss(net, x0, generator)
-        return self.criterion(per_sample_loss(engine, net, x0, generator))
+        return self.criterion(engine.loss(net, x0, generator, reduce=False))
 
     def steps_accounted(self) -> int:
         return sum(n for _, _, n in self.engine.accountant.history) if self.engine else 0
@@ -124,19 +124,3 @@ class _PerSample(nn.Module):
 
     def forward(self, per_sample: Tensor) -> Tensor:
         return per_sample if self.reduction == "none" else per_sample.mean()
-
-
-def per_sample_loss(engine, net: nn.Module, x0: Tensor, generator: torch.Generator | None) -> Tensor:
-    """`DiffusionEngine.loss` before its batch mean: one loss per row (same random draws in the
-    same order, so `.mean()` equals `engine.loss` for the same generator state; a test checks it)."""
-    n, dev = x0.shape[0], x0.device
-    cond = engine.conditions_from_features(x0)
-    if engine.cond_columns:
-        drop_all = torch.rand(n, 1, generator=generator, device=dev) < engine.config.cond_drop_all
-        drop_each = torch.rand(cond.shape, generator=generator, device=dev) < engine.config.cond_drop_each
-        cond = torch.where(drop_all | drop_each, engine.null_conditions(n, dev), cond)
-    t = engine.objective.sample_t(n, generator, dev)
-    noise = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype)
-    x_t = engine.process.q_sample(x0, t, noise)
-    out = net(x_t, t, cond)
-    return engine.objective.loss(out.float(), x0, noise, t, engine.process)

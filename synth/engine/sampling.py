@@ -1,0 +1,154 @@
+"""The sampling protocol every family implements, and what the families share of it.
+
+`synth sample`, bulk synthesis and the endpoint drive any engine the same way:
+
+    engine.validate_request(n, sampler, steps, guidance)   # refused with a message, or accepted
+    cond, requested = engine.encode_conditions(n, conditions)
+    x = engine.prior(n, generator)                          # seeded draws, on the CPU
+    feats = engine.sample_features(x, cond, sampler=..., steps=..., guidance=..., generator=...)
+    table = engine.decode(feats, requested, seed)           # requested values are met exactly
+
+`SamplingEngine` implements everything but `prior` and `sample_features` (the family's own
+generation); `DenoisingEngine` adds what the denoising families (tabular and array diffusion)
+share: the classifier-free-guidance training loss, EMA, sampling with a solver on any device.
+"""
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import Tensor, nn
+
+from synth.diffusion.guidance import guided_denoiser
+from synth.diffusion.processes import timesteps
+from synth.diffusion.samplers import DEFAULT_SPACING, SAMPLERS
+from synth.engine.base import Conditions, Engine
+from synth.errors import ConfigError
+
+MAX_STEPS = 1000
+
+
+class SamplingEngine(Engine):
+    cond_columns: list[str]  # categorical columns a request may condition on
+    cond_cards: list[int]  # their category counts (slot == card means "not given")
+    max_steps: ClassVar[int | None] = MAX_STEPS  # None: steps are accepted and ignored (one-pass families)
+    sampler_hint: ClassVar[str] = ""  # appended to the unknown-sampler message
+
+    def samplers(self) -> list[str]:
+        return sorted(s for s in SAMPLERS if s != "distilled")
+
+    def validate_request(self, n: int, sampler: str, steps: int, guidance: float) -> None:
+        if not isinstance(n, (int, np.integer)) or n < 1:
+            raise ConfigError(f"rows must be a positive integer, got {n!r}")
+        if sampler not in self.samplers():
+            raise ConfigError(f"unknown sampler {sampler!r}; choose one of {self.samplers()}{self.sampler_hint}")
+        top = self.max_steps
+        if not isinstance(steps, (int, np.integer)) or steps < 1 or (top is not None and steps > top):
+            raise ConfigError(f"steps must be an integer in 1..{top}, got {steps!r}" if top is not None
+                              else f"steps must be a positive integer, got {steps!r}")
+        if not (isinstance(guidance, (int, float)) and math.isfinite(guidance) and guidance >= 0):
+            raise ConfigError(f"guidance must be a finite number >= 0, got {guidance!r}")
+
+    def null_conditions(self, n: int, device: torch.device | str = "cpu") -> Tensor:
+        return torch.tensor(self.cond_cards, dtype=torch.long, device=device).expand(n, -1).clone()
+
+    def encode_conditions(self, n: int, conditions: Conditions | None) -> tuple[Tensor, dict[str, list]]:
+        """Condition slots (n, k) and the requested value of each conditioned column per row."""
+        cond = self.null_conditions(n)
+        requested: dict[str, list] = {}
+        for name, value in (conditions or {}).items():
+            if name not in self.cond_columns:
+                self.codec.categorical(name)  # an unknown or non-categorical column is named as such
+                raise ConfigError(f"column {name!r} is not a condition column of this model; "
+                                  f"condition columns are {self.cond_columns}")
+            values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value] * n
+            if len(values) != n:
+                raise ConfigError(f"condition {name!r} has {len(values)} values for {n} rows; "
+                                  "give one value or one per row")
+            cond[:, self.cond_columns.index(name)] = torch.from_numpy(self.codec.categorical(name).codes(values))
+            requested[name] = values
+        return cond, requested
+
+    def decode(self, feats: Tensor | np.ndarray, requested: dict[str, list], seed: int) -> pa.Table:
+        feats = feats.numpy() if isinstance(feats, Tensor) else feats
+        table = self.codec.decode(feats, np.random.default_rng(seed))
+        for name, values in requested.items():  # requested values are met exactly
+            i = table.schema.get_field_index(name)
+            table = table.set_column(i, table.schema.field(i), self.codec.categorical(name).to_arrow(values))
+        return table
+
+    def sample(self, n: int, conditions: Conditions | None = None, *, sampler: str | None = None,
+               steps: int | None = None, guidance: float | None = None, seed: int = 0) -> pa.Table:
+        sampler = sampler or self.config.sampler
+        steps = self.config.steps if steps is None else steps
+        guidance = self.config.guidance if guidance is None else guidance
+        self.validate_request(n, sampler, steps, guidance)
+        cond, requested = self.encode_conditions(n, conditions)
+        gen = torch.Generator().manual_seed(int(seed))
+        bs = self.config.sample_batch_size
+        parts = []
+        for start in range(0, n, bs):
+            c = cond[start:start + bs]
+            parts.append(self.sample_features(self.prior(c.shape[0], gen), c, sampler=sampler, steps=steps,
+                                              guidance=guidance, generator=gen))
+        return self.decode(torch.cat(parts), requested, seed)
+
+
+class DenoisingEngine(SamplingEngine):
+    """A denoiser `net` (and its EMA) trained under one noise process and objective, with
+    condition dropout for classifier-free guidance."""
+    net: nn.Module
+    ema: nn.Module
+
+    def denoising_loss(self, net: nn.Module, x0: Tensor, cond: Tensor, generator: torch.Generator | None,
+                       reduce: bool = True) -> Tensor:
+        """Loss of clean samples `x0` under condition slots `cond`: conditions dropped (all, or
+        each) for CFG, a time and noise drawn per row; the batch mean, or one loss per row."""
+        n, dev = x0.shape[0], x0.device
+        if self.cond_columns:
+            drop_all = torch.rand(n, 1, generator=generator, device=dev) < self.config.cond_drop_all
+            drop_each = torch.rand(cond.shape, generator=generator, device=dev) < self.config.cond_drop_each
+            cond = torch.where(drop_all | drop_each, self.null_conditions(n, dev), cond)
+        t = self.objective.sample_t(n, generator, dev)
+        noise = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype)
+        out = net(self.process.q_sample(x0, t, noise), t, cond)
+        per_row = self.objective.loss(out.float(), x0, noise, t, self.process)
+        return per_row.mean() if reduce else per_row
+
+    @torch.no_grad()
+    def update_ema(self, net: nn.Module, decay: float) -> None:
+        for e, p in zip(self.ema.parameters(), net.parameters()):
+            e.lerp_(p.detach().to(e.device), 1.0 - decay)
+
+    def to(self, device: torch.device | str) -> "DenoisingEngine":
+        """Sample on `device` (e.g. a GPU per bulk-synthesis actor or Serve replica)."""
+        self.ema.to(device)
+        return self
+
+    @torch.no_grad()
+    def solve(self, model_fn, x: Tensor, cond: Tensor, *, sampler: str, steps: int, guidance: float,
+              generator: torch.Generator | None) -> Tensor:
+        """Run `sampler` with classifier-free guidance from prior draws `x` under condition slots
+        `cond`. Draws and seeds stay on the CPU (same rows on any device); the result is on the CPU."""
+        self.ema.eval()
+        x, cond, generator = self.on_sampling_device(x, cond, generator)
+        den = guided_denoiser(model_fn, cond, self.null_conditions(x.shape[0], x.device), guidance)
+        ts = timesteps(self.process, steps, DEFAULT_SPACING[sampler])
+        return SAMPLERS[sampler](den, x, ts, process=self.process, generator=generator).cpu()
+
+    def on_sampling_device(self, x: Tensor, cond: Tensor, generator: torch.Generator | None):
+        dev = next(self.ema.parameters()).device
+        if dev.type == "cpu":
+            return x, cond, generator
+        if generator is not None:  # the sampler's own noise (ddpm) comes from a seeded device generator
+            generator = torch.Generator(device=dev).manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        return x.to(dev), cond.to(dev), generator
+
+    def sampling_state(self) -> dict[str, Tensor]:
+        return {k: v.float() for k, v in self.ema.state_dict().items()}
+
+    def config_dict(self) -> dict:
+        return self.config.model_dump(mode="json")
