@@ -152,10 +152,10 @@ def _distill_worker(config: dict[str, Any]) -> None:
     teacher = load_teacher(cfg.teacher)
     torch.manual_seed(cfg.train.seed)
     student = make_student(teacher, cfg)
-    modules = {"net": student.net, "ema": student.ema}
+    modules = {"net": student.net}  # the EMA is the artifact's own weights
     state = restore_checkpoint(lambda d: load_checkpoint(student, d, modules))
     start_step = state.step if state else 0
-    history = state.extra.get("history", []) if state else []
+    history = state.manifest.get("history", []) if state else []
     share = cfg.trajectories // world + (1 if rank < cfg.trajectories % world else 0)
     x_train, x_val = _split(teacher_trajectories(teacher, cfg, share, rank=rank), cfg.val_share)
     batches = loop.shuffled_batches(x_train, max(1, cfg.train.batch_size // world), cfg.train.seed + 7919 * rank + start_step)
@@ -164,7 +164,7 @@ def _distill_worker(config: dict[str, Any]) -> None:
         history.append(metrics)
         report_checkpoint(metrics, lambda d: save_checkpoint(
             student, metrics["step"], d, {"kind": "checkpoint", "run": cfg.name, "history": history},
-            modules=modules, optimizers={"opt": optimizer}, extra={"history": history}))
+            modules=modules, optimizers={"opt": optimizer}))
 
     loop.train(DistillTask(student), batches, cfg.train, x_val=x_val, accelerator=loop.make_accelerator(cfg.train),
                start_step=start_step, optimizer_state=state.optimizers["opt"] if state else None, report=report)

@@ -21,7 +21,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from synth.artifact import Artifact
 from synth.diffusion.objectives import ObjectiveConfig
 from synth.diffusion.processes import ProcessConfig
 from synth.engine.base import register
@@ -71,6 +70,7 @@ def array_layout(cfg: ArrayConfig, shape: list[int]) -> tuple[str, tuple[int, ..
 @register
 class ArrayEngine(DenoisingEngine):
     family = "array"
+    config_class = ArrayConfig
 
     def __init__(self, config: ArrayConfig, codec: TableCodec):
         self.config = config
@@ -163,14 +163,6 @@ class ArrayEngine(DenoisingEngine):
         for j, s in enumerate(self.cond_slices):
             feats[torch.arange(x.shape[0]), s.start + cond[:, j]] = 1.0
         return feats
-
-    # -- artifact -------------------------------------------------------------------------
-    @classmethod
-    def from_artifact(cls, art: Artifact) -> "ArrayEngine":
-        engine = cls(ArrayConfig.model_validate(art.engine["config"]), TableCodec.from_dict(art.codec))
-        engine.ema.load_state_dict(art.tensors)
-        engine.net.load_state_dict(art.tensors)
-        return engine
 
 
 __all__ = ["ArrayConfig", "ArrayEngine", "array_layout"]

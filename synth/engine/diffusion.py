@@ -15,7 +15,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from synth.artifact import Artifact
 from synth.diffusion.objectives import ObjectiveConfig
 from synth.diffusion.processes import ProcessConfig
 from synth.diffusion.samplers import SAMPLERS
@@ -55,6 +54,7 @@ class DiffusionConfig(BaseModel):
 @register
 class DiffusionEngine(DenoisingEngine):
     family = "diffusion"
+    config_class = DiffusionConfig
 
     def __init__(self, config: DiffusionConfig, codec: TableCodec):
         self.config = config
@@ -145,9 +145,3 @@ class DiffusionEngine(DenoisingEngine):
     def prior(self, n: int, generator: torch.Generator) -> Tensor:
         return self.process.prior((n, self.codec.width), generator=generator)
 
-    @classmethod
-    def from_artifact(cls, art: Artifact) -> "DiffusionEngine":
-        engine = cls(DiffusionConfig.model_validate(art.engine["config"]), TableCodec.from_dict(art.codec))
-        engine.ema.load_state_dict(art.tensors)
-        engine.net.load_state_dict(art.tensors)
-        return engine

@@ -217,11 +217,14 @@ class GANEngine(OnePassEngine):
     def config_dict(self) -> dict[str, Any]:
         return self.config.model_dump(mode="json")
 
+    def load_sampling_state(self, tensors: dict[str, Tensor]) -> None:
+        self.generator.load_state_dict(tensors)
+        self.generator.eval()
+
     @classmethod
     def from_artifact(cls, art: Artifact) -> "GANEngine":
         engine = cls(GANConfig.model_validate(art.engine["config"]), TableCodec.from_dict(art.codec))
-        engine.generator.load_state_dict(art.tensors)
-        engine.generator.eval()
+        engine.load_sampling_state(art.tensors)
         return engine
 
 
@@ -327,9 +330,9 @@ class GANResume:
     def load(cls, engine: "GANEngine", directory: str) -> "GANResume":
         from synth.train.checkpoint import load_checkpoint
 
-        state = load_checkpoint(engine, directory, {"generator": engine.generator, "critic": engine.critic})
+        state = load_checkpoint(engine, directory, {"critic": engine.critic})  # generator: the artifact's
         extra = state.extra
-        engine.history = list(extra.get("history", []))
+        engine.history = list(state.manifest.get("history", []))
         best_state = {k[len("best."):]: v for k, v in state.tensors.items() if k.startswith("best.")}
         live = {k[len("live."):]: v for k, v in state.tensors.items() if k.startswith("live.")}
         if live:  # a final checkpoint holds the rolled-back generator; training goes on from the last one
@@ -355,11 +358,11 @@ class GANSnapshot:
 
         e = self.engine
         save_checkpoint(e, self.step, directory, {**manifest, "history": e.history},
-                        modules={"generator": e.generator, "critic": e.critic}, optimizers=self.optimizers,
+                        modules={"critic": e.critic}, optimizers=self.optimizers,
                         tensors={**{f"best.{k}": v for k, v in self.best["state"].items()},
                                  **{f"live.{k}": v for k, v in (self.live or {}).items()}},
                         extra={"best_score": self.best["score"], "best_step": self.best["step"], "stale": self.stale,
-                               "stop_reason": self.stop_reason, "history": e.history})
+                               "stop_reason": self.stop_reason})
 
 
 def train_gan(engine: GANEngine, x_train: Tensor, x_val: Tensor, *, steps: int, batch_size: int, seed: int,

@@ -20,13 +20,16 @@ from typing import ClassVar
 import numpy as np
 import pyarrow as pa
 import torch
+from pydantic import BaseModel
 from torch import Tensor, nn
 
+from synth.artifact import Artifact
 from synth.diffusion.guidance import guided_denoiser
 from synth.diffusion.processes import timesteps
 from synth.diffusion.samplers import DEFAULT_SPACING, SAMPLERS
 from synth.engine.base import Conditions, Engine
 from synth.errors import ConfigError
+from synth.table import TableCodec
 
 MAX_STEPS = 1000
 
@@ -102,6 +105,7 @@ class DenoisingEngine(SamplingEngine):
     condition dropout for classifier-free guidance."""
     net: nn.Module
     ema: nn.Module
+    config_class: ClassVar[type[BaseModel]]
 
     def denoising_loss(self, net: nn.Module, x0: Tensor, cond: Tensor, generator: torch.Generator | None,
                        reduce: bool = True) -> Tensor:
@@ -149,6 +153,18 @@ class DenoisingEngine(SamplingEngine):
 
     def sampling_state(self) -> dict[str, Tensor]:
         return {k: v.float() for k, v in self.ema.state_dict().items()}
+
+    def load_sampling_state(self, tensors: dict[str, Tensor]) -> None:
+        """The inverse of `sampling_state`: the saved EMA weights, for sampling and as the online
+        weights (a checkpoint then restores the online ones)."""
+        self.ema.load_state_dict(tensors)
+        self.net.load_state_dict(tensors)
+
+    @classmethod
+    def from_artifact(cls, art: Artifact) -> "DenoisingEngine":
+        engine = cls(cls.config_class.model_validate(art.engine["config"]), TableCodec.from_dict(art.codec))
+        engine.load_sampling_state(art.tensors)
+        return engine
 
     def config_dict(self) -> dict:
         return self.config.model_dump(mode="json")

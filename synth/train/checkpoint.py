@@ -1,10 +1,11 @@
 """Training checkpoints: a model artifact plus the training state, both without pickle.
 
 A checkpoint directory is an ordinary artifact (loadable by `load_engine`) with two more
-files: `train_state.safetensors` (the trained modules' weights, e.g. online net and EMA, or
-generator and critic, and every optimizer's moments) and `train_state.json` (step, optimizer
-param groups, and any JSON-able state a family's loop needs to resume). Resuming checks that
-the checkpoint's model config and codec match the run's, and refuses otherwise.
+files: `train_state.safetensors` (the trained modules' weights beyond the artifact's sampling
+weights, e.g. the online net, or the critic, and every optimizer's moments) and
+`train_state.json` (step, optimizer param groups, and any JSON-able state a family's loop needs
+to resume; the metric history stays in the manifest). Resuming checks that the checkpoint's
+model config and codec match the run's, and refuses otherwise.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
 class TrainState:
     """What a loop gets back from a checkpoint besides the module weights loaded in place."""
     step: int
+    manifest: dict  # the checkpoint's manifest (its "history": the metrics reported so far)
     optimizers: dict[str, dict]  # name -> optimizer state dict, for `Optimizer.load_state_dict`
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # extra tensors saved by the loop
     extra: dict = field(default_factory=dict)  # extra JSON saved by the loop
@@ -53,10 +55,12 @@ def save_checkpoint(engine: Engine, step: int, directory: str, manifest: dict, *
 
 
 def load_checkpoint(engine: Engine, directory: str, modules: dict[str, nn.Module]) -> TrainState:
-    """Load the named modules' weights in place (after checking the checkpoint is of this model
-    and data); returns the step, optimizer states and the loop's extra state."""
+    """Load the artifact's sampling weights and the named modules' weights into `engine` (after
+    checking the checkpoint is of this model and data); returns the step, manifest, optimizer
+    states and the loop's extra state."""
     art = read_artifact(directory)
     check_compatible(art.engine, art.codec, engine)
+    engine.load_sampling_state(art.tensors)
     saved = load_file(os.path.join(directory, STATE_TENSORS))
     for name, module in modules.items():
         prefix = f"mod.{name}."
@@ -69,7 +73,7 @@ def load_checkpoint(engine: Engine, directory: str, modules: dict[str, nn.Module
             _, name, pid, rest = key.split(".", 3)
             optimizers[name]["state"].setdefault(int(pid), {})[rest] = value
     extra_tensors = {k[len("extra."):]: v for k, v in saved.items() if k.startswith("extra.")}
-    return TrainState(meta["step"], optimizers, extra_tensors, meta.get("extra", {}))
+    return TrainState(meta["step"], art.manifest, optimizers, extra_tensors, meta.get("extra", {}))
 
 
 def check_compatible(engine_json: dict, codec: dict, engine: Engine) -> None:

@@ -142,10 +142,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if cfg.model.family == "gan":
         return _gan_worker(cfg, engine, _materialize(ray.train.get_dataset_shard("train")), val, rank, world)
     acc = make_accelerator(cfg.train)
-    modules = {"net": engine.net, "ema": engine.ema}
+    modules = {"net": engine.net}  # the EMA is the artifact's own weights
     state = restore_checkpoint(lambda d: load_checkpoint(engine, d, modules))
     start_step = state.step if state else 0
-    history = state.extra.get("history", []) if state else []
+    history = state.manifest.get("history", []) if state else []
     if config["data_mode"] == "memory":
         x = _materialize(ray.train.get_dataset_shard("train"))
         if x.shape[0] < cfg.train.batch_size:
@@ -169,7 +169,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         report_checkpoint(metrics, lambda d: save_checkpoint(
             engine, metrics["step"], d, {"kind": "checkpoint", "run": cfg.name, "history": history,
                                          "privacy_plan": config.get("privacy")},
-            modules=modules, optimizers={"opt": optimizer}, extra={"history": history}))
+            modules=modules, optimizers={"opt": optimizer}))
 
     train(engine, batches, cfg.train, x_val=val, accelerator=acc, start_step=start_step,
           optimizer_state=state.optimizers["opt"] if state else None, report=report, private=private)
@@ -190,7 +190,8 @@ def _gan_worker(cfg: RunConfig, engine, x: torch.Tensor, val: torch.Tensor, rank
         report_checkpoint(metrics, lambda d: snapshot.save(d, {"kind": "checkpoint", "run": cfg.name}))
 
     train_gan(engine, x, val, steps=cfg.train.steps, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
-              eval_every=cfg.train.eval_every, report=report, group=ProcessGroup(rank, world), resume=resume)
+              eval_every=cfg.train.eval_every, time_budget_s=cfg.train.time_budget_s, report=report,
+              group=ProcessGroup(rank, world), resume=resume)
 
 
 # -- shared by every Ray Train loop (diffusion, GAN, distillation) --------------------------
@@ -353,7 +354,7 @@ def _private_codec(train_ds, schema: pa.Schema, cfg: RunConfig, storage_path: st
                           "or use fewer workers (Poisson batches that small can come out empty and stall DDP)")
     previous = _latest_checkpoint(storage_path, cfg.name)
     if previous is not None:
-        manifest, codec_json = previous
+        manifest, codec_json = previous["manifest"], previous["codec"]
         before = manifest.get("privacy_plan")
         if before is None or PrivacyPlan.from_dict(before) != plan:
             raise ConfigError(f"run {cfg.name!r} under {storage_path} has checkpoints made with other privacy "
@@ -371,11 +372,12 @@ def _private_codec(train_ds, schema: pa.Schema, cfg: RunConfig, storage_path: st
     return private_codec(schema, cfg.data.codec, pcfg, plan, counts), plan, rows
 
 
-def _latest_checkpoint(storage_path: str, name: str) -> tuple[dict, dict] | None:
-    """(manifest, codec state) of the newest checkpoint of run `name`, or None."""
+def _latest_checkpoint(storage_path: str, name: str) -> dict | None:
+    """The newest checkpoint of run `name`: its "path" and its "manifest", "engine" and "codec"
+    JSON, or None."""
     import pyarrow.fs as pafs
 
-    from synth.artifact import CODEC, MANIFEST
+    from synth.artifact import CODEC, ENGINE, MANIFEST
 
     fs, path = storage.resolve(storage.join(storage_path, name))
     if fs.get_file_info(path).type != pafs.FileType.Directory:
@@ -384,13 +386,14 @@ def _latest_checkpoint(storage_path: str, name: str) -> tuple[dict, dict] | None
                    if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_"))
     if not ckpts:
         return None
+    out = {"path": ckpts[-1]}
     try:
-        with fs.open_input_stream(f"{ckpts[-1]}/{MANIFEST}") as f:
-            manifest = json.loads(f.read())
-        with fs.open_input_stream(f"{ckpts[-1]}/{CODEC}") as f:
-            return manifest, json.loads(f.read())
+        for key, file in (("manifest", MANIFEST), ("engine", ENGINE), ("codec", CODEC)):
+            with fs.open_input_stream(f"{ckpts[-1]}/{file}") as f:
+                out[key] = json.loads(f.read())
     except (OSError, json.JSONDecodeError):
         return None
+    return out
 
 
 def _root_message(e: BaseException) -> str:
@@ -403,27 +406,11 @@ def _root_message(e: BaseException) -> str:
 
 def _check_resume_compatible(storage_path: str, cfg: RunConfig, codec: TableCodec) -> None:
     """A rerun with the same name resumes; refuse when the stored checkpoints are of another model."""
-    import pyarrow.fs as pafs
-
-    from synth.artifact import ENGINE, CODEC
-
-    fs, path = storage.resolve(storage.join(storage_path, cfg.name))
-    if fs.get_file_info(path).type != pafs.FileType.Directory:
+    latest = _latest_checkpoint(storage_path, cfg.name)
+    if latest is None:
         return
-    ckpts = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(path))
-                   if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_"))
-    if not ckpts:
-        return
-    latest = ckpts[-1]
-    try:
-        with fs.open_input_stream(f"{latest}/{ENGINE}") as f:
-            engine_json = json.loads(f.read())
-        with fs.open_input_stream(f"{latest}/{CODEC}") as f:
-            codec_json = json.loads(f.read())
-    except (OSError, json.JSONDecodeError):
-        return
-    if engine_json.get("config") != type(cfg.model).model_validate(cfg.model.model_dump()).model_dump(mode="json") \
-            or codec_json != codec.to_dict():
+    if latest["engine"].get("config") != type(cfg.model).model_validate(cfg.model.model_dump()).model_dump(mode="json") \
+            or latest["codec"] != codec.to_dict():
         raise ConfigError(f"run {cfg.name!r} under {storage_path} already has checkpoints of a different model or "
-                          f"data ({latest}); resuming from them is impossible. Use a new `name`, another "
+                          f"data ({latest['path']}); resuming from them is impossible. Use a new `name`, another "
                           "scaling.storage_path, or delete that folder")
