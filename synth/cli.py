@@ -19,7 +19,7 @@ console = Console(stderr=True)
 
 
 def _fail(e: Exception) -> None:
-    console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+    console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)  # one line
     raise typer.Exit(2)
 
 
