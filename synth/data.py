@@ -156,11 +156,11 @@ def load_splits(uri: str, cfg: SplitConfig) -> tuple[pa.Table, pa.Table, pa.Tabl
         lab = split_labels(b, cfg)
         for k in range(3):
             parts[k].append(b.filter(pa.array(lab == k)))
-    if schema is None:
+    tables = tuple(pa.Table.from_batches(p, schema=schema) for p in parts) if schema is not None else ()
+    rows = sum(t.num_rows for t in tables)
+    if rows == 0:
         raise DataError(f"reference data {uri!r} has no rows")
-    tables = tuple(pa.Table.from_batches(p, schema=schema) for p in parts)
     if tables[0].num_rows == 0:  # rows are split by content: identical rows all land in one split
-        rows = sum(t.num_rows for t in tables)
         for name in schema.names:
             if all(t.column(name).null_count == t.num_rows for t in tables):
                 raise DataError(f"column {name!r} is entirely null; drop it or list it under `ignore`")

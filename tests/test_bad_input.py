@@ -59,6 +59,7 @@ def test_inspect_a_manifest_that_is_a_list(tiny_artifact, tmp_path):
 # --------------------------------------------------------------------------- reference data
 def _write_bad_tables(d: Path) -> None:
     pq.write_table(pa.table({"a": pa.array([None] * 300, pa.float64())}), d / "onlynull.parquet")
+    pq.write_table(pa.table({"a": pa.array([], pa.float64()), "b": pa.array([], pa.string())}), d / "norows.parquet")
     pq.write_table(pa.Table.from_arrays([pa.array(range(300)), pa.array(np.arange(300) * 0.5)], names=["x", "x"]),
                    d / "duplicate.parquet")
     u = np.arange(300, dtype=np.uint64)
@@ -70,6 +71,7 @@ def _write_bad_tables(d: Path) -> None:
 
 @pytest.mark.parametrize("name,message", [
     ("onlynull", "column 'a' is entirely null; drop it or list it under `ignore`"),
+    ("norows", "norows.parquet' has no rows"),
     ("duplicate", "has more than one column named 'x'; rename the duplicates"),
     ("uint64", "column 'u' holds the integer 9223372036854775813, beyond the +-2**53"),
     ("bigid", "column 'id' holds the integer 9007199254741591, beyond the +-2**53"),
