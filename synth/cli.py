@@ -254,6 +254,26 @@ def synthesize_cmd(artifact: str = typer.Argument(..., help="model artifact URI"
                   f"manifest {output}/_manifest.json")
 
 
+@app.command("replay")
+def replay_cmd(manifest: str = typer.Argument(..., help="a `synth synthesize` output folder or its _manifest.json"),
+               output: Optional[str] = typer.Option(None, "--output", "-o", help="keep the replayed shards here "
+                                                    "(default: a temporary folder, removed afterwards)")):
+    """Re-run a bulk synthesis from its manifest and check every shard's bytes against the recorded
+    sha256 (exit 0: identical, 1: some shard differs)."""
+    try:
+        from synth.synthesize import replay
+
+        r = replay(manifest, output)
+    except SynthError as e:
+        _fail(e)
+    note = (f" (library versions differ from the run's: {r['versions_differ']})" if r["versions_differ"] else "")
+    if r["mismatched"]:
+        console.print(f"[bold red]differs:[/] {len(r['mismatched'])} of {r['shards']} shards have other bytes than "
+                      f"recorded: {r['mismatched'][:10]}{note}", soft_wrap=True)
+        raise typer.Exit(1)
+    console.print(f"replayed {r['shards']} shards: every shard's sha256 matches the manifest{note}", soft_wrap=True)
+
+
 def _print_eval(result: dict) -> None:
     from synth.evaluate.suite import summary_table
 

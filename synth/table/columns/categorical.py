@@ -137,7 +137,13 @@ class CategoricalColumn:
             rng = rng if rng is not None else np.random.default_rng(0)
             tv = np.empty(len(self.tail_values), dtype=object)
             tv[:] = self.tail_values
-            vals[~head] = tv[rng.choice(len(tv), size=n_tail, p=np.asarray(self.tail_probs))]
+            if hasattr(rng, "uniforms"):  # synth.rowstreams.RowUniforms: row i's draw depends on row i only
+                cdf = np.cumsum(np.asarray(self.tail_probs))
+                pick = np.minimum(np.searchsorted(cdf / cdf[-1], rng.uniforms(self.name)[~head], side="right"),
+                                  len(tv) - 1)
+                vals[~head] = tv[pick]
+            else:
+                vals[~head] = tv[rng.choice(len(tv), size=n_tail, p=np.asarray(self.tail_probs))]
         return self._typed(vals)
 
     def _typed(self, vals: np.ndarray) -> pa.Array:
