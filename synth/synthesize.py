@@ -1,11 +1,12 @@
 """Bulk synthesis with Ray Data: shard ids -> a pool of sampler actors -> committed Parquet
 shards and a run manifest.
 
-Each shard's seed derives from the run seed and the shard index, file names are
-deterministic (`part-00000.parquet`), and every shard is written to a temporary name and moved
+Row i of a run depends only on the run seed and i (synth.rowstreams), whatever the shard size,
+batch size or actor count; file names are deterministic (`part-00000.parquet`), and every shard is written to a temporary name and moved
 into place, so no reader sees a partial file. A rerun after a crash skips shards whose file
 matches the checksum recorded when it was committed and writes only the missing ones; the
-final output is byte-identical to an uninterrupted run.
+final output is byte-identical to an uninterrupted run. `replay` re-runs a run from its
+manifest (which records every setting that affects the bytes) and compares the checksums.
 """
 from __future__ import annotations
 
