@@ -405,9 +405,8 @@ def quickstart_cmd(output: str = typer.Option("runs/quickstart", help="run folde
         from synth import storage
         from synth.config import RunConfig
         from synth.engine import load_engine
-        from synth.evaluate.reference import evaluate_against_reference
-
         from synth.data import open_dataset
+        from synth.evaluate.reference import evaluate_against_reference
         from synth.synthesize import MANIFEST, SynthesizeConfig, synthesize
 
         if rows < 1:
@@ -423,11 +422,11 @@ def quickstart_cmd(output: str = typer.Option("runs/quickstart", help="run folde
         if storage.exists(storage.join(syn_dir, MANIFEST)) or storage.exists(storage.join(syn_dir, ".plan.json")):
             storage.delete_dir(syn_dir)
         console.print(f"synthesizing {rows} rows with Ray Data on a local Ray (`synth synthesize`'s path) ...")
-        synthesize(SynthesizeConfig(artifact=result.artifact_uri, output=syn_dir, rows=rows, actors=1,
-                                    seed=cfg.evaluate.seed))
+        m = synthesize(SynthesizeConfig(artifact=result.artifact_uri, output=syn_dir, rows=rows, actors=1,
+                                        seed=cfg.evaluate.seed))
         table = open_dataset(syn_dir).to_table()
         sample_s = time.perf_counter() - t1
-        syn_uri = storage.join(syn_dir, "part-00000.parquet")
+        syn_uri = storage.join(syn_dir, m["shards"][0]["file"]) if len(m["shards"]) == 1 else syn_dir
         ev = evaluate_against_reference(table, engine.manifest, target=cfg.data.target)
         ev["timing"] = {"fit_s": t1 - t0, "sample_s": sample_s, "rows": rows}
         eval_uri = storage.join(output, "evaluation.json")
