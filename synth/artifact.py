@@ -77,6 +77,14 @@ def read_artifact(uri: str) -> Artifact:
         manifest = json.loads(storage.read_bytes(storage.join(uri, MANIFEST)))
     except json.JSONDecodeError as e:
         raise ArtifactError(f"{uri}/{MANIFEST} is not valid JSON ({e}); the artifact is damaged") from None
+    json_types = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{uri}/{MANIFEST} holds a JSON {json_types.get(type(manifest), 'value')}, not a manifest "
+                            "(a JSON object with format_version and files); the artifact is damaged: retrain it or "
+                            "restore the file")
+    if not isinstance(manifest.get("files", {}), dict):
+        raise ArtifactError(f"{uri}/{MANIFEST}: its files field is not an object of file name -> sha256; the "
+                            "artifact is damaged: retrain it or restore the file")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise ArtifactError(f"artifact {uri!r} has format version {version}; this synth reads version "

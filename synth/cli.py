@@ -19,8 +19,28 @@ console = Console(stderr=True)
 
 
 def _fail(e: Exception) -> None:
-    console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+    console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)  # one line
     raise typer.Exit(2)
+
+
+class _LazyProgress:
+    """A context manager that shows the bar from the first reported step on: a fit refused before
+    training (no rows, an unusable column) prints its error alone, not a "training 0/N steps" bar."""
+
+    def __init__(self, progress):
+        self.progress, self.started = progress, False
+
+    def start(self) -> None:
+        if not self.started:
+            self.progress.start()
+            self.started = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.started:
+            self.progress.stop()
 
 
 def _progress_printer(total_steps: int):
@@ -29,11 +49,13 @@ def _progress_printer(total_steps: int):
     progress = Progress(TextColumn("[bold]training"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console, transient=False)
     task = progress.add_task("train", total=total_steps, info="")
+    lazy = _LazyProgress(progress)
 
     def report(m: dict, _optimizer=None) -> None:
+        lazy.start()
         progress.update(task, completed=m["step"],
                         info=f"loss {m['loss']:.4f} val {m['val_loss']:.4f} {m['samples_per_s']:.0f} rows/s")
-    return progress, report
+    return lazy, report
 
 
 def _load_config(config: Optional[Path], overrides: dict):
@@ -232,6 +254,26 @@ def synthesize_cmd(artifact: str = typer.Argument(..., help="model artifact URI"
                   f"manifest {output}/_manifest.json")
 
 
+@app.command("replay")
+def replay_cmd(manifest: str = typer.Argument(..., help="a `synth synthesize` output folder or its _manifest.json"),
+               output: Optional[str] = typer.Option(None, "--output", "-o", help="keep the replayed shards here "
+                                                    "(default: a temporary folder, removed afterwards)")):
+    """Re-run a bulk synthesis from its manifest and check every shard's bytes against the recorded
+    sha256 (exit 0: identical, 1: some shard differs)."""
+    try:
+        from synth.synthesize import replay
+
+        r = replay(manifest, output)
+    except SynthError as e:
+        _fail(e)
+    note = (f" (library versions differ from the run's: {r['versions_differ']})" if r["versions_differ"] else "")
+    if r["mismatched"]:
+        console.print(f"[bold red]differs:[/] {len(r['mismatched'])} of {r['shards']} shards have other bytes than "
+                      f"recorded: {r['mismatched'][:10]}{note}", soft_wrap=True)
+        raise typer.Exit(1)
+    console.print(f"replayed {r['shards']} shards: every shard's sha256 matches the manifest{note}", soft_wrap=True)
+
+
 def _print_eval(result: dict) -> None:
     from synth.evaluate.suite import summary_table
 
@@ -363,17 +405,28 @@ def quickstart_cmd(output: str = typer.Option("runs/quickstart", help="run folde
         from synth import storage
         from synth.config import RunConfig
         from synth.engine import load_engine
+        from synth.data import open_dataset
         from synth.evaluate.reference import evaluate_against_reference
+        from synth.synthesize import MANIFEST, SynthesizeConfig, synthesize
 
+        if rows < 1:
+            raise ConfigError(f"--rows must be a positive integer, got {rows}")
         cfg = RunConfig.parse(_quickstart_defaults(output, steps, workers), source="quickstart")
         t0 = time.perf_counter()
         result = run_fit(cfg)
         engine = load_engine(result.artifact_uri)
         t1 = time.perf_counter()
-        table = engine.sample(rows, seed=cfg.evaluate.seed)
+        # the rows come from the bulk synthesis path (Ray Data, sampler actor, committed shards) on
+        # a local Ray; a rerun replaces the synthetic/ folder of the previous quickstart
+        syn_dir = storage.join(output, "synthetic")
+        if storage.exists(storage.join(syn_dir, MANIFEST)) or storage.exists(storage.join(syn_dir, ".plan.json")):
+            storage.delete_dir(syn_dir)
+        console.print(f"synthesizing {rows} rows with Ray Data on a local Ray (`synth synthesize`'s path) ...")
+        m = synthesize(SynthesizeConfig(artifact=result.artifact_uri, output=syn_dir, rows=rows, actors=1,
+                                        seed=cfg.evaluate.seed))
+        table = open_dataset(syn_dir).to_table()
         sample_s = time.perf_counter() - t1
-        syn_uri = storage.join(output, "synthetic", "part-00000.parquet")
-        write_parquet_atomic(table, syn_uri)
+        syn_uri = storage.join(syn_dir, m["shards"][0]["file"]) if len(m["shards"]) == 1 else syn_dir
         ev = evaluate_against_reference(table, engine.manifest, target=cfg.data.target)
         ev["timing"] = {"fit_s": t1 - t0, "sample_s": sample_s, "rows": rows}
         eval_uri = storage.join(output, "evaluation.json")
@@ -382,7 +435,7 @@ def quickstart_cmd(output: str = typer.Option("runs/quickstart", help="run folde
         _fail(e)
     _print_eval(ev)
     console.print(f"model:      [bold]{result.artifact_uri}[/]\nsynthetic:  [bold]{syn_uri}[/] "
-                  f"({rows} rows, sampled in {sample_s:.1f} s)\nevaluation: [bold]{eval_uri}[/]\n"
+                  f"({rows} rows, bulk synthesis on Ray Data in {sample_s:.1f} s)\nevaluation: [bold]{eval_uri}[/]\n"
                   f"fit took {t1 - t0:.0f} s. Next: synth inspect {result.artifact_uri}")
 
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from synth import storage
 from synth.errors import DataError
+from synth.table.stats import check_unique_names
 
 BUNDLED = {"adult": "adult.parquet", "digits": "digits.parquet"}
 
@@ -86,6 +87,7 @@ def open_dataset(uri: str) -> pads.Dataset:
         except (pa.ArrowInvalid, OSError) as e:
             raise DataError(f"{f} is not a readable Parquet file ({e}); remove it or convert it to Parquet") from None
         if schema is None:
+            check_unique_names(s.names, f"{f}")
             schema = s
         elif not s.remove_metadata().equals(schema.remove_metadata()):
             raise DataError(f"{f} has a different schema from {files[0]}: {s} vs {schema}")
@@ -154,6 +156,14 @@ def load_splits(uri: str, cfg: SplitConfig) -> tuple[pa.Table, pa.Table, pa.Tabl
         lab = split_labels(b, cfg)
         for k in range(3):
             parts[k].append(b.filter(pa.array(lab == k)))
-    if schema is None:
+    tables = tuple(pa.Table.from_batches(p, schema=schema) for p in parts) if schema is not None else ()
+    rows = sum(t.num_rows for t in tables)
+    if rows == 0:
         raise DataError(f"reference data {uri!r} has no rows")
-    return tuple(pa.Table.from_batches(p, schema=schema) for p in parts)  # type: ignore[return-value]
+    if tables[0].num_rows == 0:  # rows are split by content: identical rows all land in one split
+        for name in schema.names:
+            if all(t.column(name).null_count == t.num_rows for t in tables):
+                raise DataError(f"column {name!r} is entirely null; drop it or list it under `ignore`")
+        raise DataError(f"none of the {rows} rows of {uri!r} fell in the training split (rows are split by content, "
+                        "so identical rows share one split); give it at least a few hundred distinct rows")
+    return tables  # type: ignore[return-value]

@@ -4,20 +4,52 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+from contextlib import contextmanager
+from datetime import timedelta
 
 import pyarrow.fs as pafs
 
 from synth.errors import SynthError
 
 
+def timeout_s() -> float:
+    """How long an object-store call may retry before it fails (SYNTH_STORAGE_TIMEOUT_S, default 20)."""
+    try:
+        return float(os.environ.get("SYNTH_STORAGE_TIMEOUT_S", "20"))
+    except ValueError:
+        raise SynthError("SYNTH_STORAGE_TIMEOUT_S must be a number of seconds") from None
+
+
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path) for a URI or a local path."""
     if "://" not in uri:
         return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+    scheme, rest = uri.split("://", 1)
     try:
+        if scheme in ("gs", "gcs") and "?" not in rest:  # GCS retries for minutes by default
+            return pafs.GcsFileSystem(retry_time_limit=timedelta(seconds=timeout_s())), rest.rstrip("/")
         return pafs.FileSystem.from_uri(uri)
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types here
-        raise SynthError(f"cannot open {uri!r}: {e}") from None
+        raise SynthError(f"cannot open {uri!r}: {_one_line(e)}") from None
+
+
+def _one_line(e: Exception, limit: int = 300) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+@contextmanager
+def _reaching(uri: str):
+    """Object-store failures (no network, no credentials, timeouts) as one message naming the URI."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        if "://" not in uri:
+            raise
+        raise SynthError(f"cannot reach {uri!r} ({_one_line(e)}); check the network and the credentials "
+                         f"(calls give up after SYNTH_STORAGE_TIMEOUT_S={timeout_s():g} s)") from None
 
 
 def join(uri: str, *parts: str) -> str:
@@ -26,17 +58,19 @@ def join(uri: str, *parts: str) -> str:
 
 def exists(uri: str) -> bool:
     fs, path = resolve(uri)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    with _reaching(uri):
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
 def is_dir(uri: str) -> bool:
     fs, path = resolve(uri)
-    return fs.get_file_info(path).type == pafs.FileType.Directory
+    with _reaching(uri):
+        return fs.get_file_info(path).type == pafs.FileType.Directory
 
 
 def read_bytes(uri: str) -> bytes:
     fs, path = resolve(uri)
-    with fs.open_input_stream(path) as f:
+    with _reaching(uri), fs.open_input_stream(path) as f:
         return f.read()
 
 
@@ -44,11 +78,17 @@ def write_bytes(uri: str, data: bytes) -> None:
     """Write then move into place, so no reader ever sees a half-written file."""
     fs, path = resolve(uri)
     parent = path.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
     tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{path.rsplit('/', 1)[1]}"
-    with fs.open_output_stream(tmp) as f:
-        f.write(data)
-    fs.move(tmp, path)
+    with _reaching(uri):
+        fs.create_dir(parent, recursive=True)
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+        fs.move(tmp, path)
+
+
+def delete_dir(uri: str) -> None:
+    fs, path = resolve(uri)
+    fs.delete_dir(path)
 
 
 def makedirs(uri: str) -> None:
@@ -59,8 +99,16 @@ def makedirs(uri: str) -> None:
 def check_writable(uri: str) -> None:
     """Fail early, naming the location, when output cannot be written there."""
     fs, path = resolve(uri)
-    probe = f"{path.rstrip('/')}/.synth-write-probe-{uuid.uuid4().hex}"
-    try:
+    path = path.rstrip("/")
+    probe = f"{path}/.synth-write-probe-{uuid.uuid4().hex}"
+    created = None  # the topmost folder the probe creates: removed again, so a run refused later
+    try:            # (bad data, bad column) leaves no empty output folder behind
+        p = path
+        while fs.get_file_info(p).type == pafs.FileType.NotFound:
+            created, parent = p, p.rsplit("/", 1)[0]
+            if not parent or parent == p:
+                break
+            p = parent
         fs.create_dir(path, recursive=True)
         with fs.open_output_stream(probe) as f:
             f.write(b"ok")
@@ -68,6 +116,12 @@ def check_writable(uri: str) -> None:
     except Exception as e:  # noqa: BLE001
         raise SynthError(f"cannot write to {uri!r} ({e.__class__.__name__}: {e}); "
                          "choose a writable location or fix its permissions") from None
+    finally:
+        if created is not None:
+            try:
+                fs.delete_dir(created)
+            except OSError:
+                pass
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -1,11 +1,12 @@
 """Bulk synthesis with Ray Data: shard ids -> a pool of sampler actors -> committed Parquet
 shards and a run manifest.
 
-Each shard's seed derives from the run seed and the shard index, file names are
-deterministic (`part-00000.parquet`), and every shard is written to a temporary name and moved
+Row i of a run depends only on the run seed and i (synth.rowstreams), whatever the shard size,
+batch size or actor count; file names are deterministic (`part-00000.parquet`), and every shard is written to a temporary name and moved
 into place, so no reader sees a partial file. A rerun after a crash skips shards whose file
 matches the checksum recorded when it was committed and writes only the missing ones; the
-final output is byte-identical to an uninterrupted run.
+final output is byte-identical to an uninterrupted run. `replay` re-runs a run from its
+manifest (which records every setting that affects the bytes) and compares the checksums.
 """
 from __future__ import annotations
 
@@ -20,8 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from synth import storage
 from synth.errors import ConfigError, SynthError
 from synth.manifest import base_manifest
+from synth.rowstreams import RowUniforms
 
 MANIFEST = "_manifest.json"
+CONDITION_STREAM = 2**31  # shard_seed(seed, CONDITION_STREAM) keys the reference-drawn conditions
+PROTOCOL = "rowstreams-1"  # how rows derive from (seed, row index): synth.rowstreams
 COMMITS = "_commits"  # one small JSON per committed shard: rows and sha256
 
 
@@ -80,7 +84,8 @@ def plan_shards(cfg: SynthesizeConfig, engine) -> list[dict]:
     """Shard specs: index, rows, seed and (for mixes) the per-row condition values."""
     n = math.ceil(cfg.rows / cfg.shard_rows)
     sizes = [cfg.shard_rows] * (n - 1) + [cfg.rows - cfg.shard_rows * (n - 1)]
-    specs = [{"index": i, "rows": r, "seed": shard_seed(cfg.seed, i)} for i, r in enumerate(sizes)]
+    specs = [{"index": i, "rows": r, "start": i * cfg.shard_rows, "seed": shard_seed(cfg.seed, i)}
+             for i, r in enumerate(sizes)]
     c = cfg.conditions
     if c.fixed:
         engine.encode_conditions(1, c.fixed)  # validates names and values now, on the driver
@@ -117,17 +122,19 @@ def plan_shards(cfg: SynthesizeConfig, engine) -> list[dict]:
     return specs
 
 
-def shard_conditions(engine, spec: dict, c: Conditions) -> dict | None:
+def shard_conditions(engine, spec: dict, c: Conditions, seed: int = 0) -> dict | None:
     n = spec["rows"]
     if c.fixed:
         return dict(c.fixed)
-    if c.reference:
-        rng = np.random.default_rng([spec["seed"], 1])
+    if c.reference:  # per-row draws keyed by (seed, row): independent of the shard layout
+        rows = RowUniforms(shard_seed(seed, CONDITION_STREAM), spec["start"], n)
         out = {}
         for col in c.reference:
             cat = engine.codec.categorical(col)
-            slots = rng.choice(len(cat.probs), size=n, p=np.asarray(cat.probs) / np.sum(cat.probs))
-            out[col] = cat.from_slots(slots, rng).to_pylist()  # the last slot is "other" when present
+            cdf = np.cumsum(cat.probs)
+            slots = np.minimum(np.searchsorted(cdf / cdf[-1], rows.uniforms(f"condition:{col}"), side="right"),
+                               len(cat.probs) - 1)
+            out[col] = cat.from_slots(slots, rows).to_pylist()  # the last slot is "other" when present
         return out
     if "mix" in spec:
         col = spec["mix"]["column"]
@@ -166,14 +173,14 @@ class SamplerActor:
 def sample_shard(engine, cfg: SynthesizeConfig, spec: dict):
     import pyarrow as pa
 
-    conds = shard_conditions(engine, spec, cfg.conditions)
+    conds = shard_conditions(engine, spec, cfg.conditions, cfg.seed)
     parts = []
     n = spec["rows"]
-    for k, start in enumerate(range(0, n, cfg.batch_rows)):
+    for start in range(0, n, cfg.batch_rows):  # row i of the run depends on (seed, i) only (synth.rowstreams)
         m = min(cfg.batch_rows, n - start)
         sub = None if conds is None else {c: (v[start:start + m] if isinstance(v, list) else v) for c, v in conds.items()}
         parts.append(engine.sample(m, sub, sampler=cfg.sampler, steps=cfg.steps, guidance=cfg.guidance,
-                                   seed=shard_seed(spec["seed"], k)))
+                                   seed=cfg.seed, start=spec["start"] + start))
     return pa.concat_tables(parts)
 
 
@@ -246,7 +253,8 @@ def synthesize(cfg: SynthesizeConfig, progress=None) -> dict:
     guidance = engine.config.guidance if cfg.guidance is None else cfg.guidance
     engine.validate_request(1, sampler, steps, guidance)
     specs = plan_shards(cfg, engine)
-    plan_key = {"artifact_id": engine.manifest["artifact_id"], "rows": cfg.rows, "shard_rows": cfg.shard_rows,
+    plan_key = {"protocol": PROTOCOL, "artifact_id": engine.manifest["artifact_id"], "rows": cfg.rows,
+                "shard_rows": cfg.shard_rows,
                 "batch_rows": cfg.batch_rows, "seed": cfg.seed, "sampler": sampler, "steps": steps,
                 "guidance": guidance, "conditions": cfg.conditions.model_dump()}
     check_output(cfg, plan_key)
@@ -282,7 +290,9 @@ def synthesize(cfg: SynthesizeConfig, progress=None) -> dict:
         "synthesis",
         artifact={"uri": cfg.artifact, "artifact_id": engine.manifest["artifact_id"],
                   "files": engine.manifest["files"], "privacy": engine.manifest.get("privacy")},
-        sampler=sampler, steps=steps, guidance=guidance, seed=cfg.seed,
+        sampler=sampler, steps=steps, guidance=guidance, seed=cfg.seed, protocol=PROTOCOL,
+        shard_rows=cfg.shard_rows, batch_rows=cfg.batch_rows, cpus_per_actor=cfg.cpus_per_actor,
+        threads_per_actor=cfg.threads_per_actor, use_gpu=cfg.use_gpu,
         nfe=engine.nfe(sampler, steps, guidance, conditioned=bool(c.fixed or c.mix or c.reference)),
         conditions=cfg.conditions.model_dump(), rows=total,
         shards=[records[i] for i in sorted(records)],
@@ -290,3 +300,53 @@ def synthesize(cfg: SynthesizeConfig, progress=None) -> dict:
         actors=cfg.actors)
     storage.write_bytes(storage.join(cfg.output, MANIFEST), json.dumps(manifest, indent=1).encode())
     return manifest
+
+
+def replay(manifest_uri: str, output: str | None = None, progress=None) -> dict:
+    """Re-run a bulk synthesis from its run manifest into `output` (default: a temporary folder,
+    removed afterwards) and compare every shard's sha256 with the one recorded. Returns
+    {"shards", "matched", "mismatched": [file...], "versions_differ": {lib: [recorded, now]}}."""
+    import shutil
+    import tempfile
+
+    from synth.engine import load_engine
+    from synth.manifest import library_versions
+
+    if storage.is_dir(manifest_uri):
+        manifest_uri = storage.join(manifest_uri, MANIFEST)
+    if not storage.exists(manifest_uri):
+        raise ConfigError(f"no synthesis manifest at {manifest_uri!r}; give a `synth synthesize` output folder "
+                          f"or its {MANIFEST}")
+    try:
+        m = json.loads(storage.read_bytes(manifest_uri))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{manifest_uri} is not valid JSON ({e})") from None
+    if not isinstance(m, dict) or m.get("kind") != "synthesis":
+        raise ConfigError(f"{manifest_uri} is not a bulk synthesis manifest (kind 'synthesis'); "
+                          "`synth replay` re-runs `synth synthesize` outputs")
+    if m.get("protocol") != PROTOCOL:
+        raise ConfigError(f"{manifest_uri} was written with sampling protocol {m.get('protocol')!r}; this synth "
+                          f"replays {PROTOCOL!r} runs only (rerun the synthesis with this version)")
+    art = m["artifact"]
+    engine = load_engine(art["uri"])
+    if engine.manifest["artifact_id"] != art["artifact_id"]:
+        raise ConfigError(f"the artifact at {art['uri']!r} is {engine.manifest['artifact_id']}, the run used "
+                          f"{art['artifact_id']}; point the manifest's artifact.uri at the artifact it was made with")
+    tmp = None if output is not None else tempfile.mkdtemp(prefix="synth-replay-")
+    try:
+        cfg = SynthesizeConfig(
+            artifact=art["uri"], output=output or tmp, rows=m["rows"], shard_rows=m["shard_rows"],
+            batch_rows=m["batch_rows"], sampler=m["sampler"], steps=m["steps"], guidance=m["guidance"],
+            seed=m["seed"], conditions=m["conditions"], actors=m["actors"], cpus_per_actor=m["cpus_per_actor"],
+            threads_per_actor=m["threads_per_actor"], use_gpu=m["use_gpu"])
+        again = synthesize(cfg, progress=progress)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    recorded = {s["file"]: s["sha256"] for s in m["shards"]}
+    now = {s["file"]: s["sha256"] for s in again["shards"]}
+    mismatched = sorted(f for f in recorded if now.get(f) != recorded[f])
+    versions = library_versions()
+    differ = {k: [v, versions.get(k)] for k, v in m.get("versions", {}).items() if versions.get(k) != v}
+    return {"shards": len(recorded), "matched": len(recorded) - len(mismatched), "mismatched": mismatched,
+            "versions_differ": differ}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -10,6 +11,23 @@ import pytest
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # subprocesses (CLI, `ray job submit`) join without a token
 REPO = Path(__file__).resolve().parents[1]
+
+
+SETUP = "bash scripts/setup.sh"
+
+
+def require_tool(what: str, candidates: list, needed_by: str) -> str:
+    """The first candidate that is an executable file (a path, or a name looked up on PATH); a
+    missing tool fails the test with the set-up command that installs it, never a bare "not found"."""
+    for c in candidates:
+        if c is None:
+            continue
+        path = Path(c) if os.sep in str(c) else (shutil.which(str(c)) and Path(shutil.which(str(c))))
+        if path and path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    pytest.fail(f"{what} is needed by {needed_by} but was not found (looked for "
+                f"{', '.join(str(c) for c in candidates if c is not None)}); run `{SETUP}` from the repository "
+                "root, which installs it", pytrace=False)
 
 
 def free_port() -> int:

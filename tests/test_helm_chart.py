@@ -1,9 +1,9 @@
 """Offline checks of the Helm chart (helm/synth), the Grafana dashboard and the Ray
 cluster-launcher configs (cluster/).
 
-Needs a real helm binary: $SYNTH_HELM, else <repo>/.tools/helm, installed by
-`bash scripts/install_helm.sh .tools`. A missing helm is a failure, not a skip: CI
-installs it. Core Kubernetes objects are validated with kubernetes-validate (strict
+Needs a real helm binary: $SYNTH_HELM, else <repo>/.tools/helm (installed by
+`bash scripts/setup.sh`), else helm on PATH. A missing helm is a failure naming the set-up
+command, not a skip. Core Kubernetes objects are validated with kubernetes-validate (strict
 schemas of Kubernetes 1.30); the KubeRay and Prometheus Operator custom resources with
 the JSON schemas in tests/schemas/, and every pod template inside a Ray resource as a
 core PodTemplate.
@@ -25,6 +25,8 @@ import jsonschema
 import pytest
 import yaml
 from referencing import Registry, Resource
+
+from tests.conftest import require_tool
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "helm" / "synth"
@@ -71,21 +73,10 @@ EXAMPLE_FILES = sorted(EXAMPLES.glob("*.yaml"))
 # --------------------------------------------------------------------------- helpers
 
 
-def _helm_path() -> Path:
-    env = os.environ.get("SYNTH_HELM")
-    return Path(env) if env else REPO / ".tools" / "helm"
-
-
 @functools.lru_cache(maxsize=None)
 def helm() -> str:
-    path = _helm_path()
-    if not (path.is_file() and os.access(path, os.X_OK)):
-        pytest.fail(
-            f"helm not found at {path}. Install it with `bash scripts/install_helm.sh .tools` "
-            "(from the repository root) or point SYNTH_HELM at a helm v3 binary.",
-            pytrace=False,
-        )
-    return str(path)
+    return require_tool("helm", [os.environ.get("SYNTH_HELM"), REPO / ".tools" / "helm", "helm"],
+                        "tests/test_helm_chart.py")
 
 
 def run_helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -244,7 +235,7 @@ def validate_pod_template(owner: dict, where: str, template: dict) -> None:
 def test_helm_binary_version():
     out = run_helm("version", "--short").stdout
     assert out.startswith("v3."), out
-    if "SYNTH_HELM" not in os.environ:  # the binary scripts/install_helm.sh installs
+    if Path(helm()) == REPO / ".tools" / "helm":  # the binary scripts/setup.sh installs
         assert out.startswith(HELM_VERSION), out
 
 

@@ -13,6 +13,7 @@ import yaml
 from synth.errors import ConfigError
 from synth.report import resolve_inputs
 from synth.report.association import association_matrix
+from tests.conftest import require_tool
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,9 +24,7 @@ def synth(*args):
 
 
 def chromium(*args, tmp: Path) -> subprocess.CompletedProcess:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None:
-        pytest.fail("Debian's chromium is needed for this test: apt-get install -y chromium (.ci/run installs it)")
+    exe = require_tool("chromium", ["chromium", "chromium-browser"], "tests/test_report.py")
     return subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                            f"--user-data-dir={tmp / 'chromium-profile'}", *args],
                           capture_output=True, text=True, timeout=180)

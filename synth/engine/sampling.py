@@ -29,6 +29,7 @@ from synth.diffusion.processes import timesteps
 from synth.diffusion.samplers import DEFAULT_SPACING, SAMPLERS
 from synth.engine.base import Conditions, Engine
 from synth.errors import ConfigError
+from synth.rowstreams import RowUniforms, row_prior, step_generator
 from synth.table import TableCodec
 
 MAX_STEPS = 1000
@@ -75,29 +76,36 @@ class SamplingEngine(Engine):
             requested[name] = values
         return cond, requested
 
-    def decode(self, feats: Tensor | np.ndarray, requested: dict[str, list], seed: int) -> pa.Table:
+    def row_prior(self, seed: int, start: int, n: int) -> Tensor:
+        """The prior of rows start..start+n-1 of a seed: row i's draws depend on (seed, i) only."""
+        return row_prior(self.prior, seed, start, n)
+
+    def decode(self, feats: Tensor | np.ndarray, requested: dict[str, list], seed: int, start: int = 0) -> pa.Table:
+        """Rows start..start+n-1 of a seed; per-row draws (rare categories) are keyed by (seed, row)."""
         feats = feats.numpy() if isinstance(feats, Tensor) else feats
-        table = self.codec.decode(feats, np.random.default_rng(seed))
+        table = self.codec.decode(feats, RowUniforms(seed, start, feats.shape[0]))
         for name, values in requested.items():  # requested values are met exactly
             i = table.schema.get_field_index(name)
             table = table.set_column(i, table.schema.field(i), self.codec.categorical(name).to_arrow(values))
         return table
 
     def sample(self, n: int, conditions: Conditions | None = None, *, sampler: str | None = None,
-               steps: int | None = None, guidance: float | None = None, seed: int = 0) -> pa.Table:
+               steps: int | None = None, guidance: float | None = None, seed: int = 0, start: int = 0) -> pa.Table:
+        """Rows start..start+n-1 of `seed` (synth.rowstreams): the same rows for any n, batch size or
+        split into calls (up to float rounding of differently shaped batches), ddpm excepted."""
         sampler = sampler or self.config.sampler
         steps = self.config.steps if steps is None else steps
         guidance = self.config.guidance if guidance is None else guidance
         self.validate_request(n, sampler, steps, guidance)
         cond, requested = self.encode_conditions(n, conditions)
-        gen = torch.Generator().manual_seed(int(seed))
+        x = self.row_prior(seed, start, n)
+        gen = step_generator(seed)  # only the stochastic sampler draws from it
         bs = self.config.sample_batch_size
         parts = []
-        for start in range(0, n, bs):
-            c = cond[start:start + bs]
-            parts.append(self.sample_features(self.prior(c.shape[0], gen), c, sampler=sampler, steps=steps,
+        for lo in range(0, n, bs):
+            parts.append(self.sample_features(x[lo:lo + bs], cond[lo:lo + bs], sampler=sampler, steps=steps,
                                               guidance=guidance, generator=gen))
-        return self.decode(torch.cat(parts), requested, seed)
+        return self.decode(torch.cat(parts), requested, seed, start)
 
 
 class DenoisingEngine(SamplingEngine):

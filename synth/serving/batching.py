@@ -1,12 +1,12 @@
 """Dynamic batching of sampling requests: group compatible jobs, cap each model batch by cost,
 run the sampler once per batch, split the rows back.
 
-Determinism: every job draws its prior from its own generator seeded with its seed and decodes
-its rows with its own seed, so a seeded job gets the same rows alone or merged with others (the
-network is row-wise, so only batch-size-dependent float rounding can differ). The stochastic
-sampler (`ddpm`) also draws noise during sampling; seeded `ddpm` jobs therefore run alone with
-their own generator (exactly like `engine.sample`), and only unseeded `ddpm` jobs are merged,
-with a batch generator.
+Determinism: every job draws its prior and decodes its rows keyed by its seed and row index
+(synth.rowstreams, exactly like `engine.sample`), so a seeded job gets the same rows alone or
+merged with others (the network is row-wise, so only batch-size-dependent float rounding can
+differ). The stochastic sampler (`ddpm`) also draws noise during sampling; seeded `ddpm` jobs
+therefore run alone with their own step generator (like `engine.sample`), and only unseeded
+`ddpm` jobs are merged, with a batch generator.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from synth.diffusion.samplers import nfe as sampler_nfe
+from synth.rowstreams import step_generator
 
 STOCHASTIC_SAMPLERS = frozenset({"ddpm"})
 
@@ -124,9 +125,9 @@ def plan_batches(jobs: list[Job], max_cost: int) -> list[ModelBatch]:
 
 
 def prepare(engine: Any, job: Job) -> None:
-    """Draw the job's prior from its own generator (seeded with the job's seed)."""
-    job.generator = torch.Generator().manual_seed(int(job.seed))
-    job.x = engine.prior(job.rows, job.generator)
+    """Draw the job's prior as engine.sample does (synth.rowstreams: keyed by the job's seed and row)."""
+    job.generator = step_generator(job.seed)  # a seeded ddpm job's step noise, like engine.sample
+    job.x = engine.row_prior(job.seed, 0, job.rows)  # row i depends on (seed, i) only
     job.parts = []
 
 

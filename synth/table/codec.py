@@ -90,6 +90,10 @@ class TableCodec:
                 continue
             if s.nulls == s.count:
                 raise DataError(f"column {f.name!r} is entirely null; drop it or list it under `ignore`")
+            if s.inexact is not None:
+                raise DataError(f"column {f.name!r} holds the integer {s.inexact}, beyond the +-2**53 that synth's "
+                                "float64 statistics hold exactly (larger values would not round-trip); if it is an "
+                                "identifier list it under `ignore`, else cast it to float64 or to string")
             if s.nonfinite:
                 raise DataError(
                     f"column {f.name!r} has {s.nonfinite} NaN or infinite values; replace them with nulls "

@@ -104,6 +104,7 @@ class ColumnStats:
     counts: dict[Any, int] | None = None
     counts_overflow: bool = False
     shape: list[int] | None = None  # array: the fixed shape of every row
+    inexact: int | None = None  # an integer value float64 cannot hold exactly (beyond +-2**53), if any
 
     def add(self, arr: pa.Array) -> None:
         if self.family == "array":
@@ -126,6 +127,11 @@ class ColumnStats:
                 self.imin = m if self.imin is None else min(self.imin, m)
             x = ints.astype(np.float64) * (unit_ns / 1e9)  # seconds since epoch
         else:
+            if pa.types.is_integer(arr.type) and len(valid) and self.inexact is None:
+                # statistics are float64: beyond 2**53 distinct integers collapse into one value
+                lo, hi = (v.as_py() for v in pc.min_max(valid).values())
+                if hi > EXACT_INT or lo < -EXACT_INT:
+                    self.inexact = hi if hi > EXACT_INT else lo
             x = valid.to_numpy(zero_copy_only=False).astype(np.float64)
             finite = np.isfinite(x)
             if not finite.all():
@@ -171,6 +177,8 @@ class ColumnStats:
             for v, c in o.counts.items():
                 self.counts[v] = self.counts.get(v, 0) + c
         self.counts_overflow = self.counts_overflow or o.counts_overflow
+        if self.inexact is None:
+            self.inexact = o.inexact
         if self.family == "array":
             from synth.table.columns.array import merge_shape
 
@@ -192,7 +200,7 @@ class ColumnStats:
             "resolution": self.resolution, "imin": self.imin,
             "sketch": None if self.sketch is None else self.sketch.to_dict(),
             "counts": None if self.counts is None else [[k, v] for k, v in self.counts.items()],
-            "counts_overflow": self.counts_overflow, "shape": self.shape,
+            "counts_overflow": self.counts_overflow, "shape": self.shape, "inexact": self.inexact,
         }
 
     @classmethod
@@ -204,6 +212,7 @@ class ColumnStats:
         if d["counts"] is not None:
             s.counts = {k: v for k, v in d["counts"]}
         s.shape = d.get("shape")
+        s.inexact = d.get("inexact")
         return s
 
 
@@ -224,6 +233,18 @@ def _unit_ns(t: pa.DataType) -> int:
     if pa.types.is_date64(t):
         return 10**6
     return {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}[t.unit]
+
+
+EXACT_INT = 2**53  # the largest integer range float64 holds exactly
+
+
+def check_unique_names(names: list[str], where: str = "the reference table") -> None:
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            raise DataError(f"{where} has more than one column named {n!r}; rename the duplicates so every "
+                            "column name is unique")
+        seen.add(n)
 
 
 def type_family(name: str, t: pa.DataType) -> str:
@@ -258,6 +279,7 @@ class TableStats:
 
     @classmethod
     def empty(cls, schema: pa.Schema) -> "TableStats":
+        check_unique_names(schema.names)
         return cls(schema, {f.name: ColumnStats(f.name, type_family(f.name, f.type)) for f in schema})
 
     @property

@@ -74,6 +74,8 @@ class CategoricalColumn:
         index = self.index_of()
         fallback = len(self.categories) if self.tail_values else 0
         out = np.empty(len(values), dtype=np.int64)
+        if strict:
+            self.check_types(values)
         for i, v in enumerate(values):
             j = index.get(v, -1)
             if j < 0:
@@ -82,6 +84,22 @@ class CategoricalColumn:
                 j = fallback
             out[i] = j
         return out
+
+    def check_types(self, values: list[Any]) -> None:
+        """Refuse a boolean for a numeric column and a number for a boolean one: Python's 1 == True
+        would otherwise map it to a slot of the other type and the output could not hold it."""
+        t = self.arrow_value_type
+        if t == "bool":
+            bad = next((v for v in values if v is not None and not isinstance(v, (bool, np.bool_))), None)
+        elif t.startswith(("int", "uint", "float", "double", "halffloat")):
+            bad = next((v for v in values if isinstance(v, (bool, np.bool_))), None)
+        else:
+            return
+        if bad is not None:
+            want = "true or false" if t == "bool" else "a number"
+            known = [c for c in self.categories if c is not None][:20]
+            raise ConfigError(f"column {self.name!r} holds {'boolean' if t == 'bool' else t} values but the value "
+                              f"{bad!r} is a {type(bad).__name__}; give {want} (known values include {known})")
 
     def unseen_message(self, v: Any) -> str:
         known = [c for c in self.categories if c is not None][:20]
@@ -119,7 +137,13 @@ class CategoricalColumn:
             rng = rng if rng is not None else np.random.default_rng(0)
             tv = np.empty(len(self.tail_values), dtype=object)
             tv[:] = self.tail_values
-            vals[~head] = tv[rng.choice(len(tv), size=n_tail, p=np.asarray(self.tail_probs))]
+            if hasattr(rng, "uniforms"):  # synth.rowstreams.RowUniforms: row i's draw depends on row i only
+                cdf = np.cumsum(np.asarray(self.tail_probs))
+                pick = np.minimum(np.searchsorted(cdf / cdf[-1], rng.uniforms(self.name)[~head], side="right"),
+                                  len(tv) - 1)
+                vals[~head] = tv[pick]
+            else:
+                vals[~head] = tv[rng.choice(len(tv), size=n_tail, p=np.asarray(self.tail_probs))]
         return self._typed(vals)
 
     def _typed(self, vals: np.ndarray) -> pa.Array:
