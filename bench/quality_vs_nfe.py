@@ -38,7 +38,7 @@ def judge(engine, sampler, steps, rows, test, kinds, manifest, conditions=None, 
     secs = time.perf_counter() - t
     sdm = quality_report(test.to_pandas(), syn.to_pandas(), kinds)
     ours = evaluate_against_reference(syn, manifest, target="income")
-    return {"sampler": sampler, "steps": steps, "nfe": engine.nfe(sampler, steps, guidance if conditions else 1.0),
+    return {"sampler": sampler, "steps": steps, "nfe": engine.cost(sampler, steps, guidance if conditions else 1.0),
             "guided": bool(conditions), "guidance": guidance if conditions else None,
             "rows_per_s": rows / secs, "quality": sdm["overall"], "column_shapes": sdm["column_shapes"],
             "pair_trends": sdm["column_pair_trends"], "c2st_auc": ours["detection"]["c2st_auc"],

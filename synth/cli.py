@@ -193,7 +193,8 @@ def sample_cmd(artifact: str = typer.Argument(..., help="model artifact URI"),
         from synth.evaluate.contract import generation_metadata  # `synth evaluate` reads the settings back
 
         table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                               **generation_metadata(engine, sampler, steps, guidance, seed)})
+                                               **generation_metadata(engine, sampler, steps, guidance, seed,
+                                                                   conditioned=bool(conds))})
         write_parquet_atomic(table, output)
     except SynthError as e:
         _fail(e)
@@ -277,7 +278,7 @@ def evaluate_cmd(synthetic: str = typer.Argument(..., help="synthetic Parquet fi
 
         gate = load_contract(contract) if contract else None
         engine = load_engine(artifact)
-        gen = generation_info(synthetic, engine.manifest, sampler=sampler, steps=steps, guidance=guidance)
+        gen = generation_info(synthetic, engine, sampler=sampler, steps=steps, guidance=guidance)
         syn = open_dataset(synthetic).to_table()
         if gate is not None:
             if target:

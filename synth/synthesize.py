@@ -241,9 +241,7 @@ def synthesize(cfg: SynthesizeConfig, progress=None) -> dict:
     t0 = time.perf_counter()
     c = cfg.conditions
     engine = load_engine(cfg.artifact)  # missing / tampered / incompatible artifacts fail here
-    sampler = cfg.sampler or engine.config.sampler
-    steps = engine.config.steps if cfg.steps is None else cfg.steps
-    guidance = engine.config.guidance if cfg.guidance is None else cfg.guidance
+    sampler, steps, guidance = engine.settings(cfg.sampler, cfg.steps, cfg.guidance)
     engine.validate_request(1, sampler, steps, guidance)
     specs = plan_shards(cfg, engine)
     plan_key = {"artifact_id": engine.manifest["artifact_id"], "rows": cfg.rows, "shard_rows": cfg.shard_rows,
@@ -283,7 +281,7 @@ def synthesize(cfg: SynthesizeConfig, progress=None) -> dict:
         artifact={"uri": cfg.artifact, "artifact_id": engine.manifest["artifact_id"],
                   "files": engine.manifest["files"], "privacy": engine.manifest.get("privacy")},
         sampler=sampler, steps=steps, guidance=guidance, seed=cfg.seed,
-        nfe=engine.nfe(sampler, steps, guidance, conditioned=bool(c.fixed or c.mix or c.reference)),
+        nfe=engine.cost(sampler, steps, guidance, conditioned=bool(c.fixed or c.mix or c.reference)),
         conditions=cfg.conditions.model_dump(), rows=total,
         shards=[records[i] for i in sorted(records)],
         resumed_shards=len(done), wall_s=wall, rows_per_s=written / wall if written else None,

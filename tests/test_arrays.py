@@ -132,7 +132,7 @@ def test_digits_fit_sample_conditions_and_reload(digits_artifact):
     assert again.equals(t)  # same artifact + seed -> same rows
     free = engine.sample(40, seed=1)  # labels drawn from the reference frequencies
     assert set(free.column("digit").to_pylist()) <= set(range(10)) and len(set(free.column("digit").to_pylist())) > 3
-    assert engine.nfe("ddim", 4, 2.0) == 8 and engine.nfe("ddim", 4, 1.0) == 4
+    assert engine.cost("ddim", 4, 2.0) == 8 and engine.cost("ddim", 4, 1.0) == 4
     with pytest.raises(ConfigError, match="has no category 11"):
         engine.sample(2, {"digit": 11})
     with pytest.raises(ConfigError, match="'image' is array; conditions are supported on categorical"):

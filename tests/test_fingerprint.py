@@ -126,13 +126,13 @@ def test_conditions_exact_seeds_reproduce(adult_model):
 
 
 def test_endpoint_batching_path_matches_engine_sample(adult_model):
-    from synth.serving.batching import Job, run_jobs
+    from synth.serving.batching import make_job, run_jobs
 
     engine = load_engine(adult_model)
 
     def job(rows, seed, cond):
         c, req = engine.encode_conditions(rows, cond)
-        return Job(rows, c, req, "dpmpp_2m", 4, 1.0, seed, True)
+        return make_job(engine, rows, c, req, "dpmpp_2m", 4, 1.0, seed, True)
 
     tables, _ = run_jobs(engine, [job(50, 1, {}), job(20, 9, {"sex": "Male"}), job(30, 5, {})], max_cost=32768)
     assert tables[1].equals(engine.sample(20, {"sex": "Male"}, seed=9))
@@ -293,3 +293,6 @@ def test_sampling_service_serves_every_one_pass_family(family, adult_model, tmp_
     assert body["seed"] == 3 and len(json.loads(out[1])["records"]) == 4
     with pytest.raises(RequestProblem, match="no category 'Martian'"):
         service.validate(SampleRequest(rows=2, conditions={"race": "Martian"}))
+    job = service.validate(SampleRequest(rows=2, guidance=3.0, conditions={"sex": "Male"}))
+    assert job.steps == 1 and job.nfe == 1  # one pass: no steps chosen from steps_candidates
+    assert service.headers(job)["X-Synth-Steps"] == "1" and service.headers(job)["X-Synth-NFE"] == "1"

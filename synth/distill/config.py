@@ -40,7 +40,8 @@ class DistillConfig(BaseModel):
         from synth.diffusion.samplers import SAMPLERS
 
         # ddpm is stochastic; heun evaluates between grid points, so its states are not on the grid
-        allowed = sorted(s for s in SAMPLERS if s not in ("ddpm", "heun", "distilled"))
+        allowed = sorted(s for s, spec in SAMPLERS.items()
+                         if not spec.stochastic and spec.evals_per_step == 1 and not spec.student)
         if v not in allowed:
             raise ValueError(f"teacher_sampler must be a deterministic single-step-per-point solver, one of "
                              f"{allowed}; got {v!r}")

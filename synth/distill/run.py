@@ -129,7 +129,7 @@ def evaluate_pair(student: DiffusionEngine, teacher: DiffusionEngine, cfg: Disti
         syn = engine.sample(cfg.evaluate.rows, sampler=sampler, steps=steps, seed=cfg.evaluate.seed)
         secs = time.perf_counter() - t
         ev = evaluate_against_reference(syn, teacher.manifest, target=cfg.target, seed=cfg.evaluate.seed)
-        out[name] = {"sampler": sampler, "steps": steps, "nfe": engine.nfe(sampler, steps, 1.0),
+        out[name] = {"sampler": sampler, "steps": steps, "nfe": engine.cost(sampler, steps, 1.0),
                      "rows_per_s": cfg.evaluate.rows / secs, "overall": ev.get("overall"),
                      "column_shapes": ev["column_shapes"]["mean"], "pair_trends": ev["pair_trends"]["mean"],
                      "c2st_auc": ev["detection"]["c2st_auc"], "dcr_share": ev["privacy"]["dcr_share"],

@@ -119,11 +119,9 @@ class ArrayEngine(DenoisingEngine):
         return self.denoising_loss(net, x0, cond, generator, reduce)
 
     # -- the sampling protocol (see synth.engine.sampling) --------------------------------
-    def nfe(self, sampler: str, steps: int, guidance: float, conditioned: bool = True) -> int:
+    def cost(self, sampler: str, steps: int, guidance: float, conditioned: bool = True) -> int:
         """Every row carries a label (drawn when not requested), so guidance always applies."""
-        from synth.diffusion.samplers import nfe
-
-        return nfe(sampler, steps) * (2 if guidance not in (0.0, 1.0) and self.cond_columns else 1)
+        return super().cost(sampler, steps, guidance, conditioned=bool(self.cond_columns))
 
     def prior(self, n: int, generator: torch.Generator) -> Tensor:
         """(n, prod(shape) + k): the noise of each row's array, then one uniform per condition column

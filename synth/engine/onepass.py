@@ -18,5 +18,8 @@ class OnePassEngine(SamplingEngine):
     def sampler_hint(self) -> str:
         return f" (a {self.family} model ignores it: it generates in one pass)"
 
-    def nfe(self, sampler: str, steps: int, guidance: float, conditioned: bool = True) -> int:
+    def cost(self, sampler: str, steps: int, guidance: float, conditioned: bool = True) -> int:
+        return 1
+
+    def fixed_steps(self) -> int:
         return 1

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from synth.artifact import Artifact
 from synth.diffusion.guidance import guided_denoiser
 from synth.diffusion.processes import timesteps
-from synth.diffusion.samplers import DEFAULT_SPACING, SAMPLERS
+from synth.diffusion.samplers import SAMPLERS
 from synth.engine.base import Conditions, Engine
 from synth.errors import ConfigError
 from synth.table import TableCodec
@@ -41,7 +41,20 @@ class SamplingEngine(Engine):
     sampler_hint: ClassVar[str] = ""  # appended to the unknown-sampler message
 
     def samplers(self) -> list[str]:
-        return sorted(s for s in SAMPLERS if s != "distilled")
+        """Sampler names a request may give (a distilled student's sampler only for students)."""
+        return sorted(s for s, spec in SAMPLERS.items() if not spec.student)
+
+    def cost(self, sampler: str, steps: int, guidance: float, conditioned: bool = True) -> int:
+        """Network evaluations per row (NFE): the one definition that manifests, contracts and the
+        endpoint report. Guidance other than 0 or 1 doubles them for conditioned rows, unless the
+        sampler is a student's, which takes the weight as an input."""
+        spec = SAMPLERS[sampler]
+        guided = conditioned and guidance not in (0.0, 1.0) and not spec.student
+        return spec.nfe(steps) * (2 if guided else 1)
+
+    def fixed_steps(self) -> int | None:
+        """The steps this model always runs, whatever a caller would choose (None: the caller's choice)."""
+        return None
 
     def validate_request(self, n: int, sampler: str, steps: int, guidance: float) -> None:
         if not isinstance(n, (int, np.integer)) or n < 1:
@@ -83,11 +96,18 @@ class SamplingEngine(Engine):
             table = table.set_column(i, table.schema.field(i), self.codec.categorical(name).to_arrow(values))
         return table
 
+    def settings(self, sampler: str | None = None, steps: int | None = None,
+                 guidance: float | None = None) -> tuple[str, int, float]:
+        """(sampler, steps, guidance) of a request: what is given, else the model's fixed steps and
+        its config's defaults."""
+        if steps is None:
+            steps = self.fixed_steps() or self.config.steps
+        return (sampler or self.config.sampler, steps,
+                float(self.config.guidance if guidance is None else guidance))
+
     def sample(self, n: int, conditions: Conditions | None = None, *, sampler: str | None = None,
                steps: int | None = None, guidance: float | None = None, seed: int = 0) -> pa.Table:
-        sampler = sampler or self.config.sampler
-        steps = self.config.steps if steps is None else steps
-        guidance = self.config.guidance if guidance is None else guidance
+        sampler, steps, guidance = self.settings(sampler, steps, guidance)
         self.validate_request(n, sampler, steps, guidance)
         cond, requested = self.encode_conditions(n, conditions)
         gen = torch.Generator().manual_seed(int(seed))
@@ -140,7 +160,7 @@ class DenoisingEngine(SamplingEngine):
         self.ema.eval()
         x, cond, generator = self.on_sampling_device(x, cond, generator)
         den = guided_denoiser(model_fn, cond, self.null_conditions(x.shape[0], x.device), guidance)
-        ts = timesteps(self.process, steps, DEFAULT_SPACING[sampler])
+        ts = timesteps(self.process, steps, SAMPLERS[sampler].spacing)
         return SAMPLERS[sampler](den, x, ts, process=self.process, generator=generator).cpu()
 
     def on_sampling_device(self, x: Tensor, cond: Tensor, generator: torch.Generator | None):

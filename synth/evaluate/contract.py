@@ -24,7 +24,7 @@ import difflib
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -208,26 +208,25 @@ class Generation:
     steps: int
     guidance: float
     source: str
-    nfe: int = field(default=0)
+    nfe: int  # network evaluations per row, as the engine's `cost` counts them
 
     def __post_init__(self):
-        from synth.diffusion.samplers import SAMPLERS, nfe
+        from synth.diffusion.samplers import SAMPLERS
 
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler {self.sampler!r} (from {self.source}); choose one of {sorted(SAMPLERS)}")
-        if not self.nfe:
-            self.nfe = nfe(self.sampler, int(self.steps))
 
 
-def generation_info(synthetic_uri: str | None, manifest: dict, *, sampler: str | None = None,
+def generation_info(synthetic_uri: str | None, engine, *, sampler: str | None = None,
                     steps: int | None = None, guidance: float | None = None) -> Generation:
     """The generation settings of `synthetic_uri`: the bulk-synthesis manifest in its folder when
     there is one, else the Parquet metadata `synth sample` writes (both must name the same
-    artifact), else the given settings over the artifact's defaults."""
+    artifact), else the given settings over the artifact's defaults (rows drawn unconditioned)."""
     import json
 
     from synth import storage
 
+    manifest = engine.manifest
     if synthetic_uri is not None:
         syn_manifest = storage.join(synthetic_uri, "_manifest.json")
         if storage.exists(syn_manifest):
@@ -242,7 +241,7 @@ def generation_info(synthetic_uri: str | None, manifest: dict, *, sampler: str |
                 raise ConfigError(f"{synthetic_uri!r} records {', '.join(f'{k}={m.get(k)}' for k in clash)} in "
                                   f"its manifest; drop the conflicting option(s) {sorted(clash)}")
             return Generation(m["sampler"], int(m["steps"]), float(m["guidance"]), "synthesis manifest",
-                              int(m.get("nfe") or 0))
+                              int(m["nfe"]))
         recorded = _recorded_generation(synthetic_uri)
         if recorded is not None and all(v is None for v in (sampler, steps, guidance)):
             got = recorded.get("artifact_id")
@@ -250,32 +249,25 @@ def generation_info(synthetic_uri: str | None, manifest: dict, *, sampler: str |
                 raise ConfigError(f"{synthetic_uri!r} was sampled from artifact {got}, not from the given "
                                   f"artifact {manifest.get('artifact_id')}; pass the artifact it came from")
             return Generation(recorded["sampler"], int(recorded["steps"]), float(recorded["guidance"]),
-                              "Parquet metadata", int(recorded.get("nfe") or 0))
-    defaults = manifest.get("sampling") or {}
+                              "Parquet metadata", int(recorded["nfe"]))
     source = "command line" if any(v is not None for v in (sampler, steps, guidance)) else "artifact defaults"
-    return Generation(sampler or defaults.get("sampler", "dpmpp_2m"),
-                      int(steps if steps is not None else defaults.get("steps", 10)),
-                      float(guidance if guidance is not None else defaults.get("guidance", 1.0)), source)
+    s, k, g = engine.settings(sampler, steps, guidance)
+    engine.validate_request(1, s, k, g)
+    return Generation(s, int(k), g, source, engine.cost(s, k, g, conditioned=False))
 
 
 GENERATION_KEY = b"synth.generation"
 
 
 def generation_metadata(engine, sampler: str | None, steps: int | None, guidance: float | None,
-                        seed: int) -> dict[bytes, bytes]:
+                        seed: int, conditioned: bool) -> dict[bytes, bytes]:
     """Parquet schema metadata recording how rows were sampled (read back by `generation_info`)."""
     import json
 
-    from synth.diffusion.samplers import nfe
-
-    defaults = engine.manifest.get("sampling") or {}
-    s = sampler or defaults.get("sampler")
-    n = defaults.get("steps") if steps is None else steps
-    if s is None or n is None:
-        return {}
+    s, k, g = engine.settings(sampler, steps, guidance)
     return {GENERATION_KEY: json.dumps({
-        "artifact_id": engine.manifest.get("artifact_id"), "sampler": s, "steps": n, "nfe": nfe(s, n),
-        "guidance": defaults.get("guidance", 1.0) if guidance is None else guidance, "seed": seed}).encode()}
+        "artifact_id": engine.manifest.get("artifact_id"), "sampler": s, "steps": k,
+        "nfe": engine.cost(s, k, g, conditioned=conditioned), "guidance": g, "seed": seed}).encode()}
 
 
 def _recorded_generation(uri: str) -> dict | None:

@@ -65,7 +65,7 @@ def report_for(path: str, *, artifact: str | None = None, contract: str | None =
         raise ConfigError(f"report output {output!r} must end in .html")
     gate = load_contract(contract) if contract else None
     engine = load_engine(artifact)
-    gen = generation_info(synthetic, engine.manifest, sampler=sampler, steps=steps, guidance=guidance)
+    gen = generation_info(synthetic, engine, sampler=sampler, steps=steps, guidance=guidance)
     table = open_dataset(synthetic).to_table()
     verdict = None
     if gate is not None:
