@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from synth.config import RunConfig
-from synth.engine import load_engine
+from synth.families import load_engine
 from synth.evaluate import arrays
 from synth.evaluate.arrays import acf, kid, precision_recall
 from synth.train.fit import fit

@@ -132,7 +132,7 @@ def fit_synth(name: str, uri: str, target: str, args, workdir: Path):
     import yaml
 
     from synth.config import RunConfig
-    from synth.engine import load_engine
+    from synth.families import load_engine
     from synth.train.fit import fit
 
     raw = yaml.safe_load((REPO / args.synth_config).read_text())
@@ -157,7 +157,7 @@ def distill_student(engine, steps: int, target: str, workdir: Path, name: str, a
     import yaml
 
     from synth.distill import DistillConfig, distill
-    from synth.engine import load_engine
+    from synth.families import load_engine
 
     raw = yaml.safe_load((REPO / "configs" / "distill.yaml").read_text())
     raw.update(name=f"{name}-distill-{steps}", teacher=engine.uri, output=str(workdir / name / f"student-{steps}"),
@@ -178,7 +178,7 @@ def extra_engine(uri: str, judge_uri: str):
     """An artifact trained elsewhere (e.g. a distilled student): it must model the same data and split."""
     from synth.artifact import read_artifact
     from synth.data import SplitConfig, fingerprint
-    from synth.engine import load_engine
+    from synth.families import load_engine
 
     engine = load_engine(uri)
     m = engine.manifest

@@ -27,7 +27,7 @@ from synth.data import SplitConfig, load_splits  # noqa: E402
 from synth.distill import DistillConfig, distill  # noqa: E402
 from synth.distill.run import load_teacher  # noqa: E402
 from synth.distill.student import teacher_trajectories, thin  # noqa: E402
-from synth.engine import load_engine  # noqa: E402
+from synth.families import load_engine  # noqa: E402
 from synth.evaluate.reference import evaluate_against_reference  # noqa: E402
 
 

@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the results file")
     args = ap.parse_args()
 
-    from synth.engine import load_engine
+    from synth.families import load_engine
     from synth.raycluster import ensure_ray
     from synth.synthesize import SynthesizeConfig, synthesize
 

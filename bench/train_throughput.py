@@ -24,7 +24,7 @@ import torch
 
 from synth.config import RunConfig
 from synth.engine.diffusion import DiffusionEngine
-from synth.train.fit import encode_tensor, prepare
+from synth.train.prepare import encode_tensor, prepare
 from synth.train.loop import lr_lambda, make_accelerator
 
 

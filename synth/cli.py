@@ -181,7 +181,7 @@ def sample_cmd(artifact: str = typer.Argument(..., help="model artifact URI"),
                seed: int = typer.Option(0, help="seed (same seed, same rows)")):
     """Sample rows from an artifact into one Parquet file (use `synth synthesize` for sharded bulk output)."""
     try:
-        from synth.engine import load_engine
+        from synth.families import load_engine
 
         if rows < 1:
             raise ConfigError(f"--rows must be a positive integer, got {rows}")
@@ -214,7 +214,7 @@ def synthesize_cmd(artifact: str = typer.Argument(..., help="model artifact URI"
     try:
         from rich.progress import Progress
 
-        from synth.engine import load_engine
+        from synth.families import load_engine
         from synth.synthesize import SynthesizeConfig, synthesize
 
         if rows < 1:
@@ -272,7 +272,7 @@ def evaluate_cmd(synthetic: str = typer.Argument(..., help="synthetic Parquet fi
     try:
         from synth import storage
         from synth.data import open_dataset
-        from synth.engine import load_engine
+        from synth.families import load_engine
         from synth.evaluate.contract import evaluate_contract, generation_info, load_contract
         from synth.evaluate.reference import evaluate_against_reference
 
@@ -363,7 +363,7 @@ def quickstart_cmd(output: str = typer.Option("runs/quickstart", help="run folde
     try:
         from synth import storage
         from synth.config import RunConfig
-        from synth.engine import load_engine
+        from synth.families import load_engine
         from synth.evaluate.reference import evaluate_against_reference
 
         cfg = RunConfig.parse(_quickstart_defaults(output, steps, workers), source="quickstart")
@@ -436,7 +436,7 @@ def fit_fingerprint_cmd(fingerprint: str = typer.Argument(..., help="fingerprint
     import warnings
 
     try:
-        from synth.engine.fingerprint import fit_fingerprint
+        from synth.train.fit import fit_fingerprint
         from synth.fingerprint import FingerprintWarning
 
         with warnings.catch_warnings(record=True) as caught:

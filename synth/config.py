@@ -7,10 +7,8 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 
 from synth import storage
 from synth.data import SplitConfig
-from synth.engine.array import ArrayConfig
-from synth.engine.diffusion import DiffusionConfig
-from synth.engine.gan import GANConfig
 from synth.errors import ConfigError
+from synth.families import DEFAULT, FAMILIES, trainable
 from synth.privacy.config import PrivacyConfig
 from synth.table import CodecConfig
 from synth.train.config import TrainConfig
@@ -48,12 +46,11 @@ class EvalConfig(Strict):
 
 
 def _family(v) -> str:
-    return v.get("family", "diffusion") if isinstance(v, dict) else getattr(v, "family", "diffusion")
+    return v.get("family", DEFAULT) if isinstance(v, dict) else getattr(v, "family", DEFAULT)
 
 
-# model.family picks the engine family's config (diffusion when not given)
-ModelConfig = Annotated[Union[Annotated[DiffusionConfig, Tag("diffusion")], Annotated[GANConfig, Tag("gan")],
-                              Annotated[ArrayConfig, Tag("array")]],
+# model.family picks the family's config (synth.families; DEFAULT when not given)
+ModelConfig = Annotated[Union[tuple(Annotated[f.config, Tag(f.name)] for f in trainable())],  # type: ignore[misc]
                         Discriminator(_family)]
 
 
@@ -61,7 +58,7 @@ class RunConfig(Strict):
     name: str = "adult"
     output: str = Field("runs/adult", description="run folder: model/, synthetic/, evaluation.json")
     data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=DiffusionConfig)
+    model: ModelConfig = Field(default_factory=FAMILIES[DEFAULT].config)
     train: TrainConfig = Field(default_factory=TrainConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
@@ -69,18 +66,19 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _family_limits(self):
-        if getattr(self.model, "family", "diffusion") == "gan" and self.scaling.num_workers > 0 \
-                and self.scaling.data_mode != "memory":
-            raise ValueError("model.family gan needs scaling.data_mode memory: training-by-sampling draws rows by "
-                             "category from the whole training set, which a streamed shard cannot give")
+        family = FAMILIES[self.model.family]
+        if not family.streams and self.scaling.num_workers > 0 and self.scaling.data_mode != "memory":
+            raise ValueError(f"model.family {family.name} needs scaling.data_mode memory: {family.why_not_streamed}")
         return self
 
     @model_validator(mode="after")
     def _private_runs(self):
         if self.privacy.enabled:
-            if getattr(self.model, "family", "diffusion") != "diffusion":
-                raise ValueError(f"privacy is implemented for the diffusion family, not {self.model.family!r}: "
-                                 "set model.family to diffusion or turn privacy.enabled off")
+            private = [f.name for f in trainable() if f.private]
+            if not FAMILIES[self.model.family].private:
+                raise ValueError(f"privacy is implemented for the {', '.join(private)} family, not "
+                                 f"{self.model.family!r}: set model.family to {' or '.join(private)} or turn "
+                                 "privacy.enabled off")
             if self.scaling.num_workers > 0 and self.scaling.data_mode != "memory":
                 raise ValueError("private runs need scaling.data_mode memory: Poisson sampling draws every step "
                                  "from all training rows, which a streamed shard cannot give")
@@ -114,7 +112,7 @@ def format_validation_error(e: ValidationError, source: str) -> str:
     lines = [f"{source} is invalid:"]
     for err in e.errors():
         parts = list(err["loc"])
-        if parts[:1] == ["model"] and len(parts) > 1 and parts[1] in ("diffusion", "gan", "array"):
+        if parts[:1] == ["model"] and len(parts) > 1 and parts[1] in FAMILIES:
             del parts[1]  # the union tag of model.family is not a field the user wrote
         loc = ".".join(str(p) for p in parts) or "(top level)"
         lines.append(f"  {loc}: {err['msg']}")

@@ -49,7 +49,7 @@ def run_nightly(cfg: NightlyConfig) -> dict:
     import pyarrow.parquet as pq
 
     from synth.config import RunConfig
-    from synth.engine import load_engine
+    from synth.families import load_engine
     from synth.evaluate.contract import Generation, evaluate_contract, load_contract
     from synth.synthesize import SynthesizeConfig, synthesize
 

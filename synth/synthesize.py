@@ -141,7 +141,7 @@ class SamplerActor:
     def __init__(self, cfg: dict):
         import torch
 
-        from synth.engine import load_engine
+        from synth.families import load_engine
 
         self.cfg = SynthesizeConfig.model_validate(cfg)
         if self.cfg.threads_per_actor:
@@ -235,7 +235,7 @@ def synthesize(cfg: SynthesizeConfig, progress=None) -> dict:
     import ray
     import ray.data
 
-    from synth.engine import load_engine
+    from synth.families import load_engine
     from synth.raycluster import ensure_ray
 
     t0 = time.perf_counter()

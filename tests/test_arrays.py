@@ -113,7 +113,7 @@ def digits_artifact(tmp_path_factory) -> str:
 
 
 def test_digits_fit_sample_conditions_and_reload(digits_artifact):
-    from synth.engine import load_engine
+    from synth.families import load_engine
     from synth.engine.array import ArrayEngine
 
     engine = load_engine(digits_artifact)
@@ -156,7 +156,7 @@ def test_series_layout_and_family_errors(tmp_path):
     raw = {"output": str(tmp_path / "run"), "data": {"uri": str(tmp_path / "s.parquet"), "codec": {"ignore": ["x"]}},
            "model": {"family": "array", "net": {"channels": [16], "depth": 3, "norm_groups": 4}, "steps": 3},
            "train": {"steps": 20, "batch_size": 64, "eval_every": 20, "warmup_steps": 2, "precision": "fp32"}}
-    from synth.engine import load_engine
+    from synth.families import load_engine
 
     engine = load_engine(fit(RunConfig.parse(raw)).artifact_uri)
     assert engine.layout == "series" and engine.shape == (1, 32)
@@ -248,7 +248,7 @@ def test_endpoint_json_arrow_and_png(http):
 
 def test_digits_on_ray_train_workers(ray_session, tmp_path):
     """The array family through the Ray Train path (Ray Data statistics and encoding, a worker)."""
-    from synth.engine import load_engine
+    from synth.families import load_engine
     from synth.train.fit import fit
 
     raw = digits_run(tmp_path / "ray", steps=6).model_dump(mode="json")

@@ -83,7 +83,7 @@ def test_verdicts_value_vs_threshold():
 
 
 def test_generation_info_sources(tiny_artifact, tmp_path):
-    from synth.engine import load_engine
+    from synth.families import load_engine
 
     engine = load_engine(tiny_artifact)
     engine.config = engine.config.model_copy(update={"sampler": "dpmpp_2m", "steps": 10, "guidance": 1.0})

@@ -14,7 +14,7 @@ import torch
 from synth.distill import DistillConfig, distill
 from synth.distill.run import load_teacher
 from synth.distill.student import DistillTask, make_student, teacher_trajectories
-from synth.engine import load_engine
+from synth.families import load_engine
 from synth.errors import ConfigError, SynthError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,8 +18,9 @@ import pytest
 from scipy.special import ndtri
 from scipy.stats import rankdata
 
-from synth.engine import load_engine
-from synth.engine.fingerprint import FingerprintEngine, fit_fingerprint
+from synth.families import load_engine
+from synth.engine.fingerprint import FingerprintEngine
+from synth.train.fit import fit_fingerprint
 from synth.errors import ConfigError
 from synth.fingerprint import (FingerprintWarning, build_fingerprint, check_correlation, nearest_correlation,
                                parse_fingerprint, write_fingerprint)
@@ -274,10 +275,10 @@ def test_sampling_service_serves_every_one_pass_family(family, adult_model, tmp_
     uri = adult_model
     if family == "gan":
         from synth.config import RunConfig
-        from synth.engine.gan import fit_gan
+        from synth.train.fit import fit
 
         torch.set_num_threads(1)
-        uri = fit_gan(RunConfig.parse({"output": str(tmp_path), "model": {"family": "gan", "gen_width": 32,
+        uri = fit(RunConfig.parse({"output": str(tmp_path), "model": {"family": "gan", "gen_width": 32,
                                        "critic_width": 32, "noise_dim": 16, "val_rows": 256},
                                        "train": {"steps": 10, "eval_every": 5, "batch_size": 200,
                                                  "threads": 1}})).artifact_uri

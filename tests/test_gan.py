@@ -17,10 +17,12 @@ import torch
 import yaml
 
 from synth.config import RunConfig
-from synth.engine import load_engine
-from synth.engine.gan import CondSampler, GANConfig, GANEngine, fit_gan, train_gan
+from synth.families import load_engine
+from synth.engine.gan import GANConfig, GANEngine
+from synth.train.fit import fit
+from synth.train.gan import CondSampler, train_gan
 from synth.errors import ConfigError
-from synth.train.fit import encode_tensor, prepare
+from synth.train.prepare import encode_tensor, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 ADULT = pq.read_schema(REPO / "synth/datasets/adult.parquet").remove_metadata()
@@ -44,7 +46,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def gan_artifact(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("gan")
-    return fit_gan(RunConfig.parse(tiny_gan_run(out))).artifact_uri
+    return fit(RunConfig.parse(tiny_gan_run(out))).artifact_uri
 
 
 def test_config_union_on_family():
@@ -160,7 +162,6 @@ def test_two_ray_train_workers_checkpoint_and_resume(ray_session, tmp_path):
     """The GAN on Ray Train: 2 workers average both networks' gradients; every evaluation is a
     checkpoint holding generator, critic, optimizers and the best generator; a rerun under the
     same name resumes from it; the artifact is the rolled-back best generator."""
-    from synth.train.fit import fit
 
     raw = tiny_gan_run(tmp_path, steps=40, patience=10)
     raw.update(name="gan2", scaling={"num_workers": 2, "cpus_per_worker": 1})

@@ -33,7 +33,7 @@ NUMERIC_RTOL = 1e-4
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def engine(tiny_artifact):
-    from synth.engine import load_engine
+    from synth.families import load_engine
 
     return load_engine(tiny_artifact)
 

@@ -23,7 +23,6 @@ from torch import Tensor, nn
 
 from synth.diffusion.objectives import ObjectiveConfig
 from synth.diffusion.processes import ProcessConfig
-from synth.engine.base import register
 from synth.engine.sampling import MAX_STEPS, DenoisingEngine
 from synth.errors import ConfigError
 from synth.nets.conv import ConvNetConfig, build_conv_net
@@ -67,7 +66,6 @@ def array_layout(cfg: ArrayConfig, shape: list[int]) -> tuple[str, tuple[int, ..
                       "(channels, length), images (height, width) or (channels, height, width)")
 
 
-@register
 class ArrayEngine(DenoisingEngine):
     family = "array"
     config_class = ArrayConfig

@@ -18,7 +18,6 @@ from torch import Tensor, nn
 from synth.diffusion.objectives import ObjectiveConfig
 from synth.diffusion.processes import ProcessConfig
 from synth.diffusion.samplers import SAMPLERS
-from synth.engine.base import register
 from synth.engine.sampling import MAX_STEPS, DenoisingEngine
 from synth.errors import ConfigError
 from synth.nets import MLPConfig, ResidualMLP
@@ -51,7 +50,6 @@ class DiffusionConfig(BaseModel):
     distilled: DistilledSpec | None = Field(None, description="set on students made by `synth distill`")
 
 
-@register
 class DiffusionEngine(DenoisingEngine):
     family = "diffusion"
     config_class = DiffusionConfig

@@ -24,10 +24,9 @@ import pyarrow as pa
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.special import ndtr, ndtri
-from torch import Tensor, nn
+from torch import Tensor
 
 from synth.artifact import Artifact
-from synth.engine.base import register
 from synth.engine.onepass import OnePassEngine
 from synth.errors import ConfigError, SynthError
 from synth.fingerprint import Fingerprint, arrow_type_from_string, category_order, check_correlation
@@ -43,7 +42,7 @@ class FingerprintConfig(BaseModel):
     family: Literal["fingerprint"] = "fingerprint"
     dims: list[tuple[str, Literal["value", "null"]]] = Field(default_factory=list)
     null_share: dict[str, float] = Field(default_factory=dict, description="nullable numeric columns")
-    # accepted for interface parity with diffusion (one-pass generator: they do not apply)
+    # the request settings of the shared sampling protocol (one-pass: validated, then ignored)
     sampler: str = "ddim"
     steps: int = Field(1, ge=1)
     guidance: float = Field(1.0, ge=0)
@@ -92,7 +91,6 @@ def codec_from_fingerprint(fp: Fingerprint) -> TableCodec:
     return TableCodec(pa.schema(fields), columns, int(fp.rows or 0))
 
 
-@register
 class FingerprintEngine(OnePassEngine):
     family = "fingerprint"
 
@@ -111,7 +109,6 @@ class FingerprintEngine(OnePassEngine):
                      for c in codec.columns if isinstance(c, CategoricalColumn)}
         for cut in self.cuts.values():
             cut /= cut[-1]
-        self.net = nn.Identity()  # nothing to train
 
     @classmethod
     def from_fingerprint(cls, fp: Fingerprint, on_invalid: Literal["repair", "refuse"] = "repair",
@@ -120,11 +117,6 @@ class FingerprintEngine(OnePassEngine):
         config = FingerprintConfig(dims=fp.dims(),
                                    null_share={c.name: c.null_share for c in fp.columns if c.numeric and c.null_share})
         return cls(config, codec_from_fingerprint(fp), corr), report
-
-    # -- training: none -----------------------------------------------------------------------
-    def loss(self, net: nn.Module, x0: Tensor, generator: torch.Generator | None, reduce: bool = True) -> Tensor:
-        raise SynthError("the fingerprint engine is fitted from statistics (`synth fit-fingerprint`); "
-                         "it has no training loss")
 
     # -- the sampling protocol (synth.engine.onepass) ------------------------------------------
     def prior(self, n: int, generator: torch.Generator) -> Tensor:
@@ -195,29 +187,3 @@ class FingerprintEngine(OnePassEngine):
     def from_artifact(cls, art: Artifact) -> "FingerprintEngine":
         return cls(FingerprintConfig.model_validate(art.engine["config"]), TableCodec.from_dict(art.codec),
                    art.tensors["correlation"].double().numpy())
-
-
-def fit_fingerprint(fp_uri: str, output: str, on_invalid: Literal["repair", "refuse"] = "repair",
-                    name: str | None = None) -> tuple[str, dict]:
-    """Fit the fingerprint engine from the fingerprint file at `fp_uri` and write the model
-    artifact to `output`. Returns (artifact id, correlation report)."""
-    import time
-
-    from synth import storage
-    from synth.engine import save_engine
-    from synth.fingerprint import read_fingerprint
-    from synth.manifest import base_manifest
-
-    t0 = time.perf_counter()
-    fp = read_fingerprint(fp_uri)  # bad input fails here, before anything is written
-    raw = storage.read_bytes(fp_uri)
-    engine, report = FingerprintEngine.from_fingerprint(fp, on_invalid, repr(fp_uri))
-    storage.check_writable(output)
-    manifest = base_manifest(
-        "model", run=name or "fingerprint",
-        input={"kind": "fingerprint", "uri": fp_uri, "sha256": storage.sha256_bytes(raw), "bytes": len(raw),
-               "rows": fp.rows, "source": fp.source},
-        columns=engine.codec.kinds(), seeds={}, sampling={"sampler": engine.config.sampler, "steps": 1, "guidance": 1.0, "one_pass": True},
-        correlation=report, metrics={}, wall_s={"total_s": time.perf_counter() - t0},
-        privacy={"dp": False, "raw_rows": False, "note": "fitted from aggregate statistics only"})
-    return save_engine(engine, output, manifest), report

@@ -23,3 +23,6 @@ class OnePassEngine(SamplingEngine):
 
     def fixed_steps(self) -> int:
         return 1
+
+    def describe(self) -> dict:
+        return {"sampling": {"sampler": self.config.sampler, "steps": 1, "guidance": 1.0, "one_pass": True}}

@@ -56,6 +56,11 @@ class SamplingEngine(Engine):
         """The steps this model always runs, whatever a caller would choose (None: the caller's choice)."""
         return None
 
+    def describe(self) -> dict:
+        """What the model manifest records of how this generator samples."""
+        c = self.config
+        return {"sampling": {"sampler": c.sampler, "steps": c.steps, "guidance": c.guidance}}
+
     def validate_request(self, n: int, sampler: str, steps: int, guidance: float) -> None:
         if not isinstance(n, (int, np.integer)) or n < 1:
             raise ConfigError(f"rows must be a positive integer, got {n!r}")
@@ -123,9 +128,14 @@ class SamplingEngine(Engine):
 class DenoisingEngine(SamplingEngine):
     """A denoiser `net` (and its EMA) trained under one noise process and objective, with
     condition dropout for classifier-free guidance."""
-    net: nn.Module
+    net: nn.Module  # the trained module (what the training loop prepares and optimises)
     ema: nn.Module
     config_class: ClassVar[type[BaseModel]]
+
+    def loss(self, net: nn.Module, rows: Tensor, generator: torch.Generator | None, reduce: bool = True) -> Tensor:
+        """Training loss of one batch of encoded rows: the scalar mean, or one loss per row with
+        reduce=False (DP-SGD clips per row). `net` may be a DDP/Accelerate wrapper."""
+        raise NotImplementedError
 
     def denoising_loss(self, net: nn.Module, x0: Tensor, cond: Tensor, generator: torch.Generator | None,
                        reduce: bool = True) -> Tensor:
@@ -170,6 +180,10 @@ class DenoisingEngine(SamplingEngine):
         if generator is not None:  # the sampler's own noise (ddpm) comes from a seeded device generator
             generator = torch.Generator(device=dev).manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
         return x.to(dev), cond.to(dev), generator
+
+    def describe(self) -> dict:
+        return {"process": self.config.process.model_dump(mode="json"),
+                "objective": self.config.objective.model_dump(mode="json"), **super().describe()}
 
     def sampling_state(self) -> dict[str, Tensor]:
         return {k: v.float() for k, v in self.ema.state_dict().items()}

@@ -56,7 +56,7 @@ def report_for(path: str, *, artifact: str | None = None, contract: str | None =
     import json
 
     from synth.data import open_dataset
-    from synth.engine import load_engine
+    from synth.families import load_engine
     from synth.evaluate.contract import evaluate_contract, generation_info, load_contract
     from synth.evaluate.reference import evaluate_against_reference
 

@@ -9,7 +9,7 @@ from typing import Any
 
 
 from synth.diffusion.samplers import SAMPLERS
-from synth.engine import load_engine
+from synth.families import load_engine
 from synth.errors import ConfigError
 from synth.serving import formats
 from synth.serving.batching import BatchStats, Job, make_job, run_jobs
