@@ -36,25 +36,11 @@ def _progress_printer(total_steps: int):
     return progress, report
 
 
-def _load_config(config: Optional[Path], overrides: dict):
+def _load_config(config: Optional[str], overrides: dict):
     from synth.config import RunConfig
+    from synth.errors import with_overrides
 
-    raw = {}
-    if config is not None:
-        import yaml
-
-        if not config.exists():
-            raise ConfigError(f"config {str(config)!r} does not exist")
-        raw = yaml.safe_load(config.read_text()) or {}
-    for dotted, value in overrides.items():
-        if value is None:
-            continue
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return RunConfig.parse(raw, source=str(config) if config else "config")
+    return RunConfig.from_yaml(config, overrides) if config else RunConfig.parse(with_overrides({}, overrides))
 
 
 def run_fit(cfg, quiet: bool = False):
@@ -67,7 +53,7 @@ def run_fit(cfg, quiet: bool = False):
 
 
 @app.command("fit")
-def fit_cmd(config: Optional[Path] = typer.Option(None, "--config", "-c", help="run config YAML"),
+def fit_cmd(config: Optional[str] = typer.Option(None, "--config", "-c", help="run config YAML (local, s3://, gs://)"),
             data: Optional[str] = typer.Option(None, help="reference Parquet (overrides data.uri)"),
             output: Optional[str] = typer.Option(None, help="run folder (overrides output)"),
             steps: Optional[int] = typer.Option(None, help="training steps (overrides train.steps)"),
@@ -93,34 +79,24 @@ def distill_cmd(teacher: str = typer.Argument(..., help="teacher model artifact 
                 steps: Optional[int] = typer.Option(None, "--steps", help="student NFE: 1, 2, 4 (default 4)"),
                 output: Optional[str] = typer.Option(None, "--output", "-o", help="student artifact (default "
                                                      "TEACHER-distilled-STEPS)"),
-                config: Optional[Path] = typer.Option(None, "--config", "-c", help="distill config YAML"),
+                config: Optional[str] = typer.Option(None, "--config", "-c", help="distill config YAML (local, s3://, "
+                                                                                  "gs://)"),
                 train_steps: Optional[int] = typer.Option(None, help="student training steps (train.steps)"),
                 trajectories: Optional[int] = typer.Option(None, help="teacher trajectories to distil from"),
                 workers: Optional[int] = typer.Option(None, help="Ray Train workers (0 = in this process)")):
     """Distil a model into a student that samples in STEPS network evaluations, guidance included."""
     try:
-        import yaml
-
+        from synth import storage
         from synth.distill import DistillConfig, distill
+        from synth.errors import with_overrides
 
-        raw = {}
-        if config is not None:
-            if not config.exists():
-                raise ConfigError(f"config {str(config)!r} does not exist")
-            raw = yaml.safe_load(config.read_text()) or {}
+        raw = storage.read_yaml(config) if config is not None else {}
         raw["teacher"] = teacher
         k = steps or raw.get("steps", 4)
         raw["steps"] = k
         raw["output"] = output or raw.get("output") or f"{teacher.rstrip('/')}-distilled-{k}"
-        for dotted, value in {"train.steps": train_steps, "trajectories": trajectories,
-                              "scaling.num_workers": workers}.items():
-            if value is not None:
-                node = raw
-                *parents, leaf = dotted.split(".")
-                for p in parents:
-                    node = node.setdefault(p, {})
-                node[leaf] = value
-        cfg = DistillConfig.parse(raw, source=str(config) if config else "distill options")
+        with_overrides(raw, {"train.steps": train_steps, "trajectories": trajectories, "scaling.num_workers": workers})
+        cfg = DistillConfig.parse(raw, source=config or "distill options")
         progress, report = _progress_printer(cfg.train.steps)
         with progress:
             result = distill(cfg, report=report)

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from synth import storage
 from synth.data import SplitConfig
-from synth.errors import ConfigError
+from synth.errors import validated, with_overrides
 from synth.families import DEFAULT, FAMILIES, trainable
 from synth.privacy.config import PrivacyConfig
 from synth.table import CodecConfig
@@ -89,31 +89,10 @@ class RunConfig(Strict):
         return storage.join(self.output, "model")
 
     @classmethod
-    def from_yaml(cls, uri: str) -> "RunConfig":
-        import yaml
-
-        if not storage.exists(uri):
-            raise ConfigError(f"config {uri!r} does not exist")
-        try:
-            raw = yaml.safe_load(storage.read_bytes(uri)) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config {uri!r} is not valid YAML: {e}") from None
-        return cls.parse(raw, source=uri)
+    def from_yaml(cls, uri: str, overrides: dict | None = None) -> "RunConfig":
+        """The run config at `uri` (local path, s3://, gs://) with dotted `overrides` written in."""
+        return cls.parse(with_overrides(storage.read_yaml(uri), overrides or {}), source=uri)
 
     @classmethod
     def parse(cls, raw: dict, source: str = "config") -> "RunConfig":
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as e:
-            raise ConfigError(format_validation_error(e, source)) from None
-
-
-def format_validation_error(e: ValidationError, source: str) -> str:
-    lines = [f"{source} is invalid:"]
-    for err in e.errors():
-        parts = list(err["loc"])
-        if parts[:1] == ["model"] and len(parts) > 1 and parts[1] in FAMILIES:
-            del parts[1]  # the union tag of model.family is not a field the user wrote
-        loc = ".".join(str(p) for p in parts) or "(top level)"
-        lines.append(f"  {loc}: {err['msg']}")
-    return "\n".join(lines)
+        return validated(cls, raw, source)

@@ -35,11 +35,11 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.special import ndtri
 
 from synth import storage
-from synth.errors import ConfigError, DataError
+from synth.errors import ConfigError, DataError, validated
 
 FORMAT = "synth-fingerprint"
 VERSION = 1
@@ -156,30 +156,10 @@ class Fingerprint(BaseModel):
         return out
 
 
-def _format_errors(e: ValidationError, source: str, raw: dict) -> str:
-    """One line per bad field; a column is named by index and name: columns[2] ('age').max"""
-    lines = [f"fingerprint {source} is invalid:"]
-    cols = raw.get("columns") if isinstance(raw.get("columns"), list) else []
-    for err in e.errors():
-        parts, loc = list(err["loc"]), ""
-        if len(parts) >= 2 and parts[0] == "columns" and isinstance(parts[1], int):
-            i = parts[1]
-            name = cols[i].get("name") if i < len(cols) and isinstance(cols[i], dict) else None
-            loc = f"columns[{i}]" + (f" ({name!r})" if name is not None else "")
-            parts = parts[2:]
-        loc = ".".join([loc, *map(str, parts)] if loc else map(str, parts)) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"  {loc}: {msg}")
-    return "\n".join(lines)
-
-
 def parse_fingerprint(raw: Any, source: str = "") -> Fingerprint:
     if not isinstance(raw, dict):
         raise ConfigError(f"fingerprint {source} must be a JSON object, got {type(raw).__name__}")
-    try:
-        fp = Fingerprint.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(_format_errors(e, source, raw)) from None
+    fp = validated(Fingerprint, raw, f"fingerprint {source}")
     for c in fp.columns:  # the Arrow type must be one we can produce
         try:
             arrow_type_from_string(c.arrow_type)

@@ -1,11 +1,11 @@
 """Typed settings of a distillation run (`synth distill`, `python -m jobs.distill`)."""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from synth import storage
-from synth.config import EvalConfig, ScalingConfig, format_validation_error
-from synth.errors import ConfigError
+from synth.config import EvalConfig, ScalingConfig
+from synth.errors import ConfigError, validated
 from synth.train.config import TrainConfig
 
 
@@ -59,7 +59,4 @@ class DistillConfig(BaseModel):
 
     @classmethod
     def parse(cls, raw: dict, source: str = "distill config") -> "DistillConfig":
-        try:
-            return cls.model_validate(raw).check()
-        except ValidationError as e:
-            raise ConfigError(format_validation_error(e, source)) from None
+        return validated(cls, raw, source).check()

@@ -20,16 +20,15 @@ Where each measured value comes from:
 """
 from __future__ import annotations
 
-import difflib
 import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from synth.errors import ConfigError
+from synth.errors import ConfigError, validated
 
 __all__ = ["Contract", "ContractResult", "Generation", "Verdict", "check_contract", "collect_metrics",
            "evaluate_contract", "generation_info", "load_contract", "measure_latency", "parse_contract"]
@@ -37,6 +36,7 @@ __all__ = ["Contract", "ContractResult", "Generation", "Verdict", "check_contrac
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    field_noun: ClassVar[str] = "metric"  # how an unknown field is named in messages
 
 
 class Fidelity(_Section):
@@ -90,6 +90,7 @@ class EvaluationSettings(_Section):
 
 class Contract(_Section):
     """The release gate. Sections: fidelity, privacy, latency, nfe, guidance (+ evaluation settings)."""
+    field_noun: ClassVar[str] = "section or field"
 
     name: str = Field("contract", description="shown in reports and messages")
     description: str | None = None
@@ -151,52 +152,18 @@ def _metric_of(section: str, name: str) -> tuple[str, str]:
 
 
 # --------------------------------------------------------------------------- loading
-def _explain(e: ValidationError, source: str) -> str:
-    lines = [f"contract {source} is invalid:"]
-    for err in e.errors():
-        loc = [str(p) for p in err["loc"]]
-        where = ".".join(loc) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            key = loc[-1]
-            if len(loc) == 1:
-                known = list(Contract.model_fields)
-                what = f"unknown section or field {key!r}; a contract has {', '.join(known)}"
-            else:
-                section = loc[0]
-                known = list(SECTIONS[section].model_fields) if section in SECTIONS else []
-                what = f"unknown metric {key!r} in {section}; {section} takes {', '.join(known)}"
-            close = difflib.get_close_matches(key, known, n=1)
-            if close:
-                what += f" (did you mean {close[0]!r}?)"
-            lines.append(f"  {where}: {what}")
-        else:
-            lines.append(f"  {where}: {err['msg']}")
-    return "\n".join(lines)
-
-
 def parse_contract(raw: Any, source: str = "contract") -> Contract:
     if not isinstance(raw, dict):
         raise ConfigError(f"contract {source} must be a mapping of sections (fidelity, privacy, latency, nfe, "
                           f"guidance), got {type(raw).__name__}")
-    try:
-        return Contract.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(_explain(e, source)) from None
+    return validated(Contract, raw, f"contract {source}")
 
 
 def load_contract(uri: str) -> Contract:
     """Read and validate a contract YAML (local path, s3://, gs://)."""
-    import yaml
-
     from synth import storage
 
-    if not storage.exists(uri):
-        raise ConfigError(f"contract {uri!r} does not exist")
-    try:
-        raw = yaml.safe_load(storage.read_bytes(uri))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"contract {uri!r} is not valid YAML: {e}") from None
-    return parse_contract(raw if raw is not None else {}, source=uri)
+    return parse_contract(storage.read_yaml(uri, "contract"), source=uri)
 
 
 # --------------------------------------------------------------------------- measuring
