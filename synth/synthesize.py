@@ -230,6 +230,16 @@ def check_output(cfg: SynthesizeConfig, plan_key: dict) -> None:
     storage.check_writable(cfg.output)
 
 
+def generation_settings(engine, cfg: SynthesizeConfig) -> dict:
+    """The validated sampler, steps and guidance of a bulk run (the model's defaults where the config
+    gives none) and its NFE per row as the engine counts it (the manifest's `nfe`)."""
+    c = cfg.conditions
+    sampler, steps, guidance = engine.settings(cfg.sampler, cfg.steps, cfg.guidance)
+    engine.validate_request(1, sampler, steps, guidance)
+    return {"sampler": sampler, "steps": steps, "guidance": guidance,
+            "nfe": engine.cost(sampler, steps, guidance, conditioned=bool(c.fixed or c.mix or c.reference))}
+
+
 def synthesize(cfg: SynthesizeConfig, progress=None) -> dict:
     """Run bulk synthesis on Ray; returns the run manifest (also written to OUTPUT/_manifest.json)."""
     import ray
@@ -239,10 +249,9 @@ def synthesize(cfg: SynthesizeConfig, progress=None) -> dict:
     from synth.raycluster import ensure_ray
 
     t0 = time.perf_counter()
-    c = cfg.conditions
     engine = load_engine(cfg.artifact)  # missing / tampered / incompatible artifacts fail here
-    sampler, steps, guidance = engine.settings(cfg.sampler, cfg.steps, cfg.guidance)
-    engine.validate_request(1, sampler, steps, guidance)
+    gen = generation_settings(engine, cfg)
+    sampler, steps, guidance = gen["sampler"], gen["steps"], gen["guidance"]
     specs = plan_shards(cfg, engine)
     plan_key = {"artifact_id": engine.manifest["artifact_id"], "rows": cfg.rows, "shard_rows": cfg.shard_rows,
                 "batch_rows": cfg.batch_rows, "seed": cfg.seed, "sampler": sampler, "steps": steps,
@@ -280,8 +289,7 @@ def synthesize(cfg: SynthesizeConfig, progress=None) -> dict:
         "synthesis",
         artifact={"uri": cfg.artifact, "artifact_id": engine.manifest["artifact_id"],
                   "files": engine.manifest["files"], "privacy": engine.manifest.get("privacy")},
-        sampler=sampler, steps=steps, guidance=guidance, seed=cfg.seed,
-        nfe=engine.cost(sampler, steps, guidance, conditioned=bool(c.fixed or c.mix or c.reference)),
+        **gen, seed=cfg.seed,
         conditions=cfg.conditions.model_dump(), rows=total,
         shards=[records[i] for i in sorted(records)],
         resumed_shards=len(done), wall_s=wall, rows_per_s=written / wall if written else None,
