@@ -20,8 +20,8 @@ from synth.errors import ConfigError
 from synth.evaluate.fidelity import NULL_LABEL, _categorical, _is_numeric, _numeric
 from synth.manifest import base_manifest
 
-from . import plots
-from .association import association_matrix
+from synth.report import plots
+from synth.report.association import association_matrix
 
 __all__ = ["build_report", "render_html"]
 

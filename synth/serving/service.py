@@ -11,7 +11,7 @@ from typing import Any
 from synth.diffusion.samplers import SAMPLERS
 from synth.families import load_engine
 from synth.errors import ConfigError
-from synth.serving import formats
+from synth.serving.formats import encode
 from synth.serving.batching import BatchStats, Job, make_job, run_jobs
 from synth.serving.config import ServeArgs
 from synth.serving.metrics import NullMetrics
@@ -165,7 +165,7 @@ class SamplingService:
         for job, table in zip(jobs, tables):
             try:
                 out.append(table if isinstance(table, BaseException)
-                           else formats.encode(table, job.fmt, self.meta(job), self.image_column()))
+                           else encode(table, job.fmt, self.meta(job), self.image_column()))
             except Exception as e:  # noqa: BLE001 - reported as that request's 500
                 out.append(e)
         return out, stats
