@@ -89,6 +89,23 @@ def test_conditions_on_a_categorical_exactly(artifact):
     assert engine.sample(30, {name: value}, seed=1).equals(t)
 
 
+def test_the_endpoints_batching_path_gives_engine_sample_rows(artifact):
+    """Jobs merged into one model batch by the endpoint get the rows `engine.sample` gives each."""
+    from synth.serving.batching import make_job, run_jobs
+
+    engine = load_engine(artifact)
+    name, value = _condition(engine)
+    sampler, steps, guidance = engine.settings()
+
+    def job(rows, seed, cond):
+        c, req = engine.encode_conditions(rows, cond)
+        return make_job(engine, rows, c, req, sampler, steps, guidance, seed, True)
+
+    tables, _ = run_jobs(engine, [job(40, 1, {}), job(25, 9, {name: value}), job(30, 5, {})], max_cost=32768)
+    assert tables[1].equals(engine.sample(25, {name: value}, seed=9))
+    assert tables[2].equals(engine.sample(30, seed=5))
+
+
 @pytest.mark.parametrize("guidance", [1.0, 2.5])
 def test_one_nfe_through_sample_synthesize_and_the_endpoint(artifact, guidance, tmp_path):
     """`synth sample` (Parquet metadata), bulk synthesis (its manifest's settings) and the endpoint

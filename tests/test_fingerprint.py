@@ -126,20 +126,6 @@ def test_conditions_exact_seeds_reproduce(adult_model):
         engine.sample(5, {"nope": "x"})
 
 
-def test_endpoint_batching_path_matches_engine_sample(adult_model):
-    from synth.serving.batching import make_job, run_jobs
-
-    engine = load_engine(adult_model)
-
-    def job(rows, seed, cond):
-        c, req = engine.encode_conditions(rows, cond)
-        return make_job(engine, rows, c, req, "dpmpp_2m", 4, 1.0, seed, True)
-
-    tables, _ = run_jobs(engine, [job(50, 1, {}), job(20, 9, {"sex": "Male"}), job(30, 5, {})], max_cost=32768)
-    assert tables[1].equals(engine.sample(20, {"sex": "Male"}, seed=9))
-    assert tables[2].equals(engine.sample(30, seed=5))
-
-
 def test_handwritten_fingerprint_without_quantiles_or_correlation(tmp_path):
     fp = {"format": "synth-fingerprint", "version": 1, "rows": 1000, "columns": [
         {"name": "amount", "kind": "continuous", "arrow_type": "double", "mean": 50, "std": 10, "min": 0,

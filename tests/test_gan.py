@@ -132,20 +132,6 @@ def test_rollback_keeps_the_best_generator_and_non_finite_losses_stop(tmp_path):
     assert out["stop_reason"].startswith("diverged") and out["step"] == 1
 
 
-def test_endpoint_batching_path_matches_engine_sample(gan_artifact):
-    from synth.serving.batching import make_job, run_jobs
-
-    engine = load_engine(gan_artifact)
-
-    def job(rows, seed, cond):
-        c, req = engine.encode_conditions(rows, cond)
-        return make_job(engine, rows, c, req, "dpmpp_2m", 4, 1.0, seed, True)
-
-    tables, _ = run_jobs(engine, [job(40, 1, {}), job(25, 9, {"sex": "Male"}), job(30, 5, {})], max_cost=32768)
-    assert tables[1].equals(engine.sample(25, {"sex": "Male"}, seed=9))
-    assert tables[2].equals(engine.sample(30, seed=5))
-
-
 def test_cli_fit_with_family_gan(tmp_path):
     config = tmp_path / "gan.yaml"
     config.write_text(yaml.safe_dump(tiny_gan_run(tmp_path / "run", steps=20)))
