@@ -177,12 +177,12 @@ def distill_student(engine, steps: int, target: str, workdir: Path, name: str, a
 def extra_engine(uri: str, judge_uri: str):
     """An artifact trained elsewhere (e.g. a distilled student): it must model the same data and split."""
     from synth.artifact import read_artifact
-    from synth.data import SplitConfig, fingerprint
+    from synth.data import SplitConfig, input_digest
     from synth.families import load_engine
 
     engine = load_engine(uri)
     m = engine.manifest
-    want = {"sha256": fingerprint(judge_uri)["sha256"], "split": SplitConfig().model_dump()}
+    want = {"sha256": input_digest(judge_uri)["sha256"], "split": SplitConfig().model_dump()}
     got = {"sha256": (m.get("input") or {}).get("sha256"),
            "split": {k: (m.get("split") or {}).get(k) for k in want["split"]}}
     if got != want:

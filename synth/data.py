@@ -1,4 +1,4 @@
-"""Reading reference Parquet (local or object store) with clear errors, fingerprinting it, and
+"""Reading reference Parquet (local or object store) with clear errors, its content digest, and
 the deterministic train/validation/test split.
 
 The split is by a hash of each row's content and the split seed, so it is the same whatever
@@ -100,7 +100,7 @@ def iter_batches(uri: str, batch_size: int = 65_536, columns: list[str] | None =
         raise DataError(f"reading {uri!r} failed: {e}") from None
 
 
-def fingerprint(uri: str) -> dict:
+def input_digest(uri: str) -> dict:
     """Schema plus a content hash of every file, streamed (works for any size)."""
     fs, files = parquet_files(uri)
     h = hashlib.sha256()

@@ -22,7 +22,7 @@ from synth.artifact import Artifact, read_artifact, write_artifact
 from synth.engine.array import ArrayConfig, ArrayEngine
 from synth.engine.base import Engine
 from synth.engine.diffusion import DiffusionConfig, DiffusionEngine
-from synth.engine.fingerprint import FingerprintConfig, FingerprintEngine
+from synth.engine.copula import CopulaConfig, CopulaEngine
 from synth.engine.gan import GANConfig, GANEngine
 from synth.errors import ArtifactError
 from synth.train import gan as gan_training
@@ -48,7 +48,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            why_not_streamed="training-by-sampling draws rows by category from the whole training set, "
                             "which a streamed shard cannot give"),
     Family("array", ArrayConfig, ArrayEngine, ArrayEngine.from_artifact, train_denoising),
-    Family("fingerprint", FingerprintConfig, FingerprintEngine, FingerprintEngine.from_artifact, None),
+    Family("fingerprint", CopulaConfig, CopulaEngine, CopulaEngine.from_artifact, None),
 )}
 DEFAULT = "diffusion"  # model.family when the config names none
 

@@ -1,6 +1,6 @@
 """Statistical fingerprints: a table summarised by per-column statistics and a Gaussian-copula
 correlation matrix, small enough to leave the data owner's premises, rich enough to fit the
-`fingerprint` engine (`synth.engine.fingerprint`) with no raw rows.
+`fingerprint` family's copula engine (`synth.engine.copula`) with no raw rows.
 
     fp = build_fingerprint("data.parquet")          # two streaming passes, bounded memory
     write_fingerprint(fp, "fp.json")
@@ -373,7 +373,7 @@ def build_fingerprint(uri: str, codec_cfg=None, quantiles: int = 201, seed: int 
     of the table (the first principal component of each category's mean normal scores of the
     other columns), so the copula's one latent dimension per categorical column carries as much
     of its dependence as one dimension can; `order_categories=False` keeps frequency order."""
-    from synth.data import fingerprint as data_fingerprint
+    from synth.data import input_digest
     from synth.data import iter_batches
     from synth.table import CodecConfig, TableCodec
     from synth.table.columns import CategoricalColumn
@@ -468,7 +468,7 @@ def build_fingerprint(uri: str, codec_cfg=None, quantiles: int = 201, seed: int 
             mu = sx / cnt
             e["mean"] = mu
             e["std"] = math.sqrt(max(sxx / cnt - mu * mu, 0.0))
-    source = data_fingerprint(uri)
+    source = input_digest(uri)
     return {
         "format": FORMAT, "version": VERSION, "rows": n_rows,
         "source": {k: source[k] for k in ("uri", "sha256", "bytes")},

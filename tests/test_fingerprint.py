@@ -19,7 +19,7 @@ from scipy.special import ndtri
 from scipy.stats import rankdata
 
 from synth.families import load_engine
-from synth.engine.fingerprint import FingerprintEngine
+from synth.engine.copula import CopulaEngine
 from synth.train.fit import fit_fingerprint
 from synth.errors import ConfigError
 from synth.fingerprint import (FingerprintWarning, build_fingerprint, check_correlation, nearest_correlation,
@@ -158,13 +158,13 @@ def _indefinite(fp: dict) -> dict:
 def test_non_positive_definite_correlation_is_repaired_with_a_warning_or_refused(adult_fp):
     bad = parse_fingerprint(_indefinite(adult_fp))
     with pytest.warns(FingerprintWarning, match="not positive definite.*nearest valid correlation matrix"):
-        engine, report = FingerprintEngine.from_fingerprint(bad)
+        engine, report = CopulaEngine.from_fingerprint(bad)
     assert report["repaired"] and report["min_eigenvalue"] < 0
     m = engine.corr
     assert np.allclose(np.diag(m), 1) and np.allclose(m, m.T) and np.linalg.eigvalsh(m).min() > 0
     assert engine.sample(100, seed=0).num_rows == 100
     with pytest.raises(ConfigError, match="not positive definite \\(smallest eigenvalue -"):
-        FingerprintEngine.from_fingerprint(bad, on_invalid="refuse")
+        CopulaEngine.from_fingerprint(bad, on_invalid="refuse")
 
 
 def test_nearest_correlation_is_nearest():
@@ -193,7 +193,7 @@ def test_malformed_fingerprints_name_the_field(adult_fp, edit, message):
     fp = copy.deepcopy(adult_fp)
     edit(fp)
     with pytest.raises(ConfigError, match=message):
-        FingerprintEngine.from_fingerprint(parse_fingerprint(fp, "fp.json"))
+        CopulaEngine.from_fingerprint(parse_fingerprint(fp, "fp.json"))
 
 
 def test_cli_fingerprint_fit_sample_and_bad_input(tmp_path, adult_fp):
@@ -246,7 +246,7 @@ def test_bulk_synthesis_with_a_fingerprint_model(ray_session, adult_model, tmp_p
 def test_warnings_do_not_leak_for_valid_fingerprints(adult_fp):
     with warnings.catch_warnings():
         warnings.simplefilter("error", FingerprintWarning)
-        FingerprintEngine.from_fingerprint(parse_fingerprint(adult_fp))
+        CopulaEngine.from_fingerprint(parse_fingerprint(adult_fp))
 
 
 @pytest.mark.parametrize("family", ["fingerprint", "gan"])

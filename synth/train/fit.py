@@ -15,7 +15,7 @@ import torch
 
 from synth import storage
 from synth.config import RunConfig
-from synth.engine.fingerprint import FingerprintEngine
+from synth.engine.copula import CopulaEngine
 from synth.families import FAMILIES, save_engine
 from synth.fingerprint import read_fingerprint
 from synth.manifest import base_manifest
@@ -82,7 +82,7 @@ def model_manifest(cfg: RunConfig, prep: Prepared, engine, metrics: dict, wall: 
                    privacy: dict | None = None) -> dict:
     """The model manifest. With `privacy` (a PrivacyPlan.manifest block) the losses measured on
     private rows and the content hash of the data are withheld: they are not differentially private."""
-    fp = dict(prep.fingerprint)
+    fp = dict(prep.input)
     if privacy is not None:
         metrics = {k: v for k, v in metrics.items() if k not in PRIVATE_METRICS}
         fp.update(sha256="withheld (private run: a hash of the data is not differentially private)", bytes=None)
@@ -104,12 +104,12 @@ def model_manifest(cfg: RunConfig, prep: Prepared, engine, metrics: dict, wall: 
 
 def fit_fingerprint(fp_uri: str, output: str, on_invalid: Literal["repair", "refuse"] = "repair",
                     name: str | None = None) -> tuple[str, dict]:
-    """Fit the fingerprint engine from the fingerprint file at `fp_uri` and write the model
+    """Fit the copula engine (family "fingerprint") from the fingerprint file at `fp_uri` and write the model
     artifact to `output`. Returns (artifact id, correlation report)."""
     t0 = time.perf_counter()
     fp = read_fingerprint(fp_uri)  # bad input fails here, before anything is written
     raw = storage.read_bytes(fp_uri)
-    engine, report = FingerprintEngine.from_fingerprint(fp, on_invalid, repr(fp_uri))
+    engine, report = CopulaEngine.from_fingerprint(fp, on_invalid, repr(fp_uri))
     storage.check_writable(output)
     manifest = base_manifest(
         "model", run=name or "fingerprint",

@@ -10,7 +10,7 @@ import pyarrow as pa
 import torch
 
 from synth.config import RunConfig
-from synth.data import fingerprint, load_splits
+from synth.data import input_digest, load_splits
 from synth.errors import ConfigError
 from synth.privacy import PrivacyPlan, plan_privacy
 from synth.table import TableCodec
@@ -22,7 +22,7 @@ class Prepared:
     train: pa.Table
     val: pa.Table
     test: pa.Table
-    fingerprint: dict
+    input: dict  # the data's schema and content hash (synth.data.input_digest)
     split: dict
     privacy: PrivacyPlan | None = None
 
@@ -47,7 +47,7 @@ def prepare(cfg: RunConfig) -> Prepared:
                           f"columns are {list(codec.by_name)}")
     split = {"method": "row-content hash", **cfg.data.split.model_dump(),
              "rows": {"train": train.num_rows, "val": val.num_rows, "test": test.num_rows}}
-    return Prepared(codec, train, val, test, fingerprint(cfg.data.uri), split, plan)
+    return Prepared(codec, train, val, test, input_digest(cfg.data.uri), split, plan)
 
 
 def encode_tensor(codec: TableCodec, table: pa.Table, seed: int | None, strict: bool = True) -> torch.Tensor:

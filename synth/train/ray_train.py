@@ -22,7 +22,7 @@ import torch
 
 from synth import storage
 from synth.config import RunConfig, ScalingConfig
-from synth.data import SplitConfig, fingerprint, parquet_files, row_hashes, split_labels
+from synth.data import SplitConfig, input_digest, parquet_files, row_hashes, split_labels
 from synth.errors import ConfigError, SynthError
 from synth.table import TableCodec, TableStats
 from synth.families import FAMILIES, load_engine
@@ -222,7 +222,7 @@ def train_on_ray(cfg: RunConfig) -> tuple[Prepared, Any, dict, list[dict], dict]
                                         batch_format="pyarrow", num_cpus=0.5)
     train_ds, val_ds = enc(parts[0], cfg.train.seed), enc(parts[1], None)
     _check_resume_compatible(storage_path, cfg, codec)
-    prep = Prepared(codec, None, None, None, fingerprint(cfg.data.uri),
+    prep = Prepared(codec, None, None, None, input_digest(cfg.data.uri),
                     {"method": "row-content hash", **split, "rows": {"train": train_rows}}, plan)
     prepare_s = time.perf_counter() - t0
     engine, metrics = run_trainer(

@@ -1,5 +1,5 @@
-"""The fingerprint engine: a Gaussian copula fitted from a statistical fingerprint alone
-(`synth.fingerprint`), no raw rows.
+"""The copula engine (family "fingerprint", the name its artifacts carry): a Gaussian copula
+fitted from a statistical fingerprint alone (`synth.fingerprint`, `synth fingerprint`), no raw rows.
 
 Each column's marginal comes from the fingerprint (quantiles, or a normal truncated to
 [min, max] from mean/std; category frequencies; null shares) and the dependence from its
@@ -37,7 +37,7 @@ GRID = 1024  # support points of each numeric marginal
 U_CLIP = 1e-12
 
 
-class FingerprintConfig(BaseModel):
+class CopulaConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     family: Literal["fingerprint"] = "fingerprint"
     dims: list[tuple[str, Literal["value", "null"]]] = Field(default_factory=list)
@@ -91,10 +91,10 @@ def codec_from_fingerprint(fp: Fingerprint) -> TableCodec:
     return TableCodec(pa.schema(fields), columns, int(fp.rows or 0))
 
 
-class FingerprintEngine(OnePassEngine):
+class CopulaEngine(OnePassEngine):
     family = "fingerprint"
 
-    def __init__(self, config: FingerprintConfig, codec: TableCodec, correlation: np.ndarray):
+    def __init__(self, config: CopulaConfig, codec: TableCodec, correlation: np.ndarray):
         self.config = config
         self.codec = codec
         self.corr = np.asarray(correlation, dtype=np.float64)
@@ -112,9 +112,9 @@ class FingerprintEngine(OnePassEngine):
 
     @classmethod
     def from_fingerprint(cls, fp: Fingerprint, on_invalid: Literal["repair", "refuse"] = "repair",
-                         source: str = "") -> tuple["FingerprintEngine", dict]:
+                         source: str = "") -> tuple["CopulaEngine", dict]:
         corr, report = check_correlation(fp, on_invalid, source)
-        config = FingerprintConfig(dims=fp.dims(),
+        config = CopulaConfig(dims=fp.dims(),
                                    null_share={c.name: c.null_share for c in fp.columns if c.numeric and c.null_share})
         return cls(config, codec_from_fingerprint(fp), corr), report
 
@@ -122,7 +122,7 @@ class FingerprintEngine(OnePassEngine):
     def prior(self, n: int, generator: torch.Generator) -> Tensor:
         return torch.randn((n, len(self.dims)), generator=generator, dtype=torch.float64)
 
-    def to(self, device: torch.device | str) -> "FingerprintEngine":
+    def to(self, device: torch.device | str) -> "CopulaEngine":
         return self  # numpy on the CPU; nothing to move
 
     def latent(self, e: np.ndarray, cond: np.ndarray) -> np.ndarray:
@@ -184,6 +184,6 @@ class FingerprintEngine(OnePassEngine):
         return self.config.model_dump(mode="json")
 
     @classmethod
-    def from_artifact(cls, art: Artifact) -> "FingerprintEngine":
-        return cls(FingerprintConfig.model_validate(art.engine["config"]), TableCodec.from_dict(art.codec),
+    def from_artifact(cls, art: Artifact) -> "CopulaEngine":
+        return cls(CopulaConfig.model_validate(art.engine["config"]), TableCodec.from_dict(art.codec),
                    art.tensors["correlation"].double().numpy())
