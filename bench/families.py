@@ -28,7 +28,7 @@ def fit_fingerprint_family(args, train, work: Path) -> tuple[str, dict]:
     import pyarrow.parquet as pq
 
     from synth.train.fit import fit_fingerprint
-    from synth.fingerprint import build_fingerprint, write_fingerprint
+    from synth.table.fingerprint import build_fingerprint, write_fingerprint
 
     data = work / "train.parquet"
     pq.write_table(train, data)
@@ -80,7 +80,7 @@ def main() -> None:
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
 
-    from synth.data import SplitConfig, load_splits
+    from synth.io.data import SplitConfig, load_splits
     from synth.families import load_engine
     from synth.evaluate.suite import evaluate
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sdv_judge import quality_report  # noqa: E402
 
-from synth.data import SplitConfig, load_splits  # noqa: E402
+from synth.io.data import SplitConfig, load_splits  # noqa: E402
 from synth.distill import DistillConfig, distill  # noqa: E402
 from synth.distill.run import load_teacher  # noqa: E402
 from synth.distill.student import teacher_trajectories, thin  # noqa: E402

@@ -52,8 +52,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from synth.families import load_engine
-    from synth.raycluster import ensure_ray
-    from synth.synthesize import SynthesizeConfig, synthesize
+    from synth.io.raycluster import ensure_ray
+    from synth.pipelines.synthesize import SynthesizeConfig, synthesize
 
     engine = load_engine(args.artifact)
     bare = {}

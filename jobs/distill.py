@@ -6,7 +6,7 @@ from jobs._common import run_job
 
 def main(args) -> int:
     from synth.distill import DistillConfig, distill
-    from synth.storage import read_yaml
+    from synth.io.storage import read_yaml
 
     cfg = DistillConfig.parse(read_yaml(args.config), source=args.config)
     result = distill(cfg, report=lambda m, _o: print(json.dumps({k: round(v, 5) if isinstance(v, float) else v

@@ -8,8 +8,8 @@ from jobs._common import run_job
 
 def main(args) -> int:
     from synth.errors import validated
-    from synth.nightly import NightlyConfig, run_nightly
-    from synth.storage import read_yaml
+    from synth.pipelines.nightly import NightlyConfig, run_nightly
+    from synth.io.storage import read_yaml
 
     cfg = validated(NightlyConfig, read_yaml(args.config), args.config)
     report = run_nightly(cfg)

@@ -7,8 +7,8 @@ from jobs._common import run_job
 
 def main(args) -> int:
     from synth.errors import validated
-    from synth.storage import read_yaml
-    from synth.synthesize import SynthesizeConfig, synthesize
+    from synth.io.storage import read_yaml
+    from synth.pipelines.synthesize import SynthesizeConfig, synthesize
 
     cfg = validated(SynthesizeConfig, read_yaml(args.config), args.config)
     m = synthesize(cfg, progress=lambda done, total: print(f"{done}/{total} rows", file=sys.stderr, flush=True))

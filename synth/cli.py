@@ -86,7 +86,7 @@ def distill_cmd(teacher: str = typer.Argument(..., help="teacher model artifact 
                 workers: Optional[int] = typer.Option(None, help="Ray Train workers (0 = in this process)")):
     """Distil a model into a student that samples in STEPS network evaluations, guidance included."""
     try:
-        from synth import storage
+        from synth.io import storage
         from synth.distill import DistillConfig, distill
         from synth.errors import with_overrides
 
@@ -139,7 +139,7 @@ def write_parquet_atomic(table, uri: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from synth import storage
+    from synth.io import storage
 
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
@@ -191,7 +191,7 @@ def synthesize_cmd(artifact: str = typer.Argument(..., help="model artifact URI"
         from rich.progress import Progress
 
         from synth.families import load_engine
-        from synth.synthesize import SynthesizeConfig, synthesize
+        from synth.pipelines.synthesize import SynthesizeConfig, synthesize
 
         if rows < 1:
             raise ConfigError(f"--rows must be a positive integer, got {rows}")
@@ -246,8 +246,8 @@ def evaluate_cmd(synthetic: str = typer.Argument(..., help="synthetic Parquet fi
     check the release gate (exit 1 when a threshold is violated)."""
     verdict = None
     try:
-        from synth import storage
-        from synth.data import open_dataset
+        from synth.io import storage
+        from synth.io.data import open_dataset
         from synth.families import load_engine
         from synth.evaluate.contract import evaluate_contract, generation_info, load_contract
         from synth.evaluate.reference import evaluate_against_reference
@@ -312,7 +312,7 @@ def report_cmd(path: str = typer.Argument(..., metavar="RUN_OR_SYNTHETIC",
 def inspect_cmd(artifact: str = typer.Argument(..., help="model artifact URI")):
     """Show what an artifact holds: columns, settings, training metrics, privacy, versions."""
     try:
-        from synth.artifact import read_artifact
+        from synth.io.artifact import read_artifact
 
         art = read_artifact(artifact)
     except SynthError as e:
@@ -337,7 +337,7 @@ def quickstart_cmd(output: str = typer.Option("runs/quickstart", help="run folde
                    workers: Optional[int] = typer.Option(None, help="Ray Train workers (0 = in process)")):
     """Train on the bundled UCI Adult data, write synthetic Parquet and an evaluation summary."""
     try:
-        from synth import storage
+        from synth.io import storage
         from synth.config import RunConfig
         from synth.families import load_engine
         from synth.evaluate.reference import evaluate_against_reference
@@ -384,7 +384,7 @@ def fingerprint_cmd(data: str = typer.Argument(..., help="reference Parquet file
     """Summarise a table as a statistical fingerprint (no rows): per-column statistics and a
     Gaussian-copula correlation matrix. Fit a model from it with `synth fit-fingerprint`."""
     try:
-        from synth.fingerprint import build_fingerprint, write_fingerprint
+        from synth.table.fingerprint import build_fingerprint, write_fingerprint
         from synth.table import CodecConfig
 
         kinds = _parse_conditions(override)
@@ -413,7 +413,7 @@ def fit_fingerprint_cmd(fingerprint: str = typer.Argument(..., help="fingerprint
 
     try:
         from synth.train.fit import fit_fingerprint
-        from synth.fingerprint import FingerprintWarning
+        from synth.table.fingerprint import FingerprintWarning
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", FingerprintWarning)
@@ -441,7 +441,7 @@ def blend_cmd(a: str = typer.Argument(..., help="source A: Parquet file or folde
     categoricals picked per record by weight), select (whole records from A with probability
     WEIGHT) or ensemble (COLUMNS from A, the rest from B)."""
     try:
-        from synth.blend import blend_files
+        from synth.pipelines.blend import blend_files
 
         cols = [c.strip() for item in columns for c in item.split(",") if c.strip()]
         if mode in ("interpolate", "select") and weight is None:

@@ -5,8 +5,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-from synth import storage
-from synth.data import SplitConfig
+from synth.io import storage
+from synth.io.data import SplitConfig
 from synth.errors import validated, with_overrides
 from synth.families import DEFAULT, FAMILIES, trainable
 from synth.privacy.config import PrivacyConfig

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
-from synth.artifact import Artifact, read_artifact, write_artifact
+from synth.io.artifact import Artifact, read_artifact, write_artifact
 from synth.engine.array import ArrayConfig, ArrayEngine
 from synth.engine.base import Engine
 from synth.engine.diffusion import DiffusionConfig, DiffusionEngine

@@ -88,7 +88,7 @@ def test_wrong_shape_is_refused_by_name():
 
 
 def test_split_hashes_array_rows():
-    from synth.data import SplitConfig, split_labels
+    from synth.io.data import SplitConfig, split_labels
 
     table = mixed_array_table(200)
     labels = split_labels(table, SplitConfig())
@@ -269,7 +269,7 @@ def test_bulk_synthesis_and_evaluation_of_an_array_model(ray_session, digits_art
 
     import pyarrow.parquet as pq
 
-    from synth.synthesize import SynthesizeConfig, synthesize
+    from synth.pipelines.synthesize import SynthesizeConfig, synthesize
 
     out = tmp_path / "syn"
     m = synthesize(SynthesizeConfig(artifact=digits_artifact, output=str(out), rows=600, shard_rows=250,

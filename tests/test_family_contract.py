@@ -28,7 +28,7 @@ RUNS = {
 
 
 def _fit_fingerprint(tmp_path) -> str:
-    from synth.fingerprint import build_fingerprint, write_fingerprint
+    from synth.table.fingerprint import build_fingerprint, write_fingerprint
     from synth.table import CodecConfig
     from synth.train.fit import fit_fingerprint
 
@@ -114,7 +114,7 @@ def test_one_nfe_through_sample_synthesize_and_the_endpoint(artifact, guidance, 
     from synth.serving import ServeArgs
     from synth.serving.schemas import SampleRequest
     from synth.serving.service import SamplingService
-    from synth.synthesize import SynthesizeConfig, generation_settings
+    from synth.pipelines.synthesize import SynthesizeConfig, generation_settings
 
     engine = load_engine(artifact)
     name, value = _condition(engine)

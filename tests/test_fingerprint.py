@@ -22,7 +22,7 @@ from synth.families import load_engine
 from synth.engine.copula import CopulaEngine
 from synth.train.fit import fit_fingerprint
 from synth.errors import ConfigError
-from synth.fingerprint import (FingerprintWarning, build_fingerprint, check_correlation, nearest_correlation,
+from synth.table.fingerprint import (FingerprintWarning, build_fingerprint, check_correlation, nearest_correlation,
                                parse_fingerprint, write_fingerprint)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -229,7 +229,7 @@ def test_cli_fingerprint_fit_sample_and_bad_input(tmp_path, adult_fp):
 
 @pytest.mark.ray
 def test_bulk_synthesis_with_a_fingerprint_model(ray_session, adult_model, tmp_path):
-    from synth.synthesize import SynthesizeConfig, synthesize
+    from synth.pipelines.synthesize import SynthesizeConfig, synthesize
 
     out = tmp_path / "bulk"
     m = synthesize(SynthesizeConfig(artifact=adult_model, output=str(out), rows=3000, shard_rows=1000,
@@ -238,7 +238,7 @@ def test_bulk_synthesis_with_a_fingerprint_model(ray_session, adult_model, tmp_p
     assert m["rows"] == t.num_rows == 3000 and t.schema.remove_metadata() == ADULT
     assert set(t["sex"].to_pylist()) == {"Female"}
     direct = load_engine(adult_model)
-    from synth.synthesize import shard_seed
+    from synth.pipelines.synthesize import shard_seed
     first = direct.sample(1000, {"sex": "Female"}, seed=shard_seed(shard_seed(0, 0), 0))
     assert pq.read_table(out / "part-00000.parquet").equals(first)
 

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from synth.config import RunConfig
-from synth.data import resolve_data_uri
+from synth.io.data import resolve_data_uri
 from synth.families import load_engine
 from synth.errors import ConfigError
 from synth.privacy import plan_privacy

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from synth import storage
+from synth.io import storage
 from synth.config import EvalConfig, ScalingConfig
 from synth.errors import ConfigError, validated
 from synth.train.config import TrainConfig

@@ -13,13 +13,13 @@ from typing import Any, Callable
 
 import torch
 
-from synth import storage
+from synth.io import storage
 from synth.distill.config import DistillConfig
 from synth.distill.student import DistillTask, make_student, teacher_trajectories
 from synth.families import load_engine, save_engine
 from synth.engine.diffusion import DiffusionEngine
 from synth.errors import ConfigError
-from synth.manifest import base_manifest
+from synth.io.manifest import base_manifest
 from synth.train import loop
 
 

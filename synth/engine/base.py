@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 import torch
 
-from synth.artifact import Artifact
+from synth.io.artifact import Artifact
 from synth.table import TableCodec
 
 Conditions = dict[str, Any]  # column -> one value for every row, or a list with one value per row

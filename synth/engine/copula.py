@@ -1,5 +1,5 @@
 """The copula engine (family "fingerprint", the name its artifacts carry): a Gaussian copula
-fitted from a statistical fingerprint alone (`synth.fingerprint`, `synth fingerprint`), no raw rows.
+fitted from a statistical fingerprint alone (`synth.table.fingerprint`, `synth fingerprint`), no raw rows.
 
 Each column's marginal comes from the fingerprint (quantiles, or a normal truncated to
 [min, max] from mean/std; category frequencies; null shares) and the dependence from its
@@ -26,10 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy.special import ndtr, ndtri
 from torch import Tensor
 
-from synth.artifact import Artifact
+from synth.io.artifact import Artifact
 from synth.engine.onepass import OnePassEngine
 from synth.errors import ConfigError, SynthError
-from synth.fingerprint import Fingerprint, arrow_type_from_string, category_order, check_correlation
+from synth.table.fingerprint import Fingerprint, arrow_type_from_string, category_order, check_correlation
 from synth.table import TableCodec
 from synth.table.columns import CategoricalColumn, NumericColumn
 

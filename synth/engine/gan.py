@@ -40,7 +40,7 @@ from scipy.special import ndtr
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from synth.artifact import Artifact
+from synth.io.artifact import Artifact
 from synth.engine.onepass import OnePassEngine
 from synth.table import TableCodec
 from synth.table.columns import CategoricalColumn

@@ -23,7 +23,7 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor, nn
 
-from synth.artifact import Artifact
+from synth.io.artifact import Artifact
 from synth.diffusion.guidance import guided_denoiser
 from synth.diffusion.processes import timesteps
 from synth.diffusion.samplers import SAMPLERS

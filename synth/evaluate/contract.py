@@ -161,7 +161,7 @@ def parse_contract(raw: Any, source: str = "contract") -> Contract:
 
 def load_contract(uri: str) -> Contract:
     """Read and validate a contract YAML (local path, s3://, gs://)."""
-    from synth import storage
+    from synth.io import storage
 
     return parse_contract(storage.read_yaml(uri, "contract"), source=uri)
 
@@ -191,7 +191,7 @@ def generation_info(synthetic_uri: str | None, engine, *, sampler: str | None = 
     artifact), else the given settings over the artifact's defaults (rows drawn unconditioned)."""
     import json
 
-    from synth import storage
+    from synth.io import storage
 
     manifest = engine.manifest
     if synthetic_uri is not None:
@@ -240,7 +240,7 @@ def generation_metadata(engine, sampler: str | None, steps: int | None, guidance
 def _recorded_generation(uri: str) -> dict | None:
     import json
 
-    from synth.data import open_dataset
+    from synth.io.data import open_dataset
 
     meta = open_dataset(uri).schema.metadata or {}
     if GENERATION_KEY not in meta:

@@ -15,7 +15,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from synth import storage
+from synth.io import storage
 from synth.errors import ArtifactError
 from synth.serving.auth import load_token
 from synth.serving.config import ServeArgs

@@ -13,12 +13,12 @@ from typing import Callable, Literal
 
 import torch
 
-from synth import storage
+from synth.io import storage
 from synth.config import RunConfig
 from synth.engine.copula import CopulaEngine
 from synth.families import FAMILIES, save_engine
-from synth.fingerprint import read_fingerprint
-from synth.manifest import base_manifest
+from synth.table.fingerprint import read_fingerprint
+from synth.io.manifest import base_manifest
 from synth.train import ray_train
 from synth.train.prepare import Prepared, encode_tensor, prepare
 from synth.train.session import LocalSession, TrainingData

@@ -10,7 +10,7 @@ import pyarrow as pa
 import torch
 
 from synth.config import RunConfig
-from synth.data import input_digest, load_splits
+from synth.io.data import input_digest, load_splits
 from synth.errors import ConfigError
 from synth.privacy import PrivacyPlan, plan_privacy
 from synth.table import TableCodec
@@ -22,7 +22,7 @@ class Prepared:
     train: pa.Table
     val: pa.Table
     test: pa.Table
-    input: dict  # the data's schema and content hash (synth.data.input_digest)
+    input: dict  # the data's schema and content hash (synth.io.data.input_digest)
     split: dict
     privacy: PrivacyPlan | None = None
 

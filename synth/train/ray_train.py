@@ -20,9 +20,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from synth import storage
+from synth.io import storage
 from synth.config import RunConfig, ScalingConfig
-from synth.data import SplitConfig, input_digest, parquet_files, row_hashes, split_labels
+from synth.io.data import SplitConfig, input_digest, parquet_files, row_hashes, split_labels
 from synth.errors import ConfigError, SynthError
 from synth.table import TableCodec, TableStats
 from synth.families import FAMILIES, load_engine
@@ -37,7 +37,7 @@ def read_reference(uri: str):
     """A Ray dataset over the reference Parquet, after naming any unreadable file."""
     import ray.data
 
-    from synth.data import open_dataset
+    from synth.io.data import open_dataset
 
     open_dataset(uri)  # validates every file's footer and schema, naming a bad file
     fs, files = parquet_files(uri)
@@ -145,7 +145,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 def prepare_cluster(sc: ScalingConfig, train: TrainConfig) -> None:
     """Before any data is read: connect to (or start) Ray and refuse what can never run."""
-    from synth.raycluster import check_resources, ensure_ray
+    from synth.io.raycluster import check_resources, ensure_ray
 
     if train.time_budget_s is not None and sc.num_workers > 1:
         raise ConfigError("train.time_budget_s stops workers at different steps, which deadlocks the gradient "
@@ -285,7 +285,7 @@ def _latest_checkpoint(storage_path: str, name: str) -> dict | None:
     JSON, or None."""
     import pyarrow.fs as pafs
 
-    from synth.artifact import CODEC, ENGINE, MANIFEST
+    from synth.io.artifact import CODEC, ENGINE, MANIFEST
 
     fs, path = storage.resolve(storage.join(storage_path, name))
     if fs.get_file_info(path).type != pafs.FileType.Directory:

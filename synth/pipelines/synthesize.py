@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from synth import storage
+from synth.io import storage
 from synth.errors import ConfigError, SynthError
-from synth.manifest import base_manifest
+from synth.io.manifest import base_manifest
 
 MANIFEST = "_manifest.json"
 COMMITS = "_commits"  # one small JSON per committed shard: rows and sha256
@@ -246,7 +246,7 @@ def synthesize(cfg: SynthesizeConfig, progress=None) -> dict:
     import ray.data
 
     from synth.families import load_engine
-    from synth.raycluster import ensure_ray
+    from synth.io.raycluster import ensure_ray
 
     t0 = time.perf_counter()
     engine = load_engine(cfg.artifact)  # missing / tampered / incompatible artifacts fail here

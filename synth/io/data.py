@@ -17,7 +17,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from synth import storage
+from synth.io import storage
 from synth.errors import DataError
 
 BUNDLED = {"adult": "adult.parquet", "digits": "digits.parquet"}
@@ -49,7 +49,7 @@ def resolve_data_uri(uri: str) -> str:
             raise DataError(f"no bundled dataset {name!r}; bundled: {sorted(BUNDLED) + sorted(GENERATED)}")
         from pathlib import Path
 
-        return str(Path(__file__).resolve().parent / "datasets" / BUNDLED[name])
+        return str(Path(__file__).resolve().parents[1] / "datasets" / BUNDLED[name])
     return uri
 
 

@@ -38,7 +38,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.special import ndtri
 
-from synth import storage
+from synth.io import storage
 from synth.errors import ConfigError, DataError, validated
 
 FORMAT = "synth-fingerprint"
@@ -331,7 +331,7 @@ def _latent_pass(uri: str, batch_size: int, codec, columns: list[dict], d: int, 
                  visit) -> None:
     """Stream the data once; `visit(z, slots, batch_moments)` gets each batch's normal scores
     (n, d), the categorical slots and the numeric columns' (count, sum, sum of squares)."""
-    from synth.data import iter_batches
+    from synth.io.data import iter_batches
     from synth.table.columns import CategoricalColumn
 
     orders = _orders(columns)
@@ -373,8 +373,8 @@ def build_fingerprint(uri: str, codec_cfg=None, quantiles: int = 201, seed: int 
     of the table (the first principal component of each category's mean normal scores of the
     other columns), so the copula's one latent dimension per categorical column carries as much
     of its dependence as one dimension can; `order_categories=False` keeps frequency order."""
-    from synth.data import input_digest
-    from synth.data import iter_batches
+    from synth.io.data import input_digest
+    from synth.io.data import iter_batches
     from synth.table import CodecConfig, TableCodec
     from synth.table.columns import CategoricalColumn
     from synth.table.stats import TableStats
