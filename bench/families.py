@@ -27,8 +27,8 @@ from sdv_judge import quality_report  # noqa: E402
 def fit_fingerprint_family(args, train, work: Path) -> tuple[str, dict]:
     import pyarrow.parquet as pq
 
-    from synth.engine.fingerprint import fit_fingerprint
-    from synth.fingerprint import build_fingerprint, write_fingerprint
+    from synth.train.fit import fit_fingerprint
+    from synth.table.fingerprint import build_fingerprint, write_fingerprint
 
     data = work / "train.parquet"
     pq.write_table(train, data)
@@ -45,7 +45,6 @@ def fit_run_family(family: str, args, work: Path) -> tuple[str, dict]:
     import yaml
 
     from synth.config import RunConfig
-    from synth.engine.gan import fit_gan
     from synth.train.fit import fit
 
     raw = yaml.safe_load(Path(args.config).read_text())
@@ -61,7 +60,7 @@ def fit_run_family(family: str, args, work: Path) -> tuple[str, dict]:
         raw["train"]["steps"] = args.diffusion_steps
     cfg = RunConfig.parse(raw)
     t0 = time.perf_counter()
-    result = (fit_gan if family == "gan" else fit)(cfg, report=lambda m, _o: print(f"  {family} step {m['step']}: " + " ".join(
+    result = fit(cfg, report=lambda m, _o: print(f"  {family} step {m['step']}: " + " ".join(
         f"{k} {v:.4f}" for k, v in m.items() if k != "step" and isinstance(v, float)), flush=True))
     return result.artifact_uri, {"fit_s": time.perf_counter() - t0, "train": result.metrics,
                                  "config": cfg.model.model_dump(mode="json")}
@@ -81,8 +80,8 @@ def main() -> None:
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
 
-    from synth.data import SplitConfig, load_splits
-    from synth.engine import load_engine
+    from synth.io.data import SplitConfig, load_splits
+    from synth.families import load_engine
     from synth.evaluate.suite import evaluate
 
     train, _val, test = load_splits("bundled:adult", SplitConfig())

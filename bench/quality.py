@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sdv_judge import quality_report  # noqa: E402
 
 from synth.config import RunConfig  # noqa: E402
-from synth.engine import load_engine  # noqa: E402
+from synth.families import load_engine  # noqa: E402
 from synth.evaluate.reference import evaluate_against_reference  # noqa: E402
 from synth.train.fit import fit  # noqa: E402
 

@@ -23,11 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sdv_judge import quality_report  # noqa: E402
 
-from synth.data import SplitConfig, load_splits  # noqa: E402
+from synth.io.data import SplitConfig, load_splits  # noqa: E402
 from synth.distill import DistillConfig, distill  # noqa: E402
 from synth.distill.run import load_teacher  # noqa: E402
 from synth.distill.student import teacher_trajectories, thin  # noqa: E402
-from synth.engine import load_engine  # noqa: E402
+from synth.families import load_engine  # noqa: E402
 from synth.evaluate.reference import evaluate_against_reference  # noqa: E402
 
 
@@ -38,7 +38,7 @@ def judge(engine, sampler, steps, rows, test, kinds, manifest, conditions=None, 
     secs = time.perf_counter() - t
     sdm = quality_report(test.to_pandas(), syn.to_pandas(), kinds)
     ours = evaluate_against_reference(syn, manifest, target="income")
-    return {"sampler": sampler, "steps": steps, "nfe": engine.nfe(sampler, steps, guidance if conditions else 1.0),
+    return {"sampler": sampler, "steps": steps, "nfe": engine.cost(sampler, steps, guidance if conditions else 1.0),
             "guided": bool(conditions), "guidance": guidance if conditions else None,
             "rows_per_s": rows / secs, "quality": sdm["overall"], "column_shapes": sdm["column_shapes"],
             "pair_trends": sdm["column_pair_trends"], "c2st_auc": ours["detection"]["c2st_auc"],

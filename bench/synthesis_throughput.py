@@ -51,9 +51,9 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the results file")
     args = ap.parse_args()
 
-    from synth.engine import load_engine
-    from synth.raycluster import ensure_ray
-    from synth.synthesize import SynthesizeConfig, synthesize
+    from synth.families import load_engine
+    from synth.io.raycluster import ensure_ray
+    from synth.pipelines.synthesize import SynthesizeConfig, synthesize
 
     engine = load_engine(args.artifact)
     bare = {}

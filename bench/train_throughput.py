@@ -24,7 +24,7 @@ import torch
 
 from synth.config import RunConfig
 from synth.engine.diffusion import DiffusionEngine
-from synth.train.fit import encode_tensor, prepare
+from synth.train.prepare import encode_tensor, prepare
 from synth.train.loop import lr_lambda, make_accelerator
 
 
@@ -78,7 +78,7 @@ def main() -> None:
     plain = plain_loop(cfg, min(args.steps, 800))
     print(f"plain torch loop: {plain['samples_per_s']:.0f} samples/s ({plain['precision']})", flush=True)
 
-    from synth.raycluster import ensure_ray
+    from synth.io.raycluster import ensure_ray
 
     ensure_ray()
     in_ray = plain_in_ray_task(cfg, min(args.steps, 800))
@@ -95,7 +95,7 @@ def main() -> None:
         t0 = time.perf_counter()
         fit(RunConfig.parse(raw), report=lambda m, _o: reports.append(m))
         runs[workers] = {"total_s": time.perf_counter() - t0}
-        from synth.artifact import read_artifact
+        from synth.io.artifact import read_artifact
 
         manifest = read_artifact(raw["output"] + "/model").manifest
         runs[workers]["final"] = manifest["metrics"]

@@ -1,4 +1,4 @@
-"""Shared by the job entry points: config loading and user-facing errors as exit codes."""
+"""Shared by the job entry points: user-facing errors as exit codes."""
 from __future__ import annotations
 
 import argparse
@@ -18,17 +18,3 @@ def run_job(main: Callable[[argparse.Namespace], int], description: str) -> None
         print(f"error: {e}", file=sys.stderr)
         code = 2
     sys.exit(code)
-
-
-def load_yaml(uri: str) -> dict:
-    import yaml
-
-    from synth import storage
-    from synth.errors import ConfigError
-
-    if not storage.exists(uri):
-        raise ConfigError(f"config {uri!r} does not exist")
-    try:
-        return yaml.safe_load(storage.read_bytes(uri)) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config {uri!r} is not valid YAML: {e}") from None

@@ -3,20 +3,15 @@ check the release contract, report; exits 1 when a threshold of the contract is 
 import json
 import sys
 
-from jobs._common import load_yaml, run_job
+from jobs._common import run_job
 
 
 def main(args) -> int:
-    from pydantic import ValidationError
+    from synth.errors import validated
+    from synth.pipelines.nightly import NightlyConfig, run_nightly
+    from synth.io.storage import read_yaml
 
-    from synth.config import format_validation_error
-    from synth.errors import ConfigError
-    from synth.nightly import NightlyConfig, run_nightly
-
-    try:
-        cfg = NightlyConfig.model_validate(load_yaml(args.config))
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, args.config)) from None
+    cfg = validated(NightlyConfig, read_yaml(args.config), args.config)
     report = run_nightly(cfg)
     print(json.dumps({"report": cfg.report, "passed": report["passed"], "metrics": report["metrics"]},
                      default=str), flush=True)

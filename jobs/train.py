@@ -11,8 +11,12 @@ def main(args) -> int:
     cfg = RunConfig.from_yaml(args.config)
     result = fit(cfg, report=lambda m, _o: print(json.dumps({k: round(v, 5) if isinstance(v, float) else v
                                                              for k, v in m.items()}), flush=True))
-    print(json.dumps({"artifact": result.artifact_uri, "artifact_id": result.artifact_id}), flush=True)
-    return 0
+    from synth.evaluate.fit_check import FAILED_EXIT, summary
+
+    print(json.dumps({"artifact": result.artifact_uri, "artifact_id": result.artifact_id,
+                      "fit_check": result.check}), flush=True)
+    print(summary(result.check), flush=True)
+    return FAILED_EXIT if result.check.get("verdict") == "failed" else 0
 
 
 if __name__ == "__main__":

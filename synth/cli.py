@@ -58,25 +58,11 @@ def _progress_printer(total_steps: int):
     return lazy, report
 
 
-def _load_config(config: Optional[Path], overrides: dict):
+def _load_config(config: Optional[str], overrides: dict):
     from synth.config import RunConfig
+    from synth.errors import with_overrides
 
-    raw = {}
-    if config is not None:
-        import yaml
-
-        if not config.exists():
-            raise ConfigError(f"config {str(config)!r} does not exist")
-        raw = yaml.safe_load(config.read_text()) or {}
-    for dotted, value in overrides.items():
-        if value is None:
-            continue
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return RunConfig.parse(raw, source=str(config) if config else "config")
+    return RunConfig.from_yaml(config, overrides) if config else RunConfig.parse(with_overrides({}, overrides))
 
 
 def run_fit(cfg, quiet: bool = False):
@@ -89,7 +75,7 @@ def run_fit(cfg, quiet: bool = False):
 
 
 @app.command("fit")
-def fit_cmd(config: Optional[Path] = typer.Option(None, "--config", "-c", help="run config YAML"),
+def fit_cmd(config: Optional[str] = typer.Option(None, "--config", "-c", help="run config YAML (local, s3://, gs://)"),
             data: Optional[str] = typer.Option(None, help="reference Parquet (overrides data.uri)"),
             output: Optional[str] = typer.Option(None, help="run folder (overrides output)"),
             steps: Optional[int] = typer.Option(None, help="training steps (overrides train.steps)"),
@@ -108,6 +94,17 @@ def fit_cmd(config: Optional[Path] = typer.Option(None, "--config", "-c", help="
                   f"val loss {result.metrics.get('val_loss', float('nan')):.4f}"
                   + (f", training epsilon {result.metrics['epsilon']:.3f} (total in the manifest's privacy block)"
                      if "epsilon" in result.metrics else ""))
+    _report_check(result.check)
+
+
+def _report_check(check: dict) -> None:
+    """The held-out fit check, loudly when the fit failed (exit status 3) or is weak."""
+    from synth.evaluate.fit_check import FAILED_EXIT, summary
+
+    style = {"failed": "bold red", "weak": "bold yellow"}.get(check.get("verdict"), "")
+    console.print(f"[{style}]{summary(check)}[/]" if style else summary(check), highlight=False, soft_wrap=True)
+    if check.get("verdict") == "failed":
+        raise typer.Exit(FAILED_EXIT)
 
 
 @app.command("distill")
@@ -115,34 +112,24 @@ def distill_cmd(teacher: str = typer.Argument(..., help="teacher model artifact 
                 steps: Optional[int] = typer.Option(None, "--steps", help="student NFE: 1, 2, 4 (default 4)"),
                 output: Optional[str] = typer.Option(None, "--output", "-o", help="student artifact (default "
                                                      "TEACHER-distilled-STEPS)"),
-                config: Optional[Path] = typer.Option(None, "--config", "-c", help="distill config YAML"),
+                config: Optional[str] = typer.Option(None, "--config", "-c", help="distill config YAML (local, s3://, "
+                                                                                  "gs://)"),
                 train_steps: Optional[int] = typer.Option(None, help="student training steps (train.steps)"),
                 trajectories: Optional[int] = typer.Option(None, help="teacher trajectories to distil from"),
                 workers: Optional[int] = typer.Option(None, help="Ray Train workers (0 = in this process)")):
     """Distil a model into a student that samples in STEPS network evaluations, guidance included."""
     try:
-        import yaml
-
+        from synth.io import storage
         from synth.distill import DistillConfig, distill
+        from synth.errors import with_overrides
 
-        raw = {}
-        if config is not None:
-            if not config.exists():
-                raise ConfigError(f"config {str(config)!r} does not exist")
-            raw = yaml.safe_load(config.read_text()) or {}
+        raw = storage.read_yaml(config) if config is not None else {}
         raw["teacher"] = teacher
         k = steps or raw.get("steps", 4)
         raw["steps"] = k
         raw["output"] = output or raw.get("output") or f"{teacher.rstrip('/')}-distilled-{k}"
-        for dotted, value in {"train.steps": train_steps, "trajectories": trajectories,
-                              "scaling.num_workers": workers}.items():
-            if value is not None:
-                node = raw
-                *parents, leaf = dotted.split(".")
-                for p in parents:
-                    node = node.setdefault(p, {})
-                node[leaf] = value
-        cfg = DistillConfig.parse(raw, source=str(config) if config else "distill options")
+        with_overrides(raw, {"train.steps": train_steps, "trajectories": trajectories, "scaling.num_workers": workers})
+        cfg = DistillConfig.parse(raw, source=config or "distill options")
         progress, report = _progress_printer(cfg.train.steps)
         with progress:
             result = distill(cfg, report=report)
@@ -185,7 +172,7 @@ def write_parquet_atomic(table, uri: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from synth import storage
+    from synth.io import storage
 
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
@@ -203,7 +190,7 @@ def sample_cmd(artifact: str = typer.Argument(..., help="model artifact URI"),
                seed: int = typer.Option(0, help="seed (same seed, same rows)")):
     """Sample rows from an artifact into one Parquet file (use `synth synthesize` for sharded bulk output)."""
     try:
-        from synth.engine import load_engine
+        from synth.families import load_engine
 
         if rows < 1:
             raise ConfigError(f"--rows must be a positive integer, got {rows}")
@@ -215,7 +202,8 @@ def sample_cmd(artifact: str = typer.Argument(..., help="model artifact URI"),
         from synth.evaluate.contract import generation_metadata  # `synth evaluate` reads the settings back
 
         table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                               **generation_metadata(engine, sampler, steps, guidance, seed)})
+                                               **generation_metadata(engine, sampler, steps, guidance, seed,
+                                                                   conditioned=bool(conds))})
         write_parquet_atomic(table, output)
     except SynthError as e:
         _fail(e)
@@ -235,8 +223,8 @@ def synthesize_cmd(artifact: str = typer.Argument(..., help="model artifact URI"
     try:
         from rich.progress import Progress
 
-        from synth.engine import load_engine
-        from synth.synthesize import SynthesizeConfig, synthesize
+        from synth.families import load_engine
+        from synth.pipelines.synthesize import SynthesizeConfig, synthesize
 
         if rows < 1:
             raise ConfigError(f"--rows must be a positive integer, got {rows}")
@@ -261,7 +249,7 @@ def replay_cmd(manifest: str = typer.Argument(..., help="a `synth synthesize` ou
     """Re-run a bulk synthesis from its manifest and check every shard's bytes against the recorded
     sha256 (exit 0: identical, 1: some shard differs)."""
     try:
-        from synth.synthesize import replay
+        from synth.pipelines.synthesize import replay
 
         r = replay(manifest, output)
     except SynthError as e:
@@ -311,15 +299,15 @@ def evaluate_cmd(synthetic: str = typer.Argument(..., help="synthetic Parquet fi
     check the release gate (exit 1 when a threshold is violated)."""
     verdict = None
     try:
-        from synth import storage
-        from synth.data import open_dataset
-        from synth.engine import load_engine
+        from synth.io import storage
+        from synth.io.data import open_dataset
+        from synth.families import load_engine
         from synth.evaluate.contract import evaluate_contract, generation_info, load_contract
         from synth.evaluate.reference import evaluate_against_reference
 
         gate = load_contract(contract) if contract else None
         engine = load_engine(artifact)
-        gen = generation_info(synthetic, engine.manifest, sampler=sampler, steps=steps, guidance=guidance)
+        gen = generation_info(synthetic, engine, sampler=sampler, steps=steps, guidance=guidance)
         syn = open_dataset(synthetic).to_table()
         if gate is not None:
             if target:
@@ -377,7 +365,7 @@ def report_cmd(path: str = typer.Argument(..., metavar="RUN_OR_SYNTHETIC",
 def inspect_cmd(artifact: str = typer.Argument(..., help="model artifact URI")):
     """Show what an artifact holds: columns, settings, training metrics, privacy, versions."""
     try:
-        from synth.artifact import read_artifact
+        from synth.io.artifact import read_artifact
 
         art = read_artifact(artifact)
     except SynthError as e:
@@ -402,12 +390,12 @@ def quickstart_cmd(output: str = typer.Option("runs/quickstart", help="run folde
                    workers: Optional[int] = typer.Option(None, help="Ray Train workers (0 = in process)")):
     """Train on the bundled UCI Adult data, write synthetic Parquet and an evaluation summary."""
     try:
-        from synth import storage
+        from synth.io import storage
         from synth.config import RunConfig
-        from synth.engine import load_engine
-        from synth.data import open_dataset
+        from synth.families import load_engine
+        from synth.io.data import open_dataset
         from synth.evaluate.reference import evaluate_against_reference
-        from synth.synthesize import MANIFEST, SynthesizeConfig, synthesize
+        from synth.pipelines.synthesize import MANIFEST, SynthesizeConfig, synthesize
 
         if rows < 1:
             raise ConfigError(f"--rows must be a positive integer, got {rows}")
@@ -437,6 +425,7 @@ def quickstart_cmd(output: str = typer.Option("runs/quickstart", help="run folde
     console.print(f"model:      [bold]{result.artifact_uri}[/]\nsynthetic:  [bold]{syn_uri}[/] "
                   f"({rows} rows, bulk synthesis on Ray Data in {sample_s:.1f} s)\nevaluation: [bold]{eval_uri}[/]\n"
                   f"fit took {t1 - t0:.0f} s. Next: synth inspect {result.artifact_uri}")
+    _report_check(result.check)
 
 
 def _quickstart_defaults(output: str, steps: Optional[int], workers: Optional[int]) -> dict:
@@ -460,7 +449,7 @@ def fingerprint_cmd(data: str = typer.Argument(..., help="reference Parquet file
     """Summarise a table as a statistical fingerprint (no rows): per-column statistics and a
     Gaussian-copula correlation matrix. Fit a model from it with `synth fit-fingerprint`."""
     try:
-        from synth.fingerprint import build_fingerprint, write_fingerprint
+        from synth.table.fingerprint import build_fingerprint, write_fingerprint
         from synth.table import CodecConfig
 
         kinds = _parse_conditions(override)
@@ -488,8 +477,8 @@ def fit_fingerprint_cmd(fingerprint: str = typer.Argument(..., help="fingerprint
     import warnings
 
     try:
-        from synth.engine.fingerprint import fit_fingerprint
-        from synth.fingerprint import FingerprintWarning
+        from synth.train.fit import fit_fingerprint
+        from synth.table.fingerprint import FingerprintWarning
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", FingerprintWarning)
@@ -517,7 +506,7 @@ def blend_cmd(a: str = typer.Argument(..., help="source A: Parquet file or folde
     categoricals picked per record by weight), select (whole records from A with probability
     WEIGHT) or ensemble (COLUMNS from A, the rest from B)."""
     try:
-        from synth.blend import blend_files
+        from synth.pipelines.blend import blend_files
 
         cols = [c.strip() for item in columns for c in item.split(",") if c.strip()]
         if mode in ("interpolate", "select") and weight is None:

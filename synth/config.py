@@ -3,14 +3,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-from synth import storage
-from synth.data import SplitConfig
-from synth.engine.array import ArrayConfig
-from synth.engine.diffusion import DiffusionConfig
-from synth.engine.gan import GANConfig
-from synth.errors import ConfigError
+from synth.io import storage
+from synth.io.data import SplitConfig
+from synth.errors import validated, with_overrides
+from synth.families import DEFAULT, FAMILIES, trainable
 from synth.privacy.config import PrivacyConfig
 from synth.table import CodecConfig
 from synth.train.config import TrainConfig
@@ -48,12 +46,11 @@ class EvalConfig(Strict):
 
 
 def _family(v) -> str:
-    return v.get("family", "diffusion") if isinstance(v, dict) else getattr(v, "family", "diffusion")
+    return v.get("family", DEFAULT) if isinstance(v, dict) else getattr(v, "family", DEFAULT)
 
 
-# model.family picks the engine family's config (diffusion when not given)
-ModelConfig = Annotated[Union[Annotated[DiffusionConfig, Tag("diffusion")], Annotated[GANConfig, Tag("gan")],
-                              Annotated[ArrayConfig, Tag("array")]],
+# model.family picks the family's config (synth.families; DEFAULT when not given)
+ModelConfig = Annotated[Union[tuple(Annotated[f.config, Tag(f.name)] for f in trainable())],  # type: ignore[misc]
                         Discriminator(_family)]
 
 
@@ -61,26 +58,38 @@ class RunConfig(Strict):
     name: str = "adult"
     output: str = Field("runs/adult", description="run folder: model/, synthetic/, evaluation.json")
     data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=DiffusionConfig)
+    model: ModelConfig = Field(default_factory=FAMILIES[DEFAULT].config)
     train: TrainConfig = Field(default_factory=TrainConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig, description="differential privacy (docs/privacy.md)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _family_train_defaults(cls, raw):
+        """A family's own train.* defaults (synth.families) under what the config sets."""
+        if isinstance(raw, dict) and isinstance(raw.get("model", {}), dict) \
+                and isinstance(raw.get("train", {}), dict):
+            family = FAMILIES.get(_family(raw.get("model") or {}))
+            if family is not None and family.train_defaults:
+                raw = {**raw, "train": {**family.train_defaults, **(raw.get("train") or {})}}
+        return raw
+
     @model_validator(mode="after")
     def _family_limits(self):
-        if getattr(self.model, "family", "diffusion") == "gan" and self.scaling.num_workers > 0 \
-                and self.scaling.data_mode != "memory":
-            raise ValueError("model.family gan needs scaling.data_mode memory: training-by-sampling draws rows by "
-                             "category from the whole training set, which a streamed shard cannot give")
+        family = FAMILIES[self.model.family]
+        if not family.streams and self.scaling.num_workers > 0 and self.scaling.data_mode != "memory":
+            raise ValueError(f"model.family {family.name} needs scaling.data_mode memory: {family.why_not_streamed}")
         return self
 
     @model_validator(mode="after")
     def _private_runs(self):
         if self.privacy.enabled:
-            if getattr(self.model, "family", "diffusion") != "diffusion":
-                raise ValueError(f"privacy is implemented for the diffusion family, not {self.model.family!r}: "
-                                 "set model.family to diffusion or turn privacy.enabled off")
+            private = [f.name for f in trainable() if f.private]
+            if not FAMILIES[self.model.family].private:
+                raise ValueError(f"privacy is implemented for the {', '.join(private)} family, not "
+                                 f"{self.model.family!r}: set model.family to {' or '.join(private)} or turn "
+                                 "privacy.enabled off")
             if self.scaling.num_workers > 0 and self.scaling.data_mode != "memory":
                 raise ValueError("private runs need scaling.data_mode memory: Poisson sampling draws every step "
                                  "from all training rows, which a streamed shard cannot give")
@@ -91,31 +100,10 @@ class RunConfig(Strict):
         return storage.join(self.output, "model")
 
     @classmethod
-    def from_yaml(cls, uri: str) -> "RunConfig":
-        import yaml
-
-        if not storage.exists(uri):
-            raise ConfigError(f"config {uri!r} does not exist")
-        try:
-            raw = yaml.safe_load(storage.read_bytes(uri)) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config {uri!r} is not valid YAML: {e}") from None
-        return cls.parse(raw, source=uri)
+    def from_yaml(cls, uri: str, overrides: dict | None = None) -> "RunConfig":
+        """The run config at `uri` (local path, s3://, gs://) with dotted `overrides` written in."""
+        return cls.parse(with_overrides(storage.read_yaml(uri), overrides or {}), source=uri)
 
     @classmethod
     def parse(cls, raw: dict, source: str = "config") -> "RunConfig":
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as e:
-            raise ConfigError(format_validation_error(e, source)) from None
-
-
-def format_validation_error(e: ValidationError, source: str) -> str:
-    lines = [f"{source} is invalid:"]
-    for err in e.errors():
-        parts = list(err["loc"])
-        if parts[:1] == ["model"] and len(parts) > 1 and parts[1] in ("diffusion", "gan", "array"):
-            del parts[1]  # the union tag of model.family is not a field the user wrote
-        loc = ".".join(str(p) for p in parts) or "(top level)"
-        lines.append(f"  {loc}: {err['msg']}")
-    return "\n".join(lines)
+        return validated(cls, raw, source)

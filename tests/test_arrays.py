@@ -88,7 +88,7 @@ def test_wrong_shape_is_refused_by_name():
 
 
 def test_split_hashes_array_rows():
-    from synth.data import SplitConfig, split_labels
+    from synth.io.data import SplitConfig, split_labels
 
     table = mixed_array_table(200)
     labels = split_labels(table, SplitConfig())
@@ -113,7 +113,7 @@ def digits_artifact(tmp_path_factory) -> str:
 
 
 def test_digits_fit_sample_conditions_and_reload(digits_artifact):
-    from synth.engine import load_engine
+    from synth.families import load_engine
     from synth.engine.array import ArrayEngine
 
     engine = load_engine(digits_artifact)
@@ -132,7 +132,7 @@ def test_digits_fit_sample_conditions_and_reload(digits_artifact):
     assert again.equals(t)  # same artifact + seed -> same rows
     free = engine.sample(40, seed=1)  # labels drawn from the reference frequencies
     assert set(free.column("digit").to_pylist()) <= set(range(10)) and len(set(free.column("digit").to_pylist())) > 3
-    assert engine.nfe("ddim", 4, 2.0) == 8 and engine.nfe("ddim", 4, 1.0) == 4
+    assert engine.cost("ddim", 4, 2.0) == 8 and engine.cost("ddim", 4, 1.0) == 4
     with pytest.raises(ConfigError, match="has no category 11"):
         engine.sample(2, {"digit": 11})
     with pytest.raises(ConfigError, match="'image' is array; conditions are supported on categorical"):
@@ -156,7 +156,7 @@ def test_series_layout_and_family_errors(tmp_path):
     raw = {"output": str(tmp_path / "run"), "data": {"uri": str(tmp_path / "s.parquet"), "codec": {"ignore": ["x"]}},
            "model": {"family": "array", "net": {"channels": [16], "depth": 3, "norm_groups": 4}, "steps": 3},
            "train": {"steps": 20, "batch_size": 64, "eval_every": 20, "warmup_steps": 2, "precision": "fp32"}}
-    from synth.engine import load_engine
+    from synth.families import load_engine
 
     engine = load_engine(fit(RunConfig.parse(raw)).artifact_uri)
     assert engine.layout == "series" and engine.shape == (1, 32)
@@ -248,7 +248,7 @@ def test_endpoint_json_arrow_and_png(http):
 
 def test_digits_on_ray_train_workers(ray_session, tmp_path):
     """The array family through the Ray Train path (Ray Data statistics and encoding, a worker)."""
-    from synth.engine import load_engine
+    from synth.families import load_engine
     from synth.train.fit import fit
 
     raw = digits_run(tmp_path / "ray", steps=6).model_dump(mode="json")
@@ -269,7 +269,7 @@ def test_bulk_synthesis_and_evaluation_of_an_array_model(ray_session, digits_art
 
     import pyarrow.parquet as pq
 
-    from synth.synthesize import SynthesizeConfig, synthesize
+    from synth.pipelines.synthesize import SynthesizeConfig, synthesize
 
     out = tmp_path / "syn"
     m = synthesize(SynthesizeConfig(artifact=digits_artifact, output=str(out), rows=600, shard_rows=250,

@@ -36,7 +36,7 @@ def one_line_error(r: subprocess.CompletedProcess) -> str:
 # --------------------------------------------------------------------------- the artifact's manifest
 @pytest.mark.parametrize("content,kind", [("[1, 2]", "array"), ('"x"', "string"), ("3", "number"), ("null", "null")])
 def test_manifest_that_is_not_an_object_is_refused(tiny_artifact, tmp_path, content, kind):
-    from synth.artifact import read_artifact
+    from synth.io.artifact import read_artifact
 
     art = tmp_path / "model"
     shutil.copytree(tiny_artifact, art)
@@ -184,7 +184,7 @@ def test_conditions_of_the_right_type_are_met(http):
 
 
 def test_engine_refuses_condition_types_too(typed_artifact):
-    from synth.engine import load_engine
+    from synth.families import load_engine
 
     engine = load_engine(typed_artifact)
     with pytest.raises(ConfigError, match="column 'flag' holds boolean values"):
@@ -207,7 +207,7 @@ def test_unreachable_object_store_fails_fast_with_one_line(tmp_path):
 
 
 def test_storage_errors_name_the_uri(monkeypatch):
-    from synth import storage
+    from synth.io import storage
 
     monkeypatch.setenv("SYNTH_STORAGE_TIMEOUT_S", "2")
     with pytest.raises(SynthError, match=r"cannot reach 'gs://synth-test-no-such-bucket/x\.json'") as e:

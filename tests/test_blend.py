@@ -1,4 +1,4 @@
-"""Hybrid blending (`synth blend`, synth.blend): each mode's arithmetic, seeded determinism,
+"""Hybrid blending (`synth blend`, synth.pipelines.blend): each mode's arithmetic, seeded determinism,
 A's exact schema, and clear errors (mismatched schemas, weights outside [0, 1], unknown
 columns) that leave no output behind."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from synth.blend import blend_files, blend_tables
+from synth.pipelines.blend import blend_files, blend_tables
 from synth.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -82,24 +82,30 @@ def test_verdicts_value_vs_threshold():
     assert check_contract(c, metrics).passed
 
 
-def test_generation_info_sources(tmp_path):
-    manifest = {"artifact_id": "abc", "sampling": {"sampler": "dpmpp_2m", "steps": 10, "guidance": 1.0}}
-    g = generation_info(None, manifest)
+def test_generation_info_sources(tiny_artifact, tmp_path):
+    from synth.families import load_engine
+
+    engine = load_engine(tiny_artifact)
+    engine.config = engine.config.model_copy(update={"sampler": "dpmpp_2m", "steps": 10, "guidance": 1.0})
+    g = generation_info(None, engine)
     assert (g.sampler, g.steps, g.nfe, g.guidance, g.source) == ("dpmpp_2m", 10, 10, 1.0, "artifact defaults")
-    g = generation_info(None, manifest, sampler="ddim", steps=7, guidance=2.0)
-    assert (g.sampler, g.nfe, g.guidance, g.source) == ("ddim", 7, 2.0, "command line")
+    g = generation_info(None, engine, sampler="ddim", steps=7, guidance=2.0)
+    assert (g.sampler, g.nfe, g.guidance, g.source) == ("ddim", 7, 2.0, "command line")  # rows drawn unconditioned
     with pytest.raises(ConfigError, match="unknown sampler 'nope'"):
-        generation_info(None, manifest, sampler="nope")
+        generation_info(None, engine, sampler="nope")
     folder = tmp_path / "bulk"
     folder.mkdir()
-    syn = {"artifact": {"artifact_id": "abc"}, "sampler": "unipc", "steps": 5, "nfe": 5, "guidance": 1.5}
+    syn = {"artifact": {"artifact_id": engine.manifest["artifact_id"]}, "sampler": "unipc", "steps": 5, "nfe": 5,
+           "guidance": 1.5}
     (folder / "_manifest.json").write_text(json.dumps(syn))
-    g = generation_info(str(folder), manifest)
+    g = generation_info(str(folder), engine)
     assert (g.sampler, g.steps, g.guidance, g.source) == ("unipc", 5, 1.5, "synthesis manifest")
     with pytest.raises(ConfigError, match=r"records steps=5.*drop the conflicting"):
-        generation_info(str(folder), manifest, steps=9)
-    with pytest.raises(ConfigError, match="synthesized from artifact abc, not from the given artifact zzz"):
-        generation_info(str(folder), {**manifest, "artifact_id": "zzz"})
+        generation_info(str(folder), engine, steps=9)
+    syn["artifact"]["artifact_id"] = "zzz"
+    (folder / "_manifest.json").write_text(json.dumps(syn))
+    with pytest.raises(ConfigError, match="synthesized from artifact zzz, not from the given artifact"):
+        generation_info(str(folder), engine)
 
 
 def test_evaluate_cli_gate(tiny_artifact, tmp_path):

@@ -14,7 +14,7 @@ import torch
 from synth.distill import DistillConfig, distill
 from synth.distill.run import load_teacher
 from synth.distill.student import DistillTask, make_student, teacher_trajectories
-from synth.engine import load_engine
+from synth.families import load_engine
 from synth.errors import ConfigError, SynthError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -165,7 +165,7 @@ def test_distill_on_ray_train_with_two_workers(ray_session, tiny_artifact, tmp_p
 @pytest.mark.ray
 def test_bulk_synthesis_and_cli_with_a_student(ray_session, student, tmp_path):
     engine, result = student
-    from synth.synthesize import SynthesizeConfig, synthesize
+    from synth.pipelines.synthesize import SynthesizeConfig, synthesize
 
     m = synthesize(SynthesizeConfig(artifact=result.artifact_uri, rows=3000, output=str(tmp_path / "bulk"),
                                     shard_rows=1000, actors=1))

@@ -7,9 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from synth.artifact import MANIFEST, WEIGHTS
+from synth.io.artifact import MANIFEST, WEIGHTS
 from synth.config import RunConfig
-from synth.engine import load_engine
+from synth.families import load_engine
 from synth.errors import ArtifactError, ConfigError
 from synth.train.fit import fit
 from tests.conftest import tiny_run

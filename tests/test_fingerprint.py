@@ -18,10 +18,11 @@ import pytest
 from scipy.special import ndtri
 from scipy.stats import rankdata
 
-from synth.engine import load_engine
-from synth.engine.fingerprint import FingerprintEngine, fit_fingerprint
+from synth.families import load_engine
+from synth.engine.copula import CopulaEngine
+from synth.train.fit import fit_fingerprint
 from synth.errors import ConfigError
-from synth.fingerprint import (FingerprintWarning, build_fingerprint, check_correlation, nearest_correlation,
+from synth.table.fingerprint import (FingerprintWarning, build_fingerprint, check_correlation, nearest_correlation,
                                parse_fingerprint, write_fingerprint)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,20 +126,6 @@ def test_conditions_exact_seeds_reproduce(adult_model):
         engine.sample(5, {"nope": "x"})
 
 
-def test_endpoint_batching_path_matches_engine_sample(adult_model):
-    from synth.serving.batching import Job, run_jobs
-
-    engine = load_engine(adult_model)
-
-    def job(rows, seed, cond):
-        c, req = engine.encode_conditions(rows, cond)
-        return Job(rows, c, req, "dpmpp_2m", 4, 1.0, seed, True)
-
-    tables, _ = run_jobs(engine, [job(50, 1, {}), job(20, 9, {"sex": "Male"}), job(30, 5, {})], max_cost=32768)
-    assert tables[1].equals(engine.sample(20, {"sex": "Male"}, seed=9))
-    assert tables[2].equals(engine.sample(30, seed=5))
-
-
 def test_handwritten_fingerprint_without_quantiles_or_correlation(tmp_path):
     fp = {"format": "synth-fingerprint", "version": 1, "rows": 1000, "columns": [
         {"name": "amount", "kind": "continuous", "arrow_type": "double", "mean": 50, "std": 10, "min": 0,
@@ -171,13 +158,13 @@ def _indefinite(fp: dict) -> dict:
 def test_non_positive_definite_correlation_is_repaired_with_a_warning_or_refused(adult_fp):
     bad = parse_fingerprint(_indefinite(adult_fp))
     with pytest.warns(FingerprintWarning, match="not positive definite.*nearest valid correlation matrix"):
-        engine, report = FingerprintEngine.from_fingerprint(bad)
+        engine, report = CopulaEngine.from_fingerprint(bad)
     assert report["repaired"] and report["min_eigenvalue"] < 0
     m = engine.corr
     assert np.allclose(np.diag(m), 1) and np.allclose(m, m.T) and np.linalg.eigvalsh(m).min() > 0
     assert engine.sample(100, seed=0).num_rows == 100
     with pytest.raises(ConfigError, match="not positive definite \\(smallest eigenvalue -"):
-        FingerprintEngine.from_fingerprint(bad, on_invalid="refuse")
+        CopulaEngine.from_fingerprint(bad, on_invalid="refuse")
 
 
 def test_nearest_correlation_is_nearest():
@@ -206,7 +193,7 @@ def test_malformed_fingerprints_name_the_field(adult_fp, edit, message):
     fp = copy.deepcopy(adult_fp)
     edit(fp)
     with pytest.raises(ConfigError, match=message):
-        FingerprintEngine.from_fingerprint(parse_fingerprint(fp, "fp.json"))
+        CopulaEngine.from_fingerprint(parse_fingerprint(fp, "fp.json"))
 
 
 def test_cli_fingerprint_fit_sample_and_bad_input(tmp_path, adult_fp):
@@ -242,7 +229,7 @@ def test_cli_fingerprint_fit_sample_and_bad_input(tmp_path, adult_fp):
 
 @pytest.mark.ray
 def test_bulk_synthesis_with_a_fingerprint_model(ray_session, adult_model, tmp_path):
-    from synth.synthesize import SynthesizeConfig, synthesize
+    from synth.pipelines.synthesize import SynthesizeConfig, synthesize
 
     out = tmp_path / "bulk"
     m = synthesize(SynthesizeConfig(artifact=adult_model, output=str(out), rows=3000, shard_rows=1000,
@@ -258,7 +245,7 @@ def test_bulk_synthesis_with_a_fingerprint_model(ray_session, adult_model, tmp_p
 def test_warnings_do_not_leak_for_valid_fingerprints(adult_fp):
     with warnings.catch_warnings():
         warnings.simplefilter("error", FingerprintWarning)
-        FingerprintEngine.from_fingerprint(parse_fingerprint(adult_fp))
+        CopulaEngine.from_fingerprint(parse_fingerprint(adult_fp))
 
 
 @pytest.mark.parametrize("family", ["fingerprint", "gan"])
@@ -273,10 +260,10 @@ def test_sampling_service_serves_every_one_pass_family(family, adult_model, tmp_
     uri = adult_model
     if family == "gan":
         from synth.config import RunConfig
-        from synth.engine.gan import fit_gan
+        from synth.train.fit import fit
 
         torch.set_num_threads(1)
-        uri = fit_gan(RunConfig.parse({"output": str(tmp_path), "model": {"family": "gan", "gen_width": 32,
+        uri = fit(RunConfig.parse({"output": str(tmp_path), "model": {"family": "gan", "gen_width": 32,
                                        "critic_width": 32, "noise_dim": 16, "val_rows": 256},
                                        "train": {"steps": 10, "eval_every": 5, "batch_size": 200,
                                                  "threads": 1}})).artifact_uri
@@ -292,3 +279,6 @@ def test_sampling_service_serves_every_one_pass_family(family, adult_model, tmp_
     assert body["seed"] == 3 and len(json.loads(out[1])["records"]) == 4
     with pytest.raises(RequestProblem, match="no category 'Martian'"):
         service.validate(SampleRequest(rows=2, conditions={"race": "Martian"}))
+    job = service.validate(SampleRequest(rows=2, guidance=3.0, conditions={"sex": "Male"}))
+    assert job.steps == 1 and job.nfe == 1  # one pass: no steps chosen from steps_candidates
+    assert service.headers(job)["X-Synth-Steps"] == "1" and service.headers(job)["X-Synth-NFE"] == "1"

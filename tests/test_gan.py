@@ -17,10 +17,12 @@ import torch
 import yaml
 
 from synth.config import RunConfig
-from synth.engine import load_engine
-from synth.engine.gan import CondSampler, GANConfig, GANEngine, fit_gan, train_gan
+from synth.families import load_engine
+from synth.engine.gan import GANConfig, GANEngine
+from synth.train.fit import fit
+from synth.train.gan import CondSampler, train_gan
 from synth.errors import ConfigError
-from synth.train.fit import encode_tensor, prepare
+from synth.train.prepare import encode_tensor, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 ADULT = pq.read_schema(REPO / "synth/datasets/adult.parquet").remove_metadata()
@@ -44,7 +46,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def gan_artifact(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("gan")
-    return fit_gan(RunConfig.parse(tiny_gan_run(out))).artifact_uri
+    return fit(RunConfig.parse(tiny_gan_run(out))).artifact_uri
 
 
 def test_config_union_on_family():
@@ -53,7 +55,7 @@ def test_config_union_on_family():
     assert isinstance(cfg.model, GANConfig) and cfg.model.pac == 5
     with pytest.raises(ConfigError, match="'vae'.*'diffusion', 'gan'"):
         RunConfig.parse({"model": {"family": "vae"}})
-    with pytest.raises(ConfigError, match=r"model(\.gan)?\.process: Extra inputs"):
+    with pytest.raises(ConfigError, match=r"model\.process: unknown field 'process' in model; model takes family, noise_dim"):
         RunConfig.parse({"model": {"family": "gan", "process": {}}})
     with pytest.raises(ConfigError, match="gan needs scaling.data_mode memory"):
         RunConfig.parse({"model": {"family": "gan"}, "scaling": {"num_workers": 2, "data_mode": "stream"}})
@@ -130,20 +132,6 @@ def test_rollback_keeps_the_best_generator_and_non_finite_losses_stop(tmp_path):
     assert out["stop_reason"].startswith("diverged") and out["step"] == 1
 
 
-def test_endpoint_batching_path_matches_engine_sample(gan_artifact):
-    from synth.serving.batching import Job, run_jobs
-
-    engine = load_engine(gan_artifact)
-
-    def job(rows, seed, cond):
-        c, req = engine.encode_conditions(rows, cond)
-        return Job(rows, c, req, "dpmpp_2m", 4, 1.0, seed, True)
-
-    tables, _ = run_jobs(engine, [job(40, 1, {}), job(25, 9, {"sex": "Male"}), job(30, 5, {})], max_cost=32768)
-    assert tables[1].equals(engine.sample(25, {"sex": "Male"}, seed=9))
-    assert tables[2].equals(engine.sample(30, seed=5))
-
-
 def test_cli_fit_with_family_gan(tmp_path):
     config = tmp_path / "gan.yaml"
     config.write_text(yaml.safe_dump(tiny_gan_run(tmp_path / "run", steps=20)))
@@ -160,7 +148,6 @@ def test_two_ray_train_workers_checkpoint_and_resume(ray_session, tmp_path):
     """The GAN on Ray Train: 2 workers average both networks' gradients; every evaluation is a
     checkpoint holding generator, critic, optimizers and the best generator; a rerun under the
     same name resumes from it; the artifact is the rolled-back best generator."""
-    from synth.train.fit import fit
 
     raw = tiny_gan_run(tmp_path, steps=40, patience=10)
     raw.update(name="gan2", scaling={"num_workers": 2, "cpus_per_worker": 1})

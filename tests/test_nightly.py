@@ -10,7 +10,7 @@ import yaml
 
 from synth.errors import ConfigError
 from synth.evaluate.contract import load_contract
-from synth.nightly import NightlyConfig, newest_partition, run_nightly
+from synth.pipelines.nightly import NightlyConfig, newest_partition, run_nightly
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -16,14 +16,15 @@ import torch
 import yaml
 
 from synth.config import RunConfig
-from synth.data import resolve_data_uri
-from synth.engine import load_engine
+from synth.io.data import resolve_data_uri
+from synth.families import load_engine
 from synth.errors import ConfigError
 from synth.privacy import plan_privacy
 from synth.privacy.accounting import sample_rate_for
 from synth.table import TableStats
 from synth.table.schema import SUBPOINTS, NumericGrid
-from synth.train.fit import fit, prepare
+from synth.train.fit import fit
+from synth.train.prepare import prepare
 
 REPO = Path(__file__).resolve().parents[1]
 DP_YAML = REPO / "configs" / "adult-dp.yaml"

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from synth.config import RunConfig
-from synth.engine import load_engine
+from synth.families import load_engine
 from synth.errors import ConfigError, SynthError
 from synth.train.fit import fit
 from tests.conftest import tiny_run

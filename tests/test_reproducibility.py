@@ -1,5 +1,5 @@
 """Same seed -> same rows, whatever the batch size, the number of rows, the shard layout or the
-actor count (synth.rowstreams); `synth replay` re-runs a bulk synthesis and checks its bytes."""
+actor count (synth.engine.rowstreams); `synth replay` re-runs a bulk synthesis and checks its bytes."""
 import json
 import os
 import subprocess
@@ -27,7 +27,7 @@ def assert_same_rows(a: pa.Table, b: pa.Table) -> None:
 
 @pytest.fixture(scope="module")
 def engine(tiny_artifact):
-    from synth.engine import load_engine
+    from synth.families import load_engine
 
     return load_engine(tiny_artifact)
 
@@ -63,7 +63,7 @@ def test_conditioned_rows_depend_on_their_index_only(engine):
 def test_rare_category_draws_are_keyed_by_row():
     """Decoding the "other" slot draws a tail value per row from (seed, row), not from a stream
     shared by the batch: split decodes give the same values."""
-    from synth.rowstreams import RowUniforms
+    from synth.engine.rowstreams import RowUniforms
     from synth.table.columns.categorical import CategoricalColumn
 
     col = CategoricalColumn("city", "categorical", "string", False, ["a", "b"], [0.4, 0.3, 0.3],
@@ -82,7 +82,7 @@ def test_rare_category_draws_are_keyed_by_row():
 
 @pytest.mark.ray
 def test_bulk_rows_ignore_shards_batches_and_actors_and_replay_checks_bytes(ray_session, tiny_artifact, tmp_path):
-    from synth.synthesize import MANIFEST, SynthesizeConfig, replay, synthesize
+    from synth.pipelines.synthesize import MANIFEST, SynthesizeConfig, replay, synthesize
 
     def run(out, **kw):
         synthesize(SynthesizeConfig(artifact=tiny_artifact, output=str(out), rows=1300, steps=4, seed=5,

@@ -22,14 +22,7 @@ from torch import Tensor
 
 from synth.diffusion.objectives import Objective
 from synth.diffusion.processes import NoiseProcess, ProcessConfig, timesteps
-from synth.diffusion.samplers import (
-    DEFAULT_SPACING,
-    SAMPLERS,
-    UnknownSamplerError,
-    get_sampler,
-    nfe,
-    sample_ddim,
-)
+from synth.diffusion.samplers import SAMPLERS, UnknownSamplerError, sample_ddim
 
 F64 = torch.float64
 
@@ -43,7 +36,7 @@ PROCESSES = {
 }
 DETERMINISTIC = ["ddim", "dpmpp_2m", "unipc", "euler", "heun", "distilled"]
 
-# Steps for the convergence check at each sampler's DEFAULT_SPACING. Euler/Heun integrate the ODE
+# Steps for the convergence check at each sampler's default spacing. Euler/Heun integrate the ODE
 # in the process's own clock t: VE's geometric clock (rate log(sigma_max/sigma_min) ~ 10.6) and
 # OU's sqrt(1 - t) singularity at t_max need more steps; the exponential integrators do not.
 STEPS = {"ddpm": 250, "ddim": 150, "dpmpp_2m": 50, "unipc": 50, "euler": 200, "heun": 25, "distilled": 150}
@@ -115,7 +108,7 @@ def _path_rms(a: Tensor, b: Tensor) -> float:
 def _run(sampler: str, process: NoiseProcess, steps: int, *, head: str = "x0", n: int = N, seed: int = 0,
          bias: float = 0.0, spacing: str | None = None) -> tuple[Tensor, Tensor]:
     prior = process.prior((n, Gaussian.dim), generator=torch.Generator().manual_seed(seed))
-    ts = timesteps(process, steps, spacing or DEFAULT_SPACING[sampler])
+    ts = timesteps(process, steps, spacing or SAMPLERS[sampler].spacing)
     out = SAMPLERS[sampler](Gaussian.denoiser(process, head, bias), prior, ts, process=process,
                             generator=torch.Generator().manual_seed(seed + 1))
     return prior, out
@@ -132,7 +125,7 @@ def _run(sampler: str, process: NoiseProcess, steps: int, *, head: str = "x0", n
 def test_contract(sampler: str, proc: str, dtype: torch.dtype) -> None:
     process = PROCESSES[proc].build()
     steps = 6
-    ts = timesteps(process, steps, DEFAULT_SPACING[sampler])
+    ts = timesteps(process, steps, SAMPLERS[sampler].spacing)
     x = process.prior((64, Gaussian.dim), generator=torch.Generator().manual_seed(0), dtype=dtype)
     x_copy = x.clone()
     calls: list[Tensor] = []
@@ -145,12 +138,12 @@ def test_contract(sampler: str, proc: str, dtype: torch.dtype) -> None:
         calls.append(t_[0])
         return exact(x_, t_)
 
-    fn = get_sampler(sampler)
+    fn = SAMPLERS[sampler]
     out = fn(counting, x, ts, process=process, generator=torch.Generator().manual_seed(1), callback=infos.append)
     assert out.shape == x.shape and out.dtype == dtype and out.device == x.device
     assert torch.isfinite(out).all()
     assert torch.equal(x, x_copy), "sampler modified its input"
-    assert len(calls) == nfe(sampler, steps)
+    assert len(calls) == SAMPLERS[sampler].nfe(steps)
     assert [info["i"] for info in infos] == list(range(steps))
     assert infos[-1]["t_next"] == 0.0 and torch.equal(infos[-1]["x"], out)
 
@@ -176,11 +169,15 @@ def test_single_step_returns_denoised_prior(sampler: str) -> None:
 
 def test_registry_and_nfe() -> None:
     assert set(SAMPLERS) == {"ddpm", "ddim", "dpmpp_2m", "unipc", "euler", "heun", "distilled"}
-    assert set(DEFAULT_SPACING) == set(SAMPLERS)
-    assert set(DEFAULT_SPACING.values()) <= {"uniform", "logsnr"}
-    assert nfe("heun", 25) == 49 and nfe("heun", 1) == 1
-    assert all(nfe(s, 10) == 10 for s in SAMPLERS if s != "heun")
-    for bad in (lambda: get_sampler("dpm"), lambda: SAMPLERS["dpm"], lambda: nfe("dpm", 3)):
+    assert all(name == spec.name for name, spec in SAMPLERS.items())
+    assert {spec.spacing for spec in SAMPLERS.values()} <= {"uniform", "logsnr"}
+    assert SAMPLERS["heun"].nfe(25) == 49 and SAMPLERS["heun"].nfe(1) == 1
+    assert all(spec.nfe(10) == 10 for s, spec in SAMPLERS.items() if s != "heun")
+    assert [s for s, spec in SAMPLERS.items() if spec.stochastic] == ["ddpm"]
+    assert [s for s, spec in SAMPLERS.items() if spec.student] == ["distilled"]
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        SAMPLERS["ddim"].nfe(0)
+    for bad in (lambda: SAMPLERS["dpm"], lambda: SAMPLERS["dpm"].nfe(3)):
         with pytest.raises(ValueError, match="valid samplers.*ddim.*unipc"):
             bad()
     assert isinstance(UnknownSamplerError("x"), KeyError)

@@ -16,10 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from synth.diffusion.samplers import nfe
+from synth.diffusion.samplers import SAMPLERS
 from synth.errors import ConfigError
 from synth.serving import ServeArgs
-from synth.serving.batching import Job, plan_batches, run_jobs
+from synth.serving.batching import make_job, plan_batches, run_jobs
 from synth.serving.slo import LatencyModel, SLOTracker
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ NUMERIC_RTOL = 1e-4
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def engine(tiny_artifact):
-    from synth.engine import load_engine
+    from synth.families import load_engine
 
     return load_engine(tiny_artifact)
 
@@ -62,7 +62,7 @@ def assert_same_rows(a: pa.Table, b: pa.Table) -> None:
 # ---------------------------------------------------------------------------------------------
 def _job(engine, rows, seed, sampler="dpmpp_2m", steps=4, guidance=1.0, cond=None, seeded=True):
     c, req = engine.encode_conditions(rows, cond or {})
-    return Job(rows, c, req, sampler, steps, guidance, seed, seeded)
+    return make_job(engine, rows, c, req, sampler, steps, guidance, seed, seeded)
 
 
 @pytest.mark.parametrize("sampler,guidance", [("dpmpp_2m", 1.0), ("ddim", 2.0), ("ddpm", 1.0)])
@@ -84,7 +84,7 @@ def test_plan_caps_cost_and_splits_large_jobs(engine):
             _job(engine, 10, 4, steps=8, guidance=2.0)]
     batches = plan_batches(jobs, max_cost=64 * 8)  # 64 rows at 8 NFE
     for b in batches:
-        per_row = nfe(b.sampler, b.steps) * (1 if b.guidance in (0.0, 1.0) else 2)
+        per_row = SAMPLERS[b.sampler].nfe(b.steps) * (1 if b.guidance in (0.0, 1.0) else 2)
         assert b.rows * per_row <= 64 * 8
         assert len({(jobs[s.job].steps, jobs[s.job].guidance) for s in b.segments}) == 1
     covered = {}
@@ -262,10 +262,10 @@ def test_auto_steps_and_headers(client, engine):
     assert r.status_code == 200
     steps, sampler = int(r.headers["x-synth-steps"]), r.headers["x-synth-sampler"]
     assert steps in model["steps_candidates"] and sampler == engine.config.sampler
-    assert int(r.headers["x-synth-nfe"]) == nfe(sampler, steps)
+    assert int(r.headers["x-synth-nfe"]) == engine.cost(sampler, steps, engine.config.guidance, conditioned=False)
     assert int(r.headers["x-synth-seed"]) >= 0
     r = client.post("/v1/sample", json={"rows": 2, "sampler": "heun", "steps": 5})
-    assert r.headers["x-synth-steps"] == "5" and r.headers["x-synth-nfe"] == str(nfe("heun", 5))
+    assert r.headers["x-synth-steps"] == "5" and r.headers["x-synth-nfe"] == str(SAMPLERS["heun"].nfe(5))
 
 
 def test_model_and_slo_endpoints(client, engine):

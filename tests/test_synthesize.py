@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from synth.errors import ArtifactError, ConfigError
-from synth.synthesize import MANIFEST, SynthesizeConfig, synthesize
+from synth.pipelines.synthesize import MANIFEST, SynthesizeConfig, synthesize
 
 pytestmark = [pytest.mark.ray]
 

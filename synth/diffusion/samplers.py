@@ -32,10 +32,8 @@ __all__ = [
     "Denoiser",
     "Callback",
     "SAMPLERS",
-    "DEFAULT_SPACING",
+    "SamplerSpec",
     "UnknownSamplerError",
-    "get_sampler",
-    "nfe",
     "sample_ddpm",
     "sample_ddim",
     "sample_dpmpp_2m",
@@ -349,45 +347,47 @@ class UnknownSamplerError(ValueError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+@dataclass(frozen=True)
+class SamplerSpec:
+    """Everything the platform knows about one sampler: the function, its network evaluations
+    for a grid of ``steps`` steps, whether it draws noise while sampling, its default grid spacing,
+    and whether it is a distilled student's sampler (its own stored grid, the guidance weight an
+    input of the network: one evaluation per step whatever the guidance)."""
+
+    name: str
+    fn: Callable[..., Tensor]
+    stochastic: bool = False
+    spacing: str = "uniform"
+    evals_per_step: int = 1
+    student: bool = False
+
+    def nfe(self, steps: int) -> int:
+        """Denoiser evaluations for a grid from :func:`timesteps` with ``steps`` steps (ends at t = 0):
+        a two-evaluation step (Heun) evaluates once at its last step, which lands on t = 0."""
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        return self.evals_per_step * steps - (self.evals_per_step - 1)
+
+    def __call__(self, *args, **kwargs) -> Tensor:
+        return self.fn(*args, **kwargs)
+
+
 class _SamplerRegistry(dict):
-    def __missing__(self, name: str) -> Callable[..., Tensor]:
+    def __missing__(self, name: str) -> SamplerSpec:
         raise UnknownSamplerError(f"unknown sampler {name!r}; valid samplers: {sorted(self)}")
 
 
-SAMPLERS: dict[str, Callable[..., Tensor]] = _SamplerRegistry(
-    ddpm=sample_ddpm,
-    ddim=sample_ddim,
-    dpmpp_2m=sample_dpmpp_2m,
-    unipc=sample_unipc,
-    euler=sample_euler,
-    heun=sample_heun,
-    distilled=sample_distilled,
-)
-
-# Measured on the Gaussian contract problem (tests/test_sampler_contract.py), path error to the exact
-# ODE at 8 and 50 steps: DDIM/DDPM are better on the uniform-t grid; the lambda-based solvers are
-# 2-10x better on the log-SNR grid; Euler/Heun in t fail on the uniform grid for OU and VP-sigmoid
-# (alpha ~ sqrt(t_max - t) near t_max makes d_alpha blow up) and are safe on the log-SNR grid.
-# For VE both grids coincide (uniform in t = uniform in log sigma).
-DEFAULT_SPACING: dict[str, str] = {
-    "ddpm": "uniform",
-    "ddim": "uniform",
-    "dpmpp_2m": "logsnr",
-    "unipc": "logsnr",
-    "euler": "logsnr",
-    "heun": "logsnr",
-    "distilled": "uniform",  # unused: a student samples on the grid it was distilled for
-}
-
-
-def get_sampler(name: str) -> Callable[..., Tensor]:
-    """Sampler by name; ValueError listing the valid names otherwise."""
-    return SAMPLERS[name]
-
-
-def nfe(sampler: str, steps: int) -> int:
-    """Denoiser evaluations for a grid from :func:`timesteps` with ``steps`` steps (ends at t = 0)."""
-    get_sampler(sampler)
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    return 2 * steps - 1 if sampler == "heun" else steps
+# Default spacing, measured on the Gaussian contract problem (tests/test_sampler_contract.py), path
+# error to the exact ODE at 8 and 50 steps: DDIM/DDPM are better on the uniform-t grid; the
+# lambda-based solvers are 2-10x better on the log-SNR grid; Euler/Heun in t fail on the uniform grid
+# for OU and VP-sigmoid (alpha ~ sqrt(t_max - t) near t_max makes d_alpha blow up) and are safe on the
+# log-SNR grid. For VE both grids coincide (uniform in t = uniform in log sigma).
+SAMPLERS: dict[str, SamplerSpec] = _SamplerRegistry((s.name, s) for s in (
+    SamplerSpec("ddpm", sample_ddpm, stochastic=True, spacing="uniform"),
+    SamplerSpec("ddim", sample_ddim, spacing="uniform"),
+    SamplerSpec("dpmpp_2m", sample_dpmpp_2m, spacing="logsnr"),
+    SamplerSpec("unipc", sample_unipc, spacing="logsnr"),
+    SamplerSpec("euler", sample_euler, spacing="logsnr"),
+    SamplerSpec("heun", sample_heun, spacing="logsnr", evals_per_step=2),
+    SamplerSpec("distilled", sample_distilled, student=True),  # a student samples on the grid it was distilled for
+))

@@ -1,11 +1,11 @@
 """Typed settings of a distillation run (`synth distill`, `python -m jobs.distill`)."""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from synth import storage
-from synth.config import EvalConfig, ScalingConfig, format_validation_error
-from synth.errors import ConfigError
+from synth.io import storage
+from synth.config import EvalConfig, ScalingConfig
+from synth.errors import ConfigError, validated
 from synth.train.config import TrainConfig
 
 
@@ -40,7 +40,8 @@ class DistillConfig(BaseModel):
         from synth.diffusion.samplers import SAMPLERS
 
         # ddpm is stochastic; heun evaluates between grid points, so its states are not on the grid
-        allowed = sorted(s for s in SAMPLERS if s not in ("ddpm", "heun", "distilled"))
+        allowed = sorted(s for s, spec in SAMPLERS.items()
+                         if not spec.stochastic and spec.evals_per_step == 1 and not spec.student)
         if v not in allowed:
             raise ValueError(f"teacher_sampler must be a deterministic single-step-per-point solver, one of "
                              f"{allowed}; got {v!r}")
@@ -58,7 +59,4 @@ class DistillConfig(BaseModel):
 
     @classmethod
     def parse(cls, raw: dict, source: str = "distill config") -> "DistillConfig":
-        try:
-            return cls.model_validate(raw).check()
-        except ValidationError as e:
-            raise ConfigError(format_validation_error(e, source)) from None
+        return validated(cls, raw, source).check()

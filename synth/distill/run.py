@@ -13,13 +13,13 @@ from typing import Any, Callable
 
 import torch
 
-from synth import storage
+from synth.io import storage
 from synth.distill.config import DistillConfig
 from synth.distill.student import DistillTask, make_student, teacher_trajectories
-from synth.engine import load_engine, save_engine
+from synth.families import load_engine, save_engine
 from synth.engine.diffusion import DiffusionEngine
 from synth.errors import ConfigError
-from synth.manifest import base_manifest
+from synth.io.manifest import base_manifest
 from synth.train import loop
 
 
@@ -129,7 +129,7 @@ def evaluate_pair(student: DiffusionEngine, teacher: DiffusionEngine, cfg: Disti
         syn = engine.sample(cfg.evaluate.rows, sampler=sampler, steps=steps, seed=cfg.evaluate.seed)
         secs = time.perf_counter() - t
         ev = evaluate_against_reference(syn, teacher.manifest, target=cfg.target, seed=cfg.evaluate.seed)
-        out[name] = {"sampler": sampler, "steps": steps, "nfe": engine.nfe(sampler, steps, 1.0),
+        out[name] = {"sampler": sampler, "steps": steps, "nfe": engine.cost(sampler, steps, 1.0),
                      "rows_per_s": cfg.evaluate.rows / secs, "overall": ev.get("overall"),
                      "column_shapes": ev["column_shapes"]["mean"], "pair_trends": ev["pair_trends"]["mean"],
                      "c2st_auc": ev["detection"]["c2st_auc"], "dcr_share": ev["privacy"]["dcr_share"],
@@ -143,7 +143,8 @@ def _distill_worker(config: dict[str, Any]) -> None:
     import ray.train
 
     from synth.train.checkpoint import load_checkpoint, save_checkpoint
-    from synth.train.ray_train import report_checkpoint, restore_checkpoint, training_threads
+    from synth.train.ray_train import training_threads
+    from synth.train.session import RaySession
 
     cfg = DistillConfig.model_validate(config["cfg"])
     ctx = ray.train.get_context()
@@ -153,7 +154,8 @@ def _distill_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.train.seed)
     student = make_student(teacher, cfg)
     modules = {"net": student.net}  # the EMA is the artifact's own weights
-    state = restore_checkpoint(lambda d: load_checkpoint(student, d, modules))
+    session = RaySession()
+    state = session.restore(lambda d: load_checkpoint(student, d, modules))
     start_step = state.step if state else 0
     history = state.manifest.get("history", []) if state else []
     share = cfg.trajectories // world + (1 if rank < cfg.trajectories % world else 0)
@@ -162,7 +164,7 @@ def _distill_worker(config: dict[str, Any]) -> None:
 
     def report(metrics: dict, optimizer) -> None:
         history.append(metrics)
-        report_checkpoint(metrics, lambda d: save_checkpoint(
+        session.report(metrics, lambda d: save_checkpoint(
             student, metrics["step"], d, {"kind": "checkpoint", "run": cfg.name, "history": history},
             modules=modules, optimizers={"opt": optimizer}))
 

@@ -28,14 +28,14 @@ from torch import Tensor, nn
 
 from synth.diffusion.objectives import ObjectiveConfig
 from synth.diffusion.processes import timesteps
-from synth.diffusion.samplers import DEFAULT_SPACING, SAMPLERS
+from synth.diffusion.samplers import SAMPLERS
 from synth.distill.config import DistillConfig
 from synth.engine.diffusion import DiffusionEngine, DistilledSpec
 
 
 def teacher_grid(teacher: DiffusionEngine, cfg: DistillConfig) -> tuple[Tensor, list[int]]:
     """The teacher's full time grid and the indices of the student's grid points on it."""
-    full = timesteps(teacher.process, cfg.teacher_steps, DEFAULT_SPACING[cfg.teacher_sampler])
+    full = timesteps(teacher.process, cfg.teacher_steps, SAMPLERS[cfg.teacher_sampler].spacing)
     every = cfg.teacher_steps // cfg.steps
     return full, list(range(0, cfg.teacher_steps + 1, every))
 

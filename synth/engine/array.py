@@ -23,7 +23,6 @@ from torch import Tensor, nn
 
 from synth.diffusion.objectives import ObjectiveConfig
 from synth.diffusion.processes import ProcessConfig
-from synth.engine.base import register
 from synth.engine.sampling import MAX_STEPS, DenoisingEngine
 from synth.errors import ConfigError
 from synth.nets.conv import ConvNetConfig, build_conv_net
@@ -67,7 +66,6 @@ def array_layout(cfg: ArrayConfig, shape: list[int]) -> tuple[str, tuple[int, ..
                       "(channels, length), images (height, width) or (channels, height, width)")
 
 
-@register
 class ArrayEngine(DenoisingEngine):
     family = "array"
     config_class = ArrayConfig
@@ -119,11 +117,9 @@ class ArrayEngine(DenoisingEngine):
         return self.denoising_loss(net, x0, cond, generator, reduce)
 
     # -- the sampling protocol (see synth.engine.sampling) --------------------------------
-    def nfe(self, sampler: str, steps: int, guidance: float, conditioned: bool = True) -> int:
+    def cost(self, sampler: str, steps: int, guidance: float, conditioned: bool = True) -> int:
         """Every row carries a label (drawn when not requested), so guidance always applies."""
-        from synth.diffusion.samplers import nfe
-
-        return nfe(sampler, steps) * (2 if guidance not in (0.0, 1.0) and self.cond_columns else 1)
+        return super().cost(sampler, steps, guidance, conditioned=bool(self.cond_columns))
 
     def prior(self, n: int, generator: torch.Generator) -> Tensor:
         """(n, prod(shape) + k): the noise of each row's array, then one uniform per condition column

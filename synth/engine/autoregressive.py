@@ -28,8 +28,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from synth.artifact import Artifact
-from synth.engine.base import register
+from synth.io.artifact import Artifact
 from synth.engine.onepass import OnePassEngine
 from synth.errors import ConfigError
 from synth.nets.column_heads import ColumnHeads
@@ -60,7 +59,6 @@ class AutoregressiveConfig(BaseModel):
     sample_batch_size: int = Field(16_384, ge=1)
 
 
-@register
 class AutoregressiveEngine(OnePassEngine):
     family = "autoregressive"
 

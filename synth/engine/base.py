@@ -1,5 +1,6 @@
-"""The interface every generator family implements; `synth.engine.sampling` holds the shared
-sampling protocol, the families live beside it (diffusion, array, gan, fingerprint)."""
+"""The interface every generator implements; `synth.engine.sampling` holds the shared sampling
+protocol, the generators live beside it (diffusion, array, gan, fingerprint); `synth.families`
+registers each with its config and trainer."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -7,9 +8,8 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 import torch
-from torch import nn
 
-from synth.artifact import Artifact
+from synth.io.artifact import Artifact
 from synth.table import TableCodec
 
 Conditions = dict[str, Any]  # column -> one value for every row, or a list with one value per row
@@ -18,13 +18,6 @@ Conditions = dict[str, Any]  # column -> one value for every row, or a list with
 class Engine(ABC):
     family: ClassVar[str]
     codec: TableCodec
-    net: nn.Module  # the trained module (what the training loop prepares and optimises)
-
-    @abstractmethod
-    def loss(self, net: nn.Module, x0: torch.Tensor, generator: torch.Generator | None,
-             reduce: bool = True) -> torch.Tensor:
-        """Training loss of one batch of encoded rows: the scalar mean, or one loss per row with
-        reduce=False (DP-SGD clips per row). `net` may be a DDP/Accelerate wrapper."""
 
     @abstractmethod
     def sample(self, n: int, conditions: Conditions | None = None, *, sampler: str | None = None,
@@ -42,10 +35,3 @@ class Engine(ABC):
     @abstractmethod
     def from_artifact(cls, art: Artifact) -> "Engine": ...
 
-
-REGISTRY: dict[str, type[Engine]] = {}
-
-
-def register(cls: type[Engine]) -> type[Engine]:
-    REGISTRY[cls.family] = cls
-    return cls

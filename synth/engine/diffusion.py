@@ -18,7 +18,6 @@ from torch import Tensor, nn
 from synth.diffusion.objectives import ObjectiveConfig
 from synth.diffusion.processes import ProcessConfig
 from synth.diffusion.samplers import SAMPLERS
-from synth.engine.base import register
 from synth.engine.sampling import MAX_STEPS, DenoisingEngine
 from synth.errors import ConfigError
 from synth.nets import MLPConfig, ResidualMLP
@@ -51,7 +50,6 @@ class DiffusionConfig(BaseModel):
     distilled: DistilledSpec | None = Field(None, description="set on students made by `synth distill`")
 
 
-@register
 class DiffusionEngine(DenoisingEngine):
     family = "diffusion"
     config_class = DiffusionConfig
@@ -81,26 +79,25 @@ class DiffusionEngine(DenoisingEngine):
 
     # -- sampling -------------------------------------------------------------------------
     def samplers(self) -> list[str]:
-        """Sampler names this artifact accepts: a student only its distilled sampler."""
-        return ["distilled"] if self.config.distilled is not None else super().samplers()
+        """Sampler names this artifact accepts: a student only the students' sampler."""
+        if self.config.distilled is None:
+            return super().samplers()
+        return sorted(s for s, spec in SAMPLERS.items() if spec.student)
 
-    def nfe(self, sampler: str, steps: int, guidance: float, conditioned: bool = True) -> int:
-        """Network evaluations per row (guidance doubles them for conditioned rows, unless the
-        student takes the weight as an input)."""
-        from synth.diffusion.samplers import nfe
-
-        guided = conditioned and guidance not in (0.0, 1.0) and sampler != "distilled"
-        return nfe(sampler, steps) * (2 if guided else 1)
+    def fixed_steps(self) -> int | None:
+        """A student runs exactly the steps it was distilled for."""
+        return None if self.config.distilled is None else self.config.distilled.steps
 
     def validate_request(self, n: int, sampler: str, steps: int, guidance: float) -> None:
         spec = self.config.distilled
-        if spec is None and sampler == "distilled":
-            raise ConfigError("this model is not distilled, so sampler 'distilled' is unavailable; make a student "
+        student_sampler = sampler in SAMPLERS and SAMPLERS[sampler].student
+        if spec is None and student_sampler:
+            raise ConfigError(f"this model is not distilled, so sampler {sampler!r} is unavailable; make a student "
                               f"with `synth distill MODEL --steps 4`, or choose one of {self.samplers()}")
         if spec is not None:
-            if sampler != "distilled":
-                raise ConfigError(f"this model is a distilled student; it samples only with sampler 'distilled' "
-                                  f"(got {sampler!r}); use its teacher for other samplers")
+            if not student_sampler:
+                raise ConfigError(f"this model is a distilled student; it samples only with sampler "
+                                  f"{self.samplers()[0]!r} (got {sampler!r}); use its teacher for other samplers")
             if steps != spec.steps:
                 raise ConfigError(f"this student was distilled for steps={spec.steps}, got steps={steps}; "
                                   f"distill another student for {steps} steps")
@@ -133,7 +130,7 @@ class DiffusionEngine(DenoisingEngine):
     def sample_features(self, x: Tensor, cond: Tensor, *, sampler: str, steps: int, guidance: float,
                         generator: torch.Generator | None) -> Tensor:
         """Run the sampler from prior draws `x` (n, width) under condition indices `cond`."""
-        if sampler != "distilled":
+        if not SAMPLERS[sampler].student:
             return self.solve(self.model_fn(self.ema), x, cond, sampler=sampler, steps=steps, guidance=guidance,
                               generator=generator)
         self.ema.eval()  # a student takes the guidance weight as an input: one evaluation per step

@@ -18,5 +18,11 @@ class OnePassEngine(SamplingEngine):
     def sampler_hint(self) -> str:
         return f" (a {self.family} model ignores it: it generates in one pass)"
 
-    def nfe(self, sampler: str, steps: int, guidance: float, conditioned: bool = True) -> int:
+    def cost(self, sampler: str, steps: int, guidance: float, conditioned: bool = True) -> int:
         return 1
+
+    def fixed_steps(self) -> int:
+        return 1
+
+    def describe(self) -> dict:
+        return {"sampling": {"sampler": self.config.sampler, "steps": 1, "guidance": 1.0, "one_pass": True}}

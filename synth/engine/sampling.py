@@ -23,13 +23,13 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor, nn
 
-from synth.artifact import Artifact
+from synth.io.artifact import Artifact
 from synth.diffusion.guidance import guided_denoiser
 from synth.diffusion.processes import timesteps
-from synth.diffusion.samplers import DEFAULT_SPACING, SAMPLERS
+from synth.diffusion.samplers import SAMPLERS
 from synth.engine.base import Conditions, Engine
 from synth.errors import ConfigError
-from synth.rowstreams import RowUniforms, row_prior, step_generator
+from synth.engine.rowstreams import RowUniforms, row_prior, step_generator
 from synth.table import TableCodec
 
 MAX_STEPS = 1000
@@ -42,7 +42,25 @@ class SamplingEngine(Engine):
     sampler_hint: ClassVar[str] = ""  # appended to the unknown-sampler message
 
     def samplers(self) -> list[str]:
-        return sorted(s for s in SAMPLERS if s != "distilled")
+        """Sampler names a request may give (a distilled student's sampler only for students)."""
+        return sorted(s for s, spec in SAMPLERS.items() if not spec.student)
+
+    def cost(self, sampler: str, steps: int, guidance: float, conditioned: bool = True) -> int:
+        """Network evaluations per row (NFE): the one definition that manifests, contracts and the
+        endpoint report. Guidance other than 0 or 1 doubles them for conditioned rows, unless the
+        sampler is a student's, which takes the weight as an input."""
+        spec = SAMPLERS[sampler]
+        guided = conditioned and guidance not in (0.0, 1.0) and not spec.student
+        return spec.nfe(steps) * (2 if guided else 1)
+
+    def fixed_steps(self) -> int | None:
+        """The steps this model always runs, whatever a caller would choose (None: the caller's choice)."""
+        return None
+
+    def describe(self) -> dict:
+        """What the model manifest records of how this generator samples."""
+        c = self.config
+        return {"sampling": {"sampler": c.sampler, "steps": c.steps, "guidance": c.guidance}}
 
     def validate_request(self, n: int, sampler: str, steps: int, guidance: float) -> None:
         if not isinstance(n, (int, np.integer)) or n < 1:
@@ -89,13 +107,20 @@ class SamplingEngine(Engine):
             table = table.set_column(i, table.schema.field(i), self.codec.categorical(name).to_arrow(values))
         return table
 
+    def settings(self, sampler: str | None = None, steps: int | None = None,
+                 guidance: float | None = None) -> tuple[str, int, float]:
+        """(sampler, steps, guidance) of a request: what is given, else the model's fixed steps and
+        its config's defaults."""
+        if steps is None:
+            steps = self.fixed_steps() or self.config.steps
+        return (sampler or self.config.sampler, steps,
+                float(self.config.guidance if guidance is None else guidance))
+
     def sample(self, n: int, conditions: Conditions | None = None, *, sampler: str | None = None,
                steps: int | None = None, guidance: float | None = None, seed: int = 0, start: int = 0) -> pa.Table:
-        """Rows start..start+n-1 of `seed` (synth.rowstreams): the same rows for any n, batch size or
-        split into calls (up to float rounding of differently shaped batches), ddpm excepted."""
-        sampler = sampler or self.config.sampler
-        steps = self.config.steps if steps is None else steps
-        guidance = self.config.guidance if guidance is None else guidance
+        """Rows start..start+n-1 of `seed` (synth.engine.rowstreams): the same rows for any n, batch size
+        or split into calls (up to float rounding of differently shaped batches), ddpm excepted."""
+        sampler, steps, guidance = self.settings(sampler, steps, guidance)
         self.validate_request(n, sampler, steps, guidance)
         cond, requested = self.encode_conditions(n, conditions)
         x = self.row_prior(seed, start, n)
@@ -111,9 +136,14 @@ class SamplingEngine(Engine):
 class DenoisingEngine(SamplingEngine):
     """A denoiser `net` (and its EMA) trained under one noise process and objective, with
     condition dropout for classifier-free guidance."""
-    net: nn.Module
+    net: nn.Module  # the trained module (what the training loop prepares and optimises)
     ema: nn.Module
     config_class: ClassVar[type[BaseModel]]
+
+    def loss(self, net: nn.Module, rows: Tensor, generator: torch.Generator | None, reduce: bool = True) -> Tensor:
+        """Training loss of one batch of encoded rows: the scalar mean, or one loss per row with
+        reduce=False (DP-SGD clips per row). `net` may be a DDP/Accelerate wrapper."""
+        raise NotImplementedError
 
     def denoising_loss(self, net: nn.Module, x0: Tensor, cond: Tensor, generator: torch.Generator | None,
                        reduce: bool = True) -> Tensor:
@@ -148,7 +178,7 @@ class DenoisingEngine(SamplingEngine):
         self.ema.eval()
         x, cond, generator = self.on_sampling_device(x, cond, generator)
         den = guided_denoiser(model_fn, cond, self.null_conditions(x.shape[0], x.device), guidance)
-        ts = timesteps(self.process, steps, DEFAULT_SPACING[sampler])
+        ts = timesteps(self.process, steps, SAMPLERS[sampler].spacing)
         return SAMPLERS[sampler](den, x, ts, process=self.process, generator=generator).cpu()
 
     def on_sampling_device(self, x: Tensor, cond: Tensor, generator: torch.Generator | None):
@@ -158,6 +188,10 @@ class DenoisingEngine(SamplingEngine):
         if generator is not None:  # the sampler's own noise (ddpm) comes from a seeded device generator
             generator = torch.Generator(device=dev).manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
         return x.to(dev), cond.to(dev), generator
+
+    def describe(self) -> dict:
+        return {"process": self.config.process.model_dump(mode="json"),
+                "objective": self.config.objective.model_dump(mode="json"), **super().describe()}
 
     def sampling_state(self) -> dict[str, Tensor]:
         return {k: v.float() for k, v in self.ema.state_dict().items()}

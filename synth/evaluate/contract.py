@@ -20,16 +20,15 @@ Where each measured value comes from:
 """
 from __future__ import annotations
 
-import difflib
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from synth.errors import ConfigError
+from synth.errors import ConfigError, validated
 
 __all__ = ["Contract", "ContractResult", "Generation", "Verdict", "check_contract", "collect_metrics",
            "evaluate_contract", "generation_info", "load_contract", "measure_latency", "parse_contract"]
@@ -37,6 +36,7 @@ __all__ = ["Contract", "ContractResult", "Generation", "Verdict", "check_contrac
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    field_noun: ClassVar[str] = "metric"  # how an unknown field is named in messages
 
 
 class Fidelity(_Section):
@@ -90,6 +90,7 @@ class EvaluationSettings(_Section):
 
 class Contract(_Section):
     """The release gate. Sections: fidelity, privacy, latency, nfe, guidance (+ evaluation settings)."""
+    field_noun: ClassVar[str] = "section or field"
 
     name: str = Field("contract", description="shown in reports and messages")
     description: str | None = None
@@ -151,52 +152,18 @@ def _metric_of(section: str, name: str) -> tuple[str, str]:
 
 
 # --------------------------------------------------------------------------- loading
-def _explain(e: ValidationError, source: str) -> str:
-    lines = [f"contract {source} is invalid:"]
-    for err in e.errors():
-        loc = [str(p) for p in err["loc"]]
-        where = ".".join(loc) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            key = loc[-1]
-            if len(loc) == 1:
-                known = list(Contract.model_fields)
-                what = f"unknown section or field {key!r}; a contract has {', '.join(known)}"
-            else:
-                section = loc[0]
-                known = list(SECTIONS[section].model_fields) if section in SECTIONS else []
-                what = f"unknown metric {key!r} in {section}; {section} takes {', '.join(known)}"
-            close = difflib.get_close_matches(key, known, n=1)
-            if close:
-                what += f" (did you mean {close[0]!r}?)"
-            lines.append(f"  {where}: {what}")
-        else:
-            lines.append(f"  {where}: {err['msg']}")
-    return "\n".join(lines)
-
-
 def parse_contract(raw: Any, source: str = "contract") -> Contract:
     if not isinstance(raw, dict):
         raise ConfigError(f"contract {source} must be a mapping of sections (fidelity, privacy, latency, nfe, "
                           f"guidance), got {type(raw).__name__}")
-    try:
-        return Contract.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(_explain(e, source)) from None
+    return validated(Contract, raw, f"contract {source}")
 
 
 def load_contract(uri: str) -> Contract:
     """Read and validate a contract YAML (local path, s3://, gs://)."""
-    import yaml
+    from synth.io import storage
 
-    from synth import storage
-
-    if not storage.exists(uri):
-        raise ConfigError(f"contract {uri!r} does not exist")
-    try:
-        raw = yaml.safe_load(storage.read_bytes(uri))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"contract {uri!r} is not valid YAML: {e}") from None
-    return parse_contract(raw if raw is not None else {}, source=uri)
+    return parse_contract(storage.read_yaml(uri, "contract"), source=uri)
 
 
 # --------------------------------------------------------------------------- measuring
@@ -208,26 +175,25 @@ class Generation:
     steps: int
     guidance: float
     source: str
-    nfe: int = field(default=0)
+    nfe: int  # network evaluations per row, as the engine's `cost` counts them
 
     def __post_init__(self):
-        from synth.diffusion.samplers import SAMPLERS, nfe
+        from synth.diffusion.samplers import SAMPLERS
 
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler {self.sampler!r} (from {self.source}); choose one of {sorted(SAMPLERS)}")
-        if not self.nfe:
-            self.nfe = nfe(self.sampler, int(self.steps))
 
 
-def generation_info(synthetic_uri: str | None, manifest: dict, *, sampler: str | None = None,
+def generation_info(synthetic_uri: str | None, engine, *, sampler: str | None = None,
                     steps: int | None = None, guidance: float | None = None) -> Generation:
     """The generation settings of `synthetic_uri`: the bulk-synthesis manifest in its folder when
     there is one, else the Parquet metadata `synth sample` writes (both must name the same
-    artifact), else the given settings over the artifact's defaults."""
+    artifact), else the given settings over the artifact's defaults (rows drawn unconditioned)."""
     import json
 
-    from synth import storage
+    from synth.io import storage
 
+    manifest = engine.manifest
     if synthetic_uri is not None:
         syn_manifest = storage.join(synthetic_uri, "_manifest.json")
         if storage.exists(syn_manifest):
@@ -242,7 +208,7 @@ def generation_info(synthetic_uri: str | None, manifest: dict, *, sampler: str |
                 raise ConfigError(f"{synthetic_uri!r} records {', '.join(f'{k}={m.get(k)}' for k in clash)} in "
                                   f"its manifest; drop the conflicting option(s) {sorted(clash)}")
             return Generation(m["sampler"], int(m["steps"]), float(m["guidance"]), "synthesis manifest",
-                              int(m.get("nfe") or 0))
+                              int(m["nfe"]))
         recorded = _recorded_generation(synthetic_uri)
         if recorded is not None and all(v is None for v in (sampler, steps, guidance)):
             got = recorded.get("artifact_id")
@@ -250,38 +216,31 @@ def generation_info(synthetic_uri: str | None, manifest: dict, *, sampler: str |
                 raise ConfigError(f"{synthetic_uri!r} was sampled from artifact {got}, not from the given "
                                   f"artifact {manifest.get('artifact_id')}; pass the artifact it came from")
             return Generation(recorded["sampler"], int(recorded["steps"]), float(recorded["guidance"]),
-                              "Parquet metadata", int(recorded.get("nfe") or 0))
-    defaults = manifest.get("sampling") or {}
+                              "Parquet metadata", int(recorded["nfe"]))
     source = "command line" if any(v is not None for v in (sampler, steps, guidance)) else "artifact defaults"
-    return Generation(sampler or defaults.get("sampler", "dpmpp_2m"),
-                      int(steps if steps is not None else defaults.get("steps", 10)),
-                      float(guidance if guidance is not None else defaults.get("guidance", 1.0)), source)
+    s, k, g = engine.settings(sampler, steps, guidance)
+    engine.validate_request(1, s, k, g)
+    return Generation(s, int(k), g, source, engine.cost(s, k, g, conditioned=False))
 
 
 GENERATION_KEY = b"synth.generation"
 
 
 def generation_metadata(engine, sampler: str | None, steps: int | None, guidance: float | None,
-                        seed: int) -> dict[bytes, bytes]:
+                        seed: int, conditioned: bool) -> dict[bytes, bytes]:
     """Parquet schema metadata recording how rows were sampled (read back by `generation_info`)."""
     import json
 
-    from synth.diffusion.samplers import nfe
-
-    defaults = engine.manifest.get("sampling") or {}
-    s = sampler or defaults.get("sampler")
-    n = defaults.get("steps") if steps is None else steps
-    if s is None or n is None:
-        return {}
+    s, k, g = engine.settings(sampler, steps, guidance)
     return {GENERATION_KEY: json.dumps({
-        "artifact_id": engine.manifest.get("artifact_id"), "sampler": s, "steps": n, "nfe": nfe(s, n),
-        "guidance": defaults.get("guidance", 1.0) if guidance is None else guidance, "seed": seed}).encode()}
+        "artifact_id": engine.manifest.get("artifact_id"), "sampler": s, "steps": k,
+        "nfe": engine.cost(s, k, g, conditioned=conditioned), "guidance": g, "seed": seed}).encode()}
 
 
 def _recorded_generation(uri: str) -> dict | None:
     import json
 
-    from synth.data import open_dataset
+    from synth.io.data import open_dataset
 
     meta = open_dataset(uri).schema.metadata or {}
     if GENERATION_KEY not in meta:

@@ -43,3 +43,21 @@ def held_out_check(engine, reference: pa.Table, *, rows: int = 4000, seed: int =
             **{k: (None if v is None else round(float(v), 4)) for k, v in scores.items()},
             "real_vs_real": {"column_shapes": 0.99, "pair_trends": 0.98, "c2st_auc": 0.50},
             "verdict": verdict, "reasons": reasons}
+
+
+FAILED_EXIT = 3  # exit status of `synth fit` and `jobs.train` when the fit did not learn the table
+
+
+def summary(check: dict) -> str:
+    """One line for the CLI and job logs."""
+    if check.get("verdict") == "not checked":
+        return f"held-out check: not run ({'; '.join(check.get('reasons', []))})"
+    line = (f"held-out check on {check['rows']} unseen rows: shapes {check['column_shapes']:.3f}, pair trends "
+            f"{check['pair_trends']:.3f}, C2ST AUC {check['c2st_auc']:.3f} (real vs real about 0.99 / 0.98 / 0.50)")
+    if check["verdict"] == "failed":
+        return (f"{line}. FIT FAILED: the model did not learn the table ({'; '.join(check['reasons'])}); "
+                "the artifact is kept for inspection but must not be used: try more training steps, or another "
+                "model.family")
+    if check["verdict"] == "weak":
+        return f"{line}. WEAK FIT ({'; '.join(check['reasons'])}): far from real-vs-real; consider more steps"
+    return line

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from synth.data import SplitConfig, load_splits
+from synth.io.data import SplitConfig, load_splits
 from synth.errors import ConfigError
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from synth import storage
+from synth.io import storage
 from synth.errors import ConfigError
 
 from .html import build_report, render_html
@@ -27,7 +27,7 @@ class ReportResult:
 def resolve_inputs(path: str, artifact: str | None, output: str | None) -> tuple[str, str, str]:
     """(synthetic, artifact, output) for a run folder (model/ and synthetic/ inside) or for a
     synthetic Parquet file/folder given with its artifact."""
-    from synth.artifact import MANIFEST
+    from synth.io.artifact import MANIFEST
 
     if not storage.exists(path):
         raise ConfigError(f"{path!r} does not exist; give a run folder (with model/ and synthetic/) or a "
@@ -55,8 +55,8 @@ def report_for(path: str, *, artifact: str | None = None, contract: str | None =
     """Evaluate (and check the contract, when given) and write the HTML report."""
     import json
 
-    from synth.data import open_dataset
-    from synth.engine import load_engine
+    from synth.io.data import open_dataset
+    from synth.families import load_engine
     from synth.evaluate.contract import evaluate_contract, generation_info, load_contract
     from synth.evaluate.reference import evaluate_against_reference
 
@@ -65,7 +65,7 @@ def report_for(path: str, *, artifact: str | None = None, contract: str | None =
         raise ConfigError(f"report output {output!r} must end in .html")
     gate = load_contract(contract) if contract else None
     engine = load_engine(artifact)
-    gen = generation_info(synthetic, engine.manifest, sampler=sampler, steps=steps, guidance=guidance)
+    gen = generation_info(synthetic, engine, sampler=sampler, steps=steps, guidance=guidance)
     table = open_dataset(synthetic).to_table()
     verdict = None
     if gate is not None:

@@ -15,13 +15,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from synth import storage
+from synth.io import storage
 from synth.errors import ConfigError
 from synth.evaluate.fidelity import NULL_LABEL, _categorical, _is_numeric, _numeric
-from synth.manifest import base_manifest
+from synth.io.manifest import base_manifest
 
-from . import plots
-from .association import association_matrix
+from synth.report import plots
+from synth.report.association import association_matrix
 
 __all__ = ["build_report", "render_html"]
 
@@ -205,7 +205,7 @@ def build_report(synthetic: pa.Table, manifest: dict, *, output: str, evaluation
     `evaluation` (synth.evaluate.reference.evaluate_against_reference) is computed when not given;
     `contract` is a ContractResult or its dict. Plots compare at most `max_rows` synthetic rows
     with at most `max_rows` held-out test rows of the reference split in the manifest."""
-    from synth.data import SplitConfig, load_splits
+    from synth.io.data import SplitConfig, load_splits
     from synth.evaluate.reference import evaluate_against_reference
 
     kinds = manifest["columns"]

@@ -2,7 +2,7 @@
 run the sampler once per batch, split the rows back.
 
 Determinism: every job draws its prior and decodes its rows keyed by its seed and row index
-(synth.rowstreams, exactly like `engine.sample`), so a seeded job gets the same rows alone or
+(synth.engine.rowstreams, exactly like `engine.sample`), so a seeded job gets the same rows alone or
 merged with others (the network is row-wise, so only batch-size-dependent float rounding can
 differ). The stochastic sampler (`ddpm`) also draws noise during sampling; seeded `ddpm` jobs
 therefore run alone with their own step generator (like `engine.sample`), and only unseeded
@@ -19,21 +19,13 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
-from synth.diffusion.samplers import nfe as sampler_nfe
-from synth.rowstreams import step_generator
-
-STOCHASTIC_SAMPLERS = frozenset({"ddpm"})
-
-
-def cfg_factor(guidance: float, sampler: str) -> int:
-    """Network rows per sample row: guidance other than 0 or 1 evaluates both halves, except for a
-    guidance-distilled student, which takes the weight as an input."""
-    return 1 if guidance in (0.0, 1.0) or sampler == "distilled" else 2
+from synth.diffusion.samplers import SAMPLERS
+from synth.engine.rowstreams import step_generator
 
 
 @dataclass
 class Job:
-    """One validated request, ready for the model."""
+    """One validated request, ready for the model (made by `make_job`)."""
 
     rows: int
     cond: Tensor  # (rows, k) condition indices
@@ -43,6 +35,9 @@ class Job:
     guidance: float
     seed: int
     seeded: bool  # the caller gave the seed
+    nfe: int  # network evaluations per row of this request (the engine's `cost`)
+    row_cost: int  # rows x network evaluations one of its rows may cost in a shared model batch
+    net_factor: int  # network rows per sample row in a model batch (2 with classifier-free guidance)
     fmt: str = "json"
     batch_requests: int = 1  # requests in the @serve.batch call that ran this job
     # filled while running
@@ -51,19 +46,28 @@ class Job:
     parts: list[Tensor] = field(default_factory=list, repr=False)
 
     @property
-    def nfe(self) -> int:
-        return sampler_nfe(self.sampler, self.steps)
+    def stochastic(self) -> bool:
+        return SAMPLERS[self.sampler].stochastic
 
     @property
     def isolated(self) -> bool:
         """Runs in model batches of its own (seeded stochastic sampler)."""
-        return self.seeded and self.sampler in STOCHASTIC_SAMPLERS
+        return self.seeded and self.stochastic
 
     def group_key(self) -> tuple:
         return (self.sampler, self.steps, float(self.guidance), id(self) if self.isolated else None)
 
-    def cost_per_row(self) -> int:
-        return self.nfe * cfg_factor(self.guidance, self.sampler)
+
+
+def make_job(engine: Any, rows: int, cond: Tensor, requested: dict[str, list], sampler: str, steps: int,
+             guidance: float, seed: int, seeded: bool, fmt: str = "json") -> Job:
+    """A job whose costs come from the engine: NFE of the request itself (guidance doubles it only
+    for conditioned rows), and the network rows per row of a model batch it may share."""
+    guided = engine.cost(sampler, steps, guidance, conditioned=True)
+    plain = engine.cost(sampler, steps, 1.0, conditioned=True)
+    return Job(rows, cond, requested, sampler, steps, guidance, seed, seeded,
+               nfe=engine.cost(sampler, steps, guidance, conditioned=bool(requested)), row_cost=guided,
+               net_factor=guided // plain, fmt=fmt)
 
 
 @dataclass
@@ -79,6 +83,7 @@ class ModelBatch:
     steps: int
     guidance: float
     isolated: bool
+    net_factor: int
     segments: list[Segment]
 
     @property
@@ -96,6 +101,10 @@ class BatchStats:
     seconds: float
 
 
+def batch_of(job: Job, segments: list[Segment]) -> ModelBatch:
+    return ModelBatch(job.sampler, job.steps, job.guidance, job.isolated, job.net_factor, segments)
+
+
 def plan_batches(jobs: list[Job], max_cost: int) -> list[ModelBatch]:
     """Model batches for `jobs`: same (sampler, steps, guidance) share a batch, each batch holds
     at most `max_cost` rows x network evaluations (at least one row), jobs keep arrival order and
@@ -106,7 +115,7 @@ def plan_batches(jobs: list[Job], max_cost: int) -> list[ModelBatch]:
     batches: list[ModelBatch] = []
     for idx in groups.values():
         first = jobs[idx[0]]
-        cap_rows = max(1, max_cost // first.cost_per_row())
+        cap_rows = max(1, max_cost // first.row_cost)
         current: list[Segment] = []
         filled = 0
         for i in idx:
@@ -117,15 +126,15 @@ def plan_batches(jobs: list[Job], max_cost: int) -> list[ModelBatch]:
                 filled += take
                 start += take
                 if filled == cap_rows:
-                    batches.append(ModelBatch(first.sampler, first.steps, first.guidance, first.isolated, current))
+                    batches.append(batch_of(first, current))
                     current, filled = [], 0
         if current:
-            batches.append(ModelBatch(first.sampler, first.steps, first.guidance, first.isolated, current))
+            batches.append(batch_of(first, current))
     return batches
 
 
 def prepare(engine: Any, job: Job) -> None:
-    """Draw the job's prior as engine.sample does (synth.rowstreams: keyed by the job's seed and row)."""
+    """Draw the job's prior as engine.sample does (synth.engine.rowstreams: keyed by the job's seed and row)."""
     job.generator = step_generator(job.seed)  # a seeded ddpm job's step noise, like engine.sample
     job.x = engine.row_prior(job.seed, 0, job.rows)  # row i depends on (seed, i) only
     job.parts = []
@@ -138,7 +147,7 @@ def run_batch(engine: Any, jobs: list[Job], batch: ModelBatch) -> BatchStats:
     cond = torch.cat([jobs[s.job].cond[s.start:s.stop] for s in batch.segments])
     if batch.isolated:
         gen = jobs[batch.segments[0].job].generator  # continues after the prior, like engine.sample
-    elif batch.sampler in STOCHASTIC_SAMPLERS:
+    elif SAMPLERS[batch.sampler].stochastic:
         gen = torch.Generator().manual_seed(secrets.randbits(63))
     else:
         gen = None  # deterministic samplers draw nothing
@@ -150,7 +159,7 @@ def run_batch(engine: Any, jobs: list[Job], batch: ModelBatch) -> BatchStats:
         jobs[s.job].parts.append(feats[offset:offset + n])
         offset += n
     rows = batch.rows
-    return BatchStats(batch.sampler, batch.steps, batch.guidance, rows, rows * cfg_factor(batch.guidance, batch.sampler),
+    return BatchStats(batch.sampler, batch.steps, batch.guidance, rows, rows * batch.net_factor,
                       time.perf_counter() - t0)
 
 
@@ -161,9 +170,18 @@ def finish(engine: Any, job: Job) -> pa.Table:
     return engine.decode(feats, job.requested, job.seed)
 
 
-def run_jobs(engine: Any, jobs: list[Job], max_cost: int) -> tuple[list[pa.Table], list[BatchStats]]:
-    """Everything for one @serve.batch call: priors, model batches, decoding. Pure torch, no Ray."""
+def run_jobs(engine: Any, jobs: list[Job], max_cost: int) -> tuple[list[Any], list[BatchStats]]:
+    """Everything for one @serve.batch call (what the endpoint's service runs): priors, model
+    batches, decoding. Each job's entry is its table, or the exception that failed it alone."""
+    with torch.inference_mode():
+        for job in jobs:
+            job.batch_requests = len(jobs)
+            prepare(engine, job)
+        stats = [run_batch(engine, jobs, b) for b in plan_batches(jobs, max_cost)]
+    out: list[Any] = []
     for job in jobs:
-        prepare(engine, job)
-    stats = [run_batch(engine, jobs, b) for b in plan_batches(jobs, max_cost)]
-    return [finish(engine, job) for job in jobs], stats
+        try:
+            out.append(finish(engine, job))
+        except Exception as e:  # noqa: BLE001 - reported as that request's 500
+            out.append(e)
+    return out, stats

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from synth.errors import ConfigError
+from synth.errors import validated
 
 # Rows x NFE that `max_batch_rows` is counted at: 4096 rows at 8 network evaluations.
 COST_REFERENCE_NFE = 8
@@ -84,9 +84,4 @@ class ServeArgs(BaseModel):
 
     @classmethod
     def parse(cls, raw: dict[str, Any] | None) -> "ServeArgs":
-        try:
-            return cls.model_validate(raw or {})
-        except ValidationError as e:
-            problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'args'}: {err['msg']}"
-                                 for err in e.errors())
-            raise ConfigError(f"invalid serve args: {problems}") from None
+        return validated(cls, raw or {}, "serve args")

@@ -15,7 +15,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from synth import storage
+from synth.io import storage
 from synth.errors import ArtifactError
 from synth.serving.auth import load_token
 from synth.serving.config import ServeArgs
@@ -94,5 +94,5 @@ def build_application(raw_args: dict[str, Any] | ServeArgs) -> Application:
         args = args.model_copy(update={"artifact_uri": os.path.abspath(os.path.expanduser(args.artifact_uri))})
     if not storage.exists(storage.join(args.artifact_uri, "manifest.json")):
         raise ArtifactError(f"no model artifact at {args.artifact_uri!r} (manifest.json not found); "
-                            "train one with `synth train` or fix artifact_uri")
+                            "train one with `synth fit` or fix artifact_uri")
     return SynthSampler.options(**deployment_options(args)).bind(args.model_dump(mode="json"))

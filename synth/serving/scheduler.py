@@ -59,7 +59,7 @@ class ModelScheduler:
             if fut.done():  # cancelled: the caller went away
                 self._queue.popleft()
                 continue
-            c = job.rows * job.cost_per_row()
+            c = job.rows * job.row_cost
             if taken and cost + c > self.max_cost:
                 break
             taken.append(self._queue.popleft())

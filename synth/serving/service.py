@@ -7,13 +7,12 @@ import math
 import secrets
 from typing import Any
 
-import torch
 
-from synth.diffusion.samplers import nfe as sampler_nfe
-from synth.engine import load_engine
+from synth.diffusion.samplers import SAMPLERS
+from synth.families import load_engine
 from synth.errors import ConfigError
-from synth.serving import batching, formats
-from synth.serving.batching import STOCHASTIC_SAMPLERS, BatchStats, Job, cfg_factor
+from synth.serving.formats import encode
+from synth.serving.batching import BatchStats, Job, make_job, run_jobs
 from synth.serving.config import ServeArgs
 from synth.serving.metrics import NullMetrics
 from synth.serving.schemas import MEDIA_TYPES, SampleRequest
@@ -50,7 +49,8 @@ class SamplingService:
         self.engine = engine if engine is not None else load_engine(args.artifact_uri)
         self.metrics = metrics or NullMetrics()
         self.replica = replica
-        self.latency = LatencyModel(max_cost=args.max_batch_cost)
+        self.latency = LatencyModel(max_cost=args.max_batch_cost,
+                                    evals=lambda s, k: self.engine.cost(s, k, 1.0, conditioned=False))
         self.tracker = SLOTracker(args.slo_p99_ms)
         self.pending: dict[tuple[str, int, int], int] = {}  # (sampler, steps, cfg) -> net rows admitted
         self.inflight_requests = 0
@@ -106,25 +106,24 @@ class SamplingService:
 
         guidance = self.defaults["guidance"] if req.guidance is None else float(req.guidance)
         cond, requested = engine.encode_conditions(n, dict(req.conditions))
-        if req.steps is None:
-            steps = self.choose_steps(sampler, n, guidance)
-        else:
-            steps = req.steps
+        steps = self.choose_steps(sampler, n, guidance) if req.steps is None else req.steps
         try:
             engine.validate_request(n, sampler, steps, guidance)
         except ConfigError as e:
             raise RequestProblem([_problem((), str(e))]) from None
         seeded = req.seed is not None
         seed = req.seed if seeded else secrets.randbits(63)
-        return Job(rows=n, cond=cond, requested=requested, sampler=sampler, steps=steps, guidance=guidance,
-                   seed=seed, seeded=seeded, fmt=req.format)
+        return make_job(engine, n, cond, requested, sampler, steps, guidance, seed, seeded, req.format)
 
     def choose_steps(self, sampler: str, rows: int, guidance: float) -> int:
-        spec = getattr(self.engine.config, "distilled", None)
-        if spec is not None:  # a student runs exactly the steps it was distilled for
-            return spec.steps
+        """The model's fixed steps (one-pass families, distilled students), else the largest candidate
+        whose predicted latency fits the SLO."""
+        fixed = self.engine.fixed_steps()
+        if fixed is not None:
+            return fixed
+        factor = self.engine.cost(sampler, 1, guidance) // self.engine.cost(sampler, 1, 1.0)
         budget = self.args.steps_headroom * self.args.slo_p99_ms / 1000.0
-        return self.latency.choose_steps(sampler, rows * cfg_factor(guidance, sampler), self.args.steps_candidates,
+        return self.latency.choose_steps(sampler, rows * factor, self.args.steps_candidates,
                                          budget, self.args.batch_wait_timeout_s, self.backlog_s())
 
     def backlog_s(self) -> float:
@@ -138,7 +137,7 @@ class SamplingService:
         backlog = self.backlog_s()
         if backlog > 0 and backlog + self.latency.predict(job.sampler, job.steps, job.rows) > a.backlog_limit_s:
             self._reject("backlog", backlog)
-        key = (job.sampler, job.steps, cfg_factor(job.guidance, job.sampler))
+        key = (job.sampler, job.steps, job.net_factor)
         self.pending[key] = self.pending.get(key, 0) + job.rows * key[2]
         self.inflight_rows += job.rows
         self.inflight_requests += 1
@@ -150,7 +149,7 @@ class SamplingService:
         raise Overloaded(reason, retry_after_s)
 
     def release(self, job: Job) -> None:
-        key = (job.sampler, job.steps, cfg_factor(job.guidance, job.sampler))
+        key = (job.sampler, job.steps, job.net_factor)
         self.pending[key] = self.pending.get(key, 0) - job.rows * key[2]
         if self.pending[key] <= 0:
             del self.pending[key]
@@ -161,17 +160,12 @@ class SamplingService:
     # -- execution (runs in a worker thread) ------------------------------------------------
     def run(self, jobs: list[Job]) -> tuple[list[bytes | BaseException], list[BatchStats]]:
         """Sample and encode every job of one @serve.batch call; an error fails only its job."""
-        with torch.inference_mode():
-            for job in jobs:
-                job.batch_requests = len(jobs)
-                batching.prepare(self.engine, job)
-            stats = [batching.run_batch(self.engine, jobs, b)
-                     for b in batching.plan_batches(jobs, self.args.max_batch_cost)]
+        tables, stats = run_jobs(self.engine, jobs, self.args.max_batch_cost)
         out: list[bytes | BaseException] = []
-        for job in jobs:
+        for job, table in zip(jobs, tables):
             try:
-                out.append(formats.encode(batching.finish(self.engine, job), job.fmt, self.meta(job),
-                                          self.image_column()))
+                out.append(table if isinstance(table, BaseException)
+                           else encode(table, job.fmt, self.meta(job), self.image_column()))
             except Exception as e:  # noqa: BLE001 - reported as that request's 500
                 out.append(e)
         return out, stats
@@ -187,7 +181,7 @@ class SamplingService:
 
     # -- responses ---------------------------------------------------------------------------
     def seed_reproducible(self, job: Job) -> bool:
-        return job.seeded or job.sampler not in STOCHASTIC_SAMPLERS
+        return job.seeded or not job.stochastic
 
     def meta(self, job: Job) -> dict[str, Any]:
         return {"sampler": job.sampler, "steps": job.steps, "nfe": job.nfe, "guidance": job.guidance,
@@ -229,7 +223,8 @@ class SamplingService:
             "schema": [{"name": f.name, "arrow_type": str(f.type), "kind": kinds.get(f.name, "unknown"),
                         "nullable": f.nullable} for f in e.codec.schema],
             "condition_columns": conds,
-            "samplers": [{"name": s, "nfe_per_step": sampler_nfe(s, 8) / 8, "stochastic": s in STOCHASTIC_SAMPLERS}
+            "samplers": [{"name": s, "nfe_per_step": e.cost(s, 8, 1.0, conditioned=False) / 8,
+                          "stochastic": SAMPLERS[s].stochastic}
                          for s in e.samplers()],
             "defaults": dict(self.defaults),
             "steps_candidates": sorted(a.steps_candidates),

@@ -17,11 +17,12 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
-from synth.diffusion.samplers import nfe as sampler_nfe
+from synth.diffusion.samplers import SAMPLERS
 
 
 @dataclass
@@ -33,7 +34,10 @@ class _Entry:
 
 class LatencyModel:
     def __init__(self, per_call_s: float = 5e-4, per_row_s: float = 2e-5, alpha: float = 0.2,
-                 max_cost: int = 32768):
+                 max_cost: int = 32768, evals: Callable[[str, int], int] | None = None):
+        """`evals(sampler, steps)`: network evaluations of one model batch (the engine's cost;
+        default the sampler's own count)."""
+        self.evals = evals or (lambda sampler, steps: SAMPLERS[sampler].nfe(steps))
         self.a = per_call_s
         self.b = per_row_s
         self.alpha = alpha
@@ -42,7 +46,7 @@ class LatencyModel:
         self._lock = threading.Lock()
 
     def base(self, sampler: str, steps: int, net_rows: int) -> float:
-        n = sampler_nfe(sampler, steps)
+        n = self.evals(sampler, steps)
         calls = max(1, math.ceil(net_rows * n / self.max_cost))  # batches the cost cap splits it into
         return n * (calls * self.a + self.b * net_rows)
 
@@ -58,7 +62,7 @@ class LatencyModel:
 
     def observe(self, sampler: str, steps: int, net_rows: int, seconds: float) -> None:
         ratio = min(max(seconds / max(self.base(sampler, steps, net_rows), 1e-9), 0.05), 50.0)
-        per = seconds / max(1, net_rows * sampler_nfe(sampler, steps))
+        per = seconds / max(1, net_rows * self.evals(sampler, steps))
         with self._lock:
             e = self.entries.get((sampler, steps))
             if e is None:
@@ -95,7 +99,7 @@ def calibrate(engine, sampler: str, steps: int = 8, rows: int = 128, repeats: in
         return time.perf_counter() - t0
 
     timed(1), timed(rows)  # warm-up (allocations, lazy init)
-    n = sampler_nfe(sampler, steps)
+    n = engine.cost(sampler, steps, 1.0, conditioned=False)
     t1 = min(timed(1) for _ in range(repeats)) / n
     tr = min(timed(rows) for _ in range(repeats)) / n
     per_row = max((tr - t1) / (rows - 1), 1e-7)

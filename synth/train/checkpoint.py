@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from synth.artifact import CODEC, ENGINE, read_artifact, write_artifact
+from synth.io.artifact import CODEC, ENGINE, read_artifact, write_artifact
 from synth.engine.base import Engine
 from synth.errors import ArtifactError
 

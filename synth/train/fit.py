@@ -1,67 +1,28 @@
-"""Fit a model from a run config: data -> codec -> encode -> train -> artifact.
+"""The one fit driver: prepare (data -> codec -> encode) -> the family's trainer, in this process
+or on Ray Train workers -> manifest -> artifact, for every family of `synth.families`.
 
-`fit(cfg)` trains in this process when `cfg.scaling.num_workers == 0` and on Ray Train
-otherwise; both run the same loop (`synth.train.loop.train`) and write the same artifact.
+`fit(cfg)` trains in this process when `cfg.scaling.num_workers == 0` and on Ray Train otherwise
+(`synth.train.ray_train`: Ray Data ingest, the same trainer on every worker); both write the same
+artifact. `fit_fingerprint` is the closed-form path of the fingerprint family (statistics only).
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
-import numpy as np
-import pyarrow as pa
 import torch
 
-from synth import storage
+from synth.io import storage
 from synth.config import RunConfig
-from synth.data import fingerprint, load_splits
-from synth.engine import REGISTRY, save_engine
-from synth.manifest import base_manifest
-from synth.privacy import PrivacyPlan, plan_privacy
-from synth.table import TableCodec
-from synth.train import loop
-
-
-@dataclass
-class Prepared:
-    codec: TableCodec
-    train: pa.Table
-    val: pa.Table
-    test: pa.Table
-    fingerprint: dict
-    split: dict
-    privacy: PrivacyPlan | None = None
-
-
-def prepare(cfg: RunConfig) -> Prepared:
-    """Read and split the reference data, fit the codec on the training rows only. A private run
-    plans its budget first (refusing what would exceed it) and builds the codec from the declared
-    schema, plus noised histograms when preprocessing is dp: never from TableStats."""
-    train, val, test = load_splits(cfg.data.uri, cfg.data.split)
-    plan = None
-    if cfg.privacy.enabled:
-        from synth.privacy import preprocess
-
-        plan = plan_privacy(cfg.privacy, cfg.train, train.num_rows)
-        fields = preprocess.modelled_fields(train.schema, cfg.data.codec, cfg.privacy)
-        counts = preprocess.exact_counts(train, cfg.privacy, fields) if cfg.privacy.preprocessing == "dp" else None
-        codec = preprocess.private_codec(train.schema, cfg.data.codec, cfg.privacy, plan, counts)
-    else:
-        codec = TableCodec.fit([train], cfg.data.codec, schema=train.schema)
-    if cfg.data.target is not None and cfg.data.target not in codec.by_name:
-        from synth.errors import ConfigError
-
-        raise ConfigError(f"data.target names column {cfg.data.target!r}, which is not modelled; "
-                          f"columns are {list(codec.by_name)}")
-    split = {"method": "row-content hash", **cfg.data.split.model_dump(),
-             "rows": {"train": train.num_rows, "val": val.num_rows, "test": test.num_rows}}
-    return Prepared(codec, train, val, test, fingerprint(cfg.data.uri), split, plan)
-
-
-def encode_tensor(codec: TableCodec, table: pa.Table, seed: int | None, strict: bool = True) -> torch.Tensor:
-    rng = np.random.default_rng(seed) if seed is not None else None
-    return torch.from_numpy(codec.encode(table, rng, strict).astype(np.float32))
+from synth.engine.copula import CopulaEngine
+from synth.evaluate.fit_check import held_out_check
+from synth.families import FAMILIES, save_engine
+from synth.table.fingerprint import read_fingerprint
+from synth.io.manifest import base_manifest
+from synth.train import ray_train
+from synth.train.prepare import Prepared, encode_tensor, prepare
+from synth.train.session import LocalSession, TrainingData
 
 
 @dataclass
@@ -70,51 +31,47 @@ class FitResult:
     artifact_id: str
     metrics: dict
     prepared: Prepared
+    check: dict  # the held-out fit check (synth.evaluate.fit_check): did the model learn the table?
 
 
 def fit(cfg: RunConfig, report: Callable | None = None) -> FitResult:
-    """Train per `cfg`; in this process when scaling.num_workers is 0, else on Ray Train."""
-    if cfg.scaling.num_workers > 0:
-        from synth.train.ray_train import fit_on_ray
-
-        return fit_on_ray(cfg, report)
-    if cfg.model.family == "gan":  # the GAN's two-optimizer loop lives with its engine
-        from synth.engine.gan import fit_gan
-
-        return fit_gan(cfg, report)
+    """Train per `cfg`; in this process when scaling.num_workers is 0, else on Ray Train.
+    `report(metrics, None)` gets every in-process evaluation (a progress bar)."""
+    family = FAMILIES[cfg.model.family]
     t0 = time.perf_counter()
     storage.check_writable(cfg.output)
-    prep = prepare(cfg)
-    t_prep = time.perf_counter() - t0
-    torch.manual_seed(cfg.train.seed)
-    engine = REGISTRY[cfg.model.family](cfg.model, prep.codec)  # diffusion or array
-    x_train = encode_tensor(prep.codec, prep.train, seed=cfg.train.seed)
-    x_val = encode_tensor(prep.codec, prep.val, seed=None, strict=False)
-    t1 = time.perf_counter()
-    history: list[dict] = []
-
-    def on_report(m: dict, opt) -> None:
-        history.append(m)
-        if report:
-            report(m, opt)
-
-    if prep.privacy is not None:
-        from synth.privacy.training import DPTraining
-
-        dp = DPTraining(prep.privacy, x_train, cfg.train.batch_size)
-        metrics = loop.train(engine, None, cfg.train, x_val=x_val, report=on_report, private=dp)
-        privacy = prep.privacy.manifest(dp.steps_accounted(), accountant_epsilon=dp.epsilon())
+    if cfg.scaling.num_workers > 0:
+        prep, engine, metrics, history, extra = ray_train.train_on_ray(cfg)
+        t1 = t0 + extra.pop("prepare_s")
     else:
-        metrics = loop.train(engine, loop.shuffled_batches(x_train, cfg.train.batch_size, cfg.train.seed),
-                             cfg.train, x_val=x_val, report=on_report)
-        privacy = None
+        prep = prepare(cfg)
+        t1 = time.perf_counter()
+        torch.manual_seed(cfg.train.seed)
+        engine = family.build(cfg.model, prep.codec)
+        data = TrainingData(x_val=encode_tensor(prep.codec, prep.val, seed=None, strict=False),
+                            x_train=encode_tensor(prep.codec, prep.train, seed=cfg.train.seed),
+                            privacy=prep.privacy)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        outcome = family.trainer(engine, cfg, data, LocalSession(report))
+        metrics, history, extra = outcome.metrics, outcome.history, {}
     t_train = time.perf_counter() - t1
-    manifest = model_manifest(cfg, prep, metrics, {"prepare_s": t_prep, "train_s": t_train,
-                                                   "total_s": time.perf_counter() - t0}, workers=0,
-                              privacy=privacy)
+    privacy = None
+    if prep.privacy is not None:  # the steps the accountant counted, re-derived and cross-checked
+        privacy = prep.privacy.manifest(int(metrics["step"]), accountant_epsilon=metrics.get("epsilon"))
+        if cfg.scaling.num_workers > 0:
+            privacy["workers"] = cfg.scaling.num_workers
+    manifest = model_manifest(cfg, prep, engine, metrics, {"prepare_s": t1 - t0, "train_s": t_train,
+                                                           "total_s": time.perf_counter() - t0},
+                              workers=cfg.scaling.num_workers, privacy=privacy)
+    manifest.update(extra)
     manifest["history"] = public_history(history, privacy)
+    if privacy is None:  # held-out rows are private data too: a private run publishes no score of them
+        manifest["fit_check"] = held_out_check(engine, prep.test, seed=cfg.evaluate.seed)
+    else:
+        manifest["fit_check"] = {"verdict": "not checked", "reasons": ["private run: held-out rows are private"]}
     artifact_id = save_engine(engine, cfg.artifact_uri, manifest)
-    return FitResult(cfg.artifact_uri, artifact_id, metrics, prep)
+    return FitResult(cfg.artifact_uri, artifact_id, metrics, prep, manifest["fit_check"])
 
 
 # what a private run's manifest leaves out: statistics of private rows that no mechanism noised
@@ -127,12 +84,11 @@ def public_history(history: list[dict], privacy: dict | None) -> list[dict]:
     return [{k: v for k, v in h.items() if k not in PRIVATE_METRICS} for h in history]
 
 
-def model_manifest(cfg: RunConfig, prep: Prepared, metrics: dict, wall: dict, workers: int,
+def model_manifest(cfg: RunConfig, prep: Prepared, engine, metrics: dict, wall: dict, workers: int,
                    privacy: dict | None = None) -> dict:
     """The model manifest. With `privacy` (a PrivacyPlan.manifest block) the losses measured on
     private rows and the content hash of the data are withheld: they are not differentially private."""
-    m = cfg.model
-    fp = dict(prep.fingerprint)
+    fp = dict(prep.input)
     if privacy is not None:
         metrics = {k: v for k, v in metrics.items() if k not in PRIVATE_METRICS}
         fp.update(sha256="withheld (private run: a hash of the data is not differentially private)", bytes=None)
@@ -143,12 +99,29 @@ def model_manifest(cfg: RunConfig, prep: Prepared, metrics: dict, wall: dict, wo
         split=prep.split,
         columns=prep.codec.kinds(),
         seeds={"train": cfg.train.seed, "split": cfg.data.split.seed},
-        **({"process": m.process.model_dump(mode="json"), "objective": m.objective.model_dump(mode="json"),
-            "sampling": {"sampler": m.sampler, "steps": m.steps, "guidance": m.guidance}}
-           if m.family != "gan" else {"sampling": {"sampler": m.sampler, "steps": 1, "guidance": 1.0, "one_pass": True}}),
+        **engine.describe(),
         train=cfg.train.model_dump(mode="json"),
         workers=workers,
         metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))},
         wall_s=wall,
         privacy=privacy or {"dp": False},
     )
+
+
+def fit_fingerprint(fp_uri: str, output: str, on_invalid: Literal["repair", "refuse"] = "repair",
+                    name: str | None = None) -> tuple[str, dict]:
+    """Fit the copula engine (family "fingerprint") from the fingerprint file at `fp_uri` and write the model
+    artifact to `output`. Returns (artifact id, correlation report)."""
+    t0 = time.perf_counter()
+    fp = read_fingerprint(fp_uri)  # bad input fails here, before anything is written
+    raw = storage.read_bytes(fp_uri)
+    engine, report = CopulaEngine.from_fingerprint(fp, on_invalid, repr(fp_uri))
+    storage.check_writable(output)
+    manifest = base_manifest(
+        "model", run=name or "fingerprint",
+        input={"kind": "fingerprint", "uri": fp_uri, "sha256": storage.sha256_bytes(raw), "bytes": len(raw),
+               "rows": fp.rows, "source": fp.source},
+        columns=engine.codec.kinds(), seeds={}, **engine.describe(),
+        correlation=report, metrics={}, wall_s={"total_s": time.perf_counter() - t0},
+        privacy={"dp": False, "raw_rows": False, "note": "fitted from aggregate statistics only"})
+    return save_engine(engine, output, manifest), report

@@ -13,8 +13,10 @@ import torch
 from accelerate import Accelerator
 from torch import Tensor
 
-from synth.engine.base import Engine
+from synth.engine.sampling import DenoisingEngine as Engine
+from synth.train.checkpoint import load_checkpoint, save_checkpoint
 from synth.train.config import TrainConfig
+from synth.train.session import Outcome, Session, TrainingData, shuffled_batches
 
 Report = Callable[[dict, torch.optim.Optimizer], None]  # (metrics, optimizer)
 
@@ -53,17 +55,6 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
         p = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p))
     return f
-
-
-def shuffled_batches(x: Tensor, batch_size: int, seed: int) -> Iterator[Tensor]:
-    """Endless epochs over an in-memory tensor, reshuffled each epoch with a seeded generator."""
-    g = torch.Generator().manual_seed(seed)
-    n = x.shape[0]
-    batch_size = min(batch_size, n)
-    while True:
-        perm = torch.randperm(n, generator=g)
-        for i in range(0, n - batch_size + 1, batch_size):
-            yield x[perm[i:i + batch_size]]
 
 
 @torch.no_grad()
@@ -257,3 +248,33 @@ def _train_private(engine: Engine, cfg: TrainConfig, private, *, x_val: Tensor |
     metrics["steps_done"] = step
     metrics["epsilon"] = private.epsilon()
     return metrics
+
+
+def train_denoising(engine: Engine, cfg, data: TrainingData, session: Session) -> Outcome:
+    """The denoising families' trainer (tabular and array diffusion): `train` over this worker's
+    share of the seeded global batches, or DP-SGD over all rows for a private run; every report a
+    checkpoint (online net, optimizer, history) where the session keeps them."""
+    modules = {"net": engine.net}  # the EMA is the artifact's own weights
+    state = session.restore(lambda d: load_checkpoint(engine, d, modules))
+    start_step = state.step if state else 0
+    history = state.manifest.get("history", []) if state else []
+    private = None
+    plan = data.privacy.to_dict() if data.privacy is not None else None
+    if data.privacy is not None:  # DP-SGD: Opacus' Poisson sampler over all rows
+        from synth.privacy.training import DPTraining
+
+        private = DPTraining(data.privacy, data.x_train, cfg.train.batch_size, world=data.world)
+        batches = None
+    else:
+        batches = data.batches(cfg.train.batch_size, cfg.train.seed + start_step)
+
+    def report(metrics: dict, optimizer) -> None:
+        history.append(metrics)
+        session.report(metrics, lambda d: save_checkpoint(
+            engine, metrics["step"], d, {"kind": "checkpoint", "run": cfg.name, "history": history,
+                                         "privacy_plan": plan},
+            modules=modules, optimizers={"opt": optimizer}))
+
+    metrics = train(engine, batches, cfg.train, x_val=data.x_val, start_step=start_step,
+                    optimizer_state=state.optimizers["opt"] if state else None, report=report, private=private)
+    return Outcome(metrics, history)

@@ -13,23 +13,23 @@ buffer, for data larger than a worker's memory (not bit-reproducible).
 from __future__ import annotations
 
 import json
-import tempfile
 import time
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from synth import storage
+from synth.io import storage
 from synth.config import RunConfig, ScalingConfig
-from synth.data import SplitConfig, fingerprint, parquet_files, row_hashes, split_labels
+from synth.io.data import SplitConfig, input_digest, parquet_files, row_hashes, split_labels
 from synth.errors import ConfigError, SynthError
 from synth.table import TableCodec, TableStats
-from synth.train.checkpoint import load_checkpoint, save_checkpoint
+from synth.families import FAMILIES, load_engine
+from synth.privacy import PrivacyPlan
 from synth.train.config import TrainConfig
-
-T = TypeVar("T")
+from synth.train.prepare import Prepared
+from synth.train.session import RaySession, TrainingData
 
 
 # -- Ray Data ingest ------------------------------------------------------------------------
@@ -37,7 +37,7 @@ def read_reference(uri: str):
     """A Ray dataset over the reference Parquet, after naming any unreadable file."""
     import ray.data
 
-    from synth.data import open_dataset
+    from synth.io.data import open_dataset
 
     open_dataset(uri)  # validates every file's footer and schema, naming a bad file
     fs, files = parquet_files(uri)
@@ -104,13 +104,6 @@ def _materialize(shard, batch_size: int = 65_536) -> torch.Tensor:
     return x[torch.from_numpy(order)]
 
 
-def _rank_batches(x: torch.Tensor, global_bs: int, seed: int, rank: int, world: int):
-    from synth.train.loop import shuffled_batches
-
-    for xb in shuffled_batches(x, global_bs, seed):
-        yield xb[rank::world]
-
-
 def _stream_batches(shard, per_worker_bs: int, seed: int):
     epoch = 0
     while True:
@@ -126,102 +119,33 @@ def _stream_batches(shard, per_worker_bs: int, seed: int):
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """What every Ray Train worker runs: the family's trainer (the same one as in-process
+    training) on this worker's data, reporting through a `RaySession` (checkpoints from rank 0)."""
     import ray.train
-
-    from synth.engine import REGISTRY
-    from synth.train.loop import make_accelerator, train
 
     cfg = RunConfig.model_validate(config["run"])
     codec = TableCodec.from_dict(config["codec"])
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     training_threads(cfg)
     torch.manual_seed(cfg.train.seed)
-    engine = REGISTRY[cfg.model.family](cfg.model, codec)
-    val = _materialize(ray.train.get_dataset_shard("val"))
-    if cfg.model.family == "gan":
-        return _gan_worker(cfg, engine, _materialize(ray.train.get_dataset_shard("train")), val, rank, world)
-    acc = make_accelerator(cfg.train)
-    modules = {"net": engine.net}  # the EMA is the artifact's own weights
-    state = restore_checkpoint(lambda d: load_checkpoint(engine, d, modules))
-    start_step = state.step if state else 0
-    history = state.manifest.get("history", []) if state else []
+    family = FAMILIES[cfg.model.family]
+    engine = family.build(cfg.model, codec)
+    data = TrainingData(x_val=_materialize(ray.train.get_dataset_shard("val")), rank=ctx.get_world_rank(),
+                        world=ctx.get_world_size(),
+                        privacy=PrivacyPlan.from_dict(config["privacy"]) if config.get("privacy") else None)
     if config["data_mode"] == "memory":
-        x = _materialize(ray.train.get_dataset_shard("train"))
-        if x.shape[0] < cfg.train.batch_size:
-            raise SynthError(f"only {x.shape[0]} training rows for batch_size {cfg.train.batch_size}; "
+        data.x_train = _materialize(ray.train.get_dataset_shard("train"))
+        if data.x_train.shape[0] < cfg.train.batch_size:
+            raise SynthError(f"only {data.x_train.shape[0]} training rows for batch_size {cfg.train.batch_size}; "
                              "lower train.batch_size")
-        batches = _rank_batches(x, cfg.train.batch_size, cfg.train.seed + start_step, rank, world)
     else:
-        batches = _stream_batches(ray.train.get_dataset_shard("train"), cfg.train.batch_size // world,
-                                  cfg.train.seed + start_step)
-
-    private = None
-    if config.get("privacy") is not None:  # DP-SGD: Opacus' Poisson sampler over all rows (memory mode)
-        from synth.privacy import PrivacyPlan
-        from synth.privacy.training import DPTraining
-
-        private = DPTraining(PrivacyPlan.from_dict(config["privacy"]), x, cfg.train.batch_size, world=world)
-        batches = None
-
-    def report(metrics: dict, optimizer) -> None:
-        history.append(metrics)
-        report_checkpoint(metrics, lambda d: save_checkpoint(
-            engine, metrics["step"], d, {"kind": "checkpoint", "run": cfg.name, "history": history,
-                                         "privacy_plan": config.get("privacy")},
-            modules=modules, optimizers={"opt": optimizer}))
-
-    train(engine, batches, cfg.train, x_val=val, accelerator=acc, start_step=start_step,
-          optimizer_state=state.optimizers["opt"] if state else None, report=report, private=private)
-
-
-def _gan_worker(cfg: RunConfig, engine, x: torch.Tensor, val: torch.Tensor, rank: int, world: int) -> None:
-    """The GAN's adversarial loop on a Ray Train worker: each worker draws its share of every
-    batch by training-by-sampling (its own seeded stream), gradients of critic and generator are
-    averaged over the workers (torch.distributed, set up by Ray Train), and every evaluation is a
-    checkpoint (generator, critic, both optimizers, the best generator so far, early-stopping
-    state). The last report carries the rolled-back best generator: the run's artifact."""
-    from synth.engine.gan import GANResume, train_gan
-    from synth.train.distributed import ProcessGroup
-
-    resume = restore_checkpoint(lambda d: GANResume.load(engine, d))
-
-    def report(metrics: dict, snapshot) -> None:
-        report_checkpoint(metrics, lambda d: snapshot.save(d, {"kind": "checkpoint", "run": cfg.name}))
-
-    train_gan(engine, x, val, steps=cfg.train.steps, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
-              eval_every=cfg.train.eval_every, time_budget_s=cfg.train.time_budget_s, report=report,
-              group=ProcessGroup(rank, world), resume=resume)
-
-
-# -- shared by every Ray Train loop (diffusion, GAN, distillation) --------------------------
-def report_checkpoint(metrics: dict, save: Callable[[str], None]) -> None:
-    """Report `metrics` from this worker; rank 0 attaches a checkpoint that `save(directory)`
-    writes. Every worker must call it (ray.train.report is a barrier)."""
-    import ray.train
-
-    if ray.train.get_context().get_world_rank() == 0:
-        with tempfile.TemporaryDirectory() as d:
-            save(d)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-    else:
-        ray.train.report(metrics, checkpoint=None)
-
-
-def restore_checkpoint(load: Callable[[str], T]) -> T | None:
-    """`load(directory)` of the checkpoint this (restarted or resumed) run starts from, if any."""
-    import ray.train
-
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is None:
-        return None
-    with ckpt.as_directory() as d:
-        return load(d)
+        data.stream = lambda batch, seed: _stream_batches(ray.train.get_dataset_shard("train"), batch, seed)
+    family.trainer(engine, cfg, data, RaySession())
 
 
 def prepare_cluster(sc: ScalingConfig, train: TrainConfig) -> None:
     """Before any data is read: connect to (or start) Ray and refuse what can never run."""
-    from synth.raycluster import check_resources, ensure_ray
+    from synth.io.raycluster import check_resources, ensure_ray
 
     if train.time_budget_s is not None and sc.num_workers > 1:
         raise ConfigError("train.time_budget_s stops workers at different steps, which deadlocks the gradient "
@@ -237,8 +161,6 @@ def run_trainer(loop: Callable[[dict], None], loop_config: dict, sc: ScalingConf
     more than sc.max_failures times raises SynthError with the cause."""
     import ray.train
     from ray.train.torch import TorchTrainer
-
-    from synth.engine import load_engine
 
     trainer = TorchTrainer(
         loop,
@@ -264,20 +186,17 @@ def run_trainer(loop: Callable[[dict], None], loop_config: dict, sc: ScalingConf
     return engine, dict(result.metrics or {})
 
 
-# -- the driver -----------------------------------------------------------------------------
-def fit_on_ray(cfg: RunConfig, report=None):
-    """Train on Ray Train; returns a `synth.train.fit.FitResult`. Per-step metrics are reported
-    by the workers (job logs, checkpoint manifests, the final manifest's `history`); `report`
-    is accepted for signature compatibility with the in-process path and not called."""
+# -- the Ray half of the fit driver (synth.train.fit) ---------------------------------------
+def train_on_ray(cfg: RunConfig) -> tuple[Prepared, Any, dict, list[dict], dict]:
+    """Ray Data ingest (split, codec statistics, encoding) and the family's trainer on
+    cfg.scaling.num_workers Ray Train workers. Returns (prepared data, the trained engine, final
+    metrics, metric history, manifest fields with "prepare_s"). Per-step metrics go to the job logs
+    and the checkpoint manifests."""
     import ray
     import ray.train
 
-    from synth.engine import save_engine
-    from synth.train.fit import FitResult, Prepared, model_manifest, public_history
-
     t0 = time.perf_counter()
     sc = cfg.scaling
-    storage.check_writable(cfg.output)
     storage_path = sc.storage_path or storage.join(cfg.output, "ray")
     storage.check_writable(storage_path)
     prepare_cluster(sc, cfg.train)
@@ -303,8 +222,9 @@ def fit_on_ray(cfg: RunConfig, report=None):
                                         batch_format="pyarrow", num_cpus=0.5)
     train_ds, val_ds = enc(parts[0], cfg.train.seed), enc(parts[1], None)
     _check_resume_compatible(storage_path, cfg, codec)
-
-    t1 = time.perf_counter()
+    prep = Prepared(codec, None, None, None, input_digest(cfg.data.uri),
+                    {"method": "row-content hash", **split, "rows": {"train": train_rows}}, plan)
+    prepare_s = time.perf_counter() - t0
     engine, metrics = run_trainer(
         train_loop_per_worker,
         {"run": cfg.model_dump(mode="json"), "codec": codec.to_dict(), "data_mode": sc.data_mode,
@@ -312,20 +232,8 @@ def fit_on_ray(cfg: RunConfig, report=None):
         sc, name=cfg.name, storage_path=storage_path, what="training",
         datasets={"train": train_ds, "val": val_ds},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"] if sc.data_mode == "stream" else []))
-    t_train = time.perf_counter() - t1
-    prep = Prepared(codec, None, None, None, fingerprint(cfg.data.uri),
-                    {"method": "row-content hash", **split, "rows": {"train": train_rows}}, plan)
-    privacy = None
-    if plan is not None:  # the steps the workers' accountant counted, re-derived and cross-checked
-        privacy = plan.manifest(int(metrics["step"]), accountant_epsilon=metrics.get("epsilon"))
-        privacy["workers"] = sc.num_workers
-    manifest = model_manifest(cfg, prep, metrics, {"prepare_s": t1 - t0, "train_s": t_train,
-                                                   "total_s": time.perf_counter() - t0}, workers=sc.num_workers,
-                              privacy=privacy)
-    manifest["ray"] = {"storage_path": storage_path, "run": cfg.name, "data_mode": sc.data_mode}
-    manifest["history"] = public_history(engine.manifest.get("history", []), privacy)
-    artifact_id = save_engine(engine, cfg.artifact_uri, manifest)
-    return FitResult(cfg.artifact_uri, artifact_id, metrics, prep)
+    extra = {"prepare_s": prepare_s, "ray": {"storage_path": storage_path, "run": cfg.name, "data_mode": sc.data_mode}}
+    return prep, engine, metrics, engine.manifest.get("history", []), extra
 
 
 def _partial_counts(batch: pa.Table, privacy: dict, fields: list[str]) -> pa.Table:
@@ -342,7 +250,7 @@ def _private_codec(train_ds, schema: pa.Schema, cfg: RunConfig, storage_path: st
     The codec comes from the declared schema; in dp preprocessing mode exact cell counts are
     summed over blocks (map_batches) and noised once here. A rerun that resumes from checkpoints
     reuses their codec, so the preprocessing budget is not spent twice, and must keep the plan."""
-    from synth.privacy import PrivacyPlan, plan_privacy
+    from synth.privacy import plan_privacy
     from synth.privacy.preprocess import merge_counts, modelled_fields, private_codec
 
     pcfg, sc = cfg.privacy, cfg.scaling
@@ -377,7 +285,7 @@ def _latest_checkpoint(storage_path: str, name: str) -> dict | None:
     JSON, or None."""
     import pyarrow.fs as pafs
 
-    from synth.artifact import CODEC, ENGINE, MANIFEST
+    from synth.io.artifact import CODEC, ENGINE, MANIFEST
 
     fs, path = storage.resolve(storage.join(storage_path, name))
     if fs.get_file_info(path).type != pafs.FileType.Directory:

@@ -137,7 +137,7 @@ class CategoricalColumn:
             rng = rng if rng is not None else np.random.default_rng(0)
             tv = np.empty(len(self.tail_values), dtype=object)
             tv[:] = self.tail_values
-            if hasattr(rng, "uniforms"):  # synth.rowstreams.RowUniforms: row i's draw depends on row i only
+            if hasattr(rng, "uniforms"):  # synth.engine.rowstreams.RowUniforms: row i's draw depends on row i only
                 cdf = np.cumsum(np.asarray(self.tail_probs))
                 pick = np.minimum(np.searchsorted(cdf / cdf[-1], rng.uniforms(self.name)[~head], side="right"),
                                   len(tv) - 1)

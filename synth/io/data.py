@@ -1,4 +1,4 @@
-"""Reading reference Parquet (local or object store) with clear errors, fingerprinting it, and
+"""Reading reference Parquet (local or object store) with clear errors, its content digest, and
 the deterministic train/validation/test split.
 
 The split is by a hash of each row's content and the split seed, so it is the same whatever
@@ -17,7 +17,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from synth import storage
+from synth.io import storage
 from synth.errors import DataError
 from synth.table.stats import check_unique_names
 
@@ -50,7 +50,7 @@ def resolve_data_uri(uri: str) -> str:
             raise DataError(f"no bundled dataset {name!r}; bundled: {sorted(BUNDLED) + sorted(GENERATED)}")
         from pathlib import Path
 
-        return str(Path(__file__).resolve().parent / "datasets" / BUNDLED[name])
+        return str(Path(__file__).resolve().parents[1] / "datasets" / BUNDLED[name])
     return uri
 
 
@@ -102,7 +102,7 @@ def iter_batches(uri: str, batch_size: int = 65_536, columns: list[str] | None =
         raise DataError(f"reading {uri!r} failed: {e}") from None
 
 
-def fingerprint(uri: str) -> dict:
+def input_digest(uri: str) -> dict:
     """Schema plus a content hash of every file, streamed (works for any size)."""
     fs, files = parquet_files(uri)
     h = hashlib.sha256()

@@ -126,3 +126,19 @@ def check_writable(uri: str) -> None:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def read_yaml(uri: str, what: str = "config"):
+    """The YAML document at `uri` (local path, s3://, gs://): every config, contract and job file is
+    read here. An empty file is {}."""
+    import yaml
+
+    from synth.errors import ConfigError
+
+    if not exists(uri):
+        raise ConfigError(f"{what} {uri!r} does not exist")
+    try:
+        raw = yaml.safe_load(read_bytes(uri))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {uri!r} is not valid YAML: {e}") from None
+    return {} if raw is None else raw

@@ -9,9 +9,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from synth import storage
+from synth.io import storage
 from synth.errors import ConfigError
-from synth.manifest import base_manifest
+from synth.io.manifest import base_manifest
 
 
 class Retrain(BaseModel):
@@ -49,9 +49,9 @@ def run_nightly(cfg: NightlyConfig) -> dict:
     import pyarrow.parquet as pq
 
     from synth.config import RunConfig
-    from synth.engine import load_engine
+    from synth.families import load_engine
     from synth.evaluate.contract import Generation, evaluate_contract, load_contract
-    from synth.synthesize import SynthesizeConfig, synthesize
+    from synth.pipelines.synthesize import SynthesizeConfig, synthesize
 
     t0 = time.perf_counter()
     contract = load_contract(cfg.contract)

@@ -1,7 +1,7 @@
 """Bulk synthesis with Ray Data: shard ids -> a pool of sampler actors -> committed Parquet
 shards and a run manifest.
 
-Row i of a run depends only on the run seed and i (synth.rowstreams), whatever the shard size,
+Row i of a run depends only on the run seed and i (synth.engine.rowstreams), whatever the shard size,
 batch size or actor count; file names are deterministic (`part-00000.parquet`), and every shard is written to a temporary name and moved
 into place, so no reader sees a partial file. A rerun after a crash skips shards whose file
 matches the checksum recorded when it was committed and writes only the missing ones; the
@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from synth import storage
+from synth.io import storage
 from synth.errors import ConfigError, SynthError
-from synth.manifest import base_manifest
-from synth.rowstreams import RowUniforms
+from synth.io.manifest import base_manifest
+from synth.engine.rowstreams import RowUniforms
 
 MANIFEST = "_manifest.json"
 CONDITION_STREAM = 2**31  # shard_seed(seed, CONDITION_STREAM) keys the reference-drawn conditions
-PROTOCOL = "rowstreams-1"  # how rows derive from (seed, row index): synth.rowstreams
+PROTOCOL = "rowstreams-1"  # how rows derive from (seed, row index): synth.engine.rowstreams
 COMMITS = "_commits"  # one small JSON per committed shard: rows and sha256
 
 
@@ -148,7 +148,7 @@ class SamplerActor:
     def __init__(self, cfg: dict):
         import torch
 
-        from synth.engine import load_engine
+        from synth.families import load_engine
 
         self.cfg = SynthesizeConfig.model_validate(cfg)
         if self.cfg.threads_per_actor:
@@ -176,7 +176,7 @@ def sample_shard(engine, cfg: SynthesizeConfig, spec: dict):
     conds = shard_conditions(engine, spec, cfg.conditions, cfg.seed)
     parts = []
     n = spec["rows"]
-    for start in range(0, n, cfg.batch_rows):  # row i of the run depends on (seed, i) only (synth.rowstreams)
+    for start in range(0, n, cfg.batch_rows):  # row i of the run depends on (seed, i) only (synth.engine.rowstreams)
         m = min(cfg.batch_rows, n - start)
         sub = None if conds is None else {c: (v[start:start + m] if isinstance(v, list) else v) for c, v in conds.items()}
         parts.append(engine.sample(m, sub, sampler=cfg.sampler, steps=cfg.steps, guidance=cfg.guidance,
@@ -237,21 +237,28 @@ def check_output(cfg: SynthesizeConfig, plan_key: dict) -> None:
     storage.check_writable(cfg.output)
 
 
+def generation_settings(engine, cfg: SynthesizeConfig) -> dict:
+    """The validated sampler, steps and guidance of a bulk run (the model's defaults where the config
+    gives none) and its NFE per row as the engine counts it (the manifest's `nfe`)."""
+    c = cfg.conditions
+    sampler, steps, guidance = engine.settings(cfg.sampler, cfg.steps, cfg.guidance)
+    engine.validate_request(1, sampler, steps, guidance)
+    return {"sampler": sampler, "steps": steps, "guidance": guidance,
+            "nfe": engine.cost(sampler, steps, guidance, conditioned=bool(c.fixed or c.mix or c.reference))}
+
+
 def synthesize(cfg: SynthesizeConfig, progress=None) -> dict:
     """Run bulk synthesis on Ray; returns the run manifest (also written to OUTPUT/_manifest.json)."""
     import ray
     import ray.data
 
-    from synth.engine import load_engine
-    from synth.raycluster import ensure_ray
+    from synth.families import load_engine
+    from synth.io.raycluster import ensure_ray
 
     t0 = time.perf_counter()
-    c = cfg.conditions
     engine = load_engine(cfg.artifact)  # missing / tampered / incompatible artifacts fail here
-    sampler = cfg.sampler or engine.config.sampler
-    steps = engine.config.steps if cfg.steps is None else cfg.steps
-    guidance = engine.config.guidance if cfg.guidance is None else cfg.guidance
-    engine.validate_request(1, sampler, steps, guidance)
+    gen = generation_settings(engine, cfg)
+    sampler, steps, guidance = gen["sampler"], gen["steps"], gen["guidance"]
     specs = plan_shards(cfg, engine)
     plan_key = {"protocol": PROTOCOL, "artifact_id": engine.manifest["artifact_id"], "rows": cfg.rows,
                 "shard_rows": cfg.shard_rows,
@@ -290,10 +297,9 @@ def synthesize(cfg: SynthesizeConfig, progress=None) -> dict:
         "synthesis",
         artifact={"uri": cfg.artifact, "artifact_id": engine.manifest["artifact_id"],
                   "files": engine.manifest["files"], "privacy": engine.manifest.get("privacy")},
-        sampler=sampler, steps=steps, guidance=guidance, seed=cfg.seed, protocol=PROTOCOL,
+        **gen, seed=cfg.seed, protocol=PROTOCOL,
         shard_rows=cfg.shard_rows, batch_rows=cfg.batch_rows, cpus_per_actor=cfg.cpus_per_actor,
         threads_per_actor=cfg.threads_per_actor, use_gpu=cfg.use_gpu,
-        nfe=engine.nfe(sampler, steps, guidance, conditioned=bool(c.fixed or c.mix or c.reference)),
         conditions=cfg.conditions.model_dump(), rows=total,
         shards=[records[i] for i in sorted(records)],
         resumed_shards=len(done), wall_s=wall, rows_per_s=written / wall if written else None,
@@ -309,8 +315,8 @@ def replay(manifest_uri: str, output: str | None = None, progress=None) -> dict:
     import shutil
     import tempfile
 
-    from synth.engine import load_engine
-    from synth.manifest import library_versions
+    from synth.families import load_engine
+    from synth.io.manifest import library_versions
 
     if storage.is_dir(manifest_uri):
         manifest_uri = storage.join(manifest_uri, MANIFEST)

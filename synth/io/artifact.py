@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from synth import storage
+from synth.io import storage
 from synth.errors import ArtifactError
 
 FORMAT_VERSION = 1

@@ -136,14 +136,14 @@ def blend_files(a_uri: str, b_uri: str, output: str, mode: Mode, weight: float |
     name moved into place: no reader sees a partial file, and nothing is written on error)."""
     import pyarrow.parquet as pq
 
-    from synth import storage
-    from synth.data import open_dataset
+    from synth.io import storage
+    from synth.io.data import open_dataset
 
     a = open_dataset(a_uri).to_table()
     b = open_dataset(b_uri).to_table()
     out = blend_tables(a.replace_schema_metadata(None), b.replace_schema_metadata(None), mode, weight, columns,
                        seed, names=(a_uri, b_uri))
-    out = out.replace_schema_metadata({"synth.blend": f"mode={mode} weight={weight} seed={seed} "
+    out = out.replace_schema_metadata({"synth.pipelines.blend": f"mode={mode} weight={weight} seed={seed} "
                                                       f"columns={','.join(columns or [])}"})
     sink = pa.BufferOutputStream()
     pq.write_table(out, sink, compression="zstd")

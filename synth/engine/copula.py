@@ -1,5 +1,5 @@
-"""The fingerprint engine: a Gaussian copula fitted from a statistical fingerprint alone
-(`synth.fingerprint`), no raw rows.
+"""The copula engine (family "fingerprint", the name its artifacts carry): a Gaussian copula
+fitted from a statistical fingerprint alone (`synth.table.fingerprint`, `synth fingerprint`), no raw rows.
 
 Each column's marginal comes from the fingerprint (quantiles, or a normal truncated to
 [min, max] from mean/std; category frequencies; null shares) and the dependence from its
@@ -24,13 +24,12 @@ import pyarrow as pa
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.special import ndtr, ndtri
-from torch import Tensor, nn
+from torch import Tensor
 
-from synth.artifact import Artifact
-from synth.engine.base import register
+from synth.io.artifact import Artifact
 from synth.engine.onepass import OnePassEngine
 from synth.errors import ConfigError, SynthError
-from synth.fingerprint import Fingerprint, arrow_type_from_string, category_order, check_correlation
+from synth.table.fingerprint import Fingerprint, arrow_type_from_string, category_order, check_correlation
 from synth.table import TableCodec
 from synth.table.columns import CategoricalColumn, NumericColumn
 
@@ -38,12 +37,12 @@ GRID = 1024  # support points of each numeric marginal
 U_CLIP = 1e-12
 
 
-class FingerprintConfig(BaseModel):
+class CopulaConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     family: Literal["fingerprint"] = "fingerprint"
     dims: list[tuple[str, Literal["value", "null"]]] = Field(default_factory=list)
     null_share: dict[str, float] = Field(default_factory=dict, description="nullable numeric columns")
-    # accepted for interface parity with diffusion (one-pass generator: they do not apply)
+    # the request settings of the shared sampling protocol (one-pass: validated, then ignored)
     sampler: str = "ddim"
     steps: int = Field(1, ge=1)
     guidance: float = Field(1.0, ge=0)
@@ -92,11 +91,10 @@ def codec_from_fingerprint(fp: Fingerprint) -> TableCodec:
     return TableCodec(pa.schema(fields), columns, int(fp.rows or 0))
 
 
-@register
-class FingerprintEngine(OnePassEngine):
+class CopulaEngine(OnePassEngine):
     family = "fingerprint"
 
-    def __init__(self, config: FingerprintConfig, codec: TableCodec, correlation: np.ndarray):
+    def __init__(self, config: CopulaConfig, codec: TableCodec, correlation: np.ndarray):
         self.config = config
         self.codec = codec
         self.corr = np.asarray(correlation, dtype=np.float64)
@@ -111,26 +109,20 @@ class FingerprintEngine(OnePassEngine):
                      for c in codec.columns if isinstance(c, CategoricalColumn)}
         for cut in self.cuts.values():
             cut /= cut[-1]
-        self.net = nn.Identity()  # nothing to train
 
     @classmethod
     def from_fingerprint(cls, fp: Fingerprint, on_invalid: Literal["repair", "refuse"] = "repair",
-                         source: str = "") -> tuple["FingerprintEngine", dict]:
+                         source: str = "") -> tuple["CopulaEngine", dict]:
         corr, report = check_correlation(fp, on_invalid, source)
-        config = FingerprintConfig(dims=fp.dims(),
+        config = CopulaConfig(dims=fp.dims(),
                                    null_share={c.name: c.null_share for c in fp.columns if c.numeric and c.null_share})
         return cls(config, codec_from_fingerprint(fp), corr), report
-
-    # -- training: none -----------------------------------------------------------------------
-    def loss(self, net: nn.Module, x0: Tensor, generator: torch.Generator | None, reduce: bool = True) -> Tensor:
-        raise SynthError("the fingerprint engine is fitted from statistics (`synth fit-fingerprint`); "
-                         "it has no training loss")
 
     # -- the sampling protocol (synth.engine.onepass) ------------------------------------------
     def prior(self, n: int, generator: torch.Generator) -> Tensor:
         return torch.randn((n, len(self.dims)), generator=generator, dtype=torch.float64)
 
-    def to(self, device: torch.device | str) -> "FingerprintEngine":
+    def to(self, device: torch.device | str) -> "CopulaEngine":
         return self  # numpy on the CPU; nothing to move
 
     def latent(self, e: np.ndarray, cond: np.ndarray) -> np.ndarray:
@@ -192,32 +184,6 @@ class FingerprintEngine(OnePassEngine):
         return self.config.model_dump(mode="json")
 
     @classmethod
-    def from_artifact(cls, art: Artifact) -> "FingerprintEngine":
-        return cls(FingerprintConfig.model_validate(art.engine["config"]), TableCodec.from_dict(art.codec),
+    def from_artifact(cls, art: Artifact) -> "CopulaEngine":
+        return cls(CopulaConfig.model_validate(art.engine["config"]), TableCodec.from_dict(art.codec),
                    art.tensors["correlation"].double().numpy())
-
-
-def fit_fingerprint(fp_uri: str, output: str, on_invalid: Literal["repair", "refuse"] = "repair",
-                    name: str | None = None) -> tuple[str, dict]:
-    """Fit the fingerprint engine from the fingerprint file at `fp_uri` and write the model
-    artifact to `output`. Returns (artifact id, correlation report)."""
-    import time
-
-    from synth import storage
-    from synth.engine import save_engine
-    from synth.fingerprint import read_fingerprint
-    from synth.manifest import base_manifest
-
-    t0 = time.perf_counter()
-    fp = read_fingerprint(fp_uri)  # bad input fails here, before anything is written
-    raw = storage.read_bytes(fp_uri)
-    engine, report = FingerprintEngine.from_fingerprint(fp, on_invalid, repr(fp_uri))
-    storage.check_writable(output)
-    manifest = base_manifest(
-        "model", run=name or "fingerprint",
-        input={"kind": "fingerprint", "uri": fp_uri, "sha256": storage.sha256_bytes(raw), "bytes": len(raw),
-               "rows": fp.rows, "source": fp.source},
-        columns=engine.codec.kinds(), seeds={}, sampling={"sampler": engine.config.sampler, "steps": 1, "guidance": 1.0, "one_pass": True},
-        correlation=report, metrics={}, wall_s={"total_s": time.perf_counter() - t0},
-        privacy={"dp": False, "raw_rows": False, "note": "fitted from aggregate statistics only"})
-    return save_engine(engine, output, manifest), report

@@ -1,6 +1,6 @@
 """Statistical fingerprints: a table summarised by per-column statistics and a Gaussian-copula
 correlation matrix, small enough to leave the data owner's premises, rich enough to fit the
-`fingerprint` engine (`synth.engine.fingerprint`) with no raw rows.
+`fingerprint` family's copula engine (`synth.engine.copula`) with no raw rows.
 
     fp = build_fingerprint("data.parquet")          # two streaming passes, bounded memory
     write_fingerprint(fp, "fp.json")
@@ -35,11 +35,11 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.special import ndtri
 
-from synth import storage
-from synth.errors import ConfigError, DataError
+from synth.io import storage
+from synth.errors import ConfigError, DataError, validated
 
 FORMAT = "synth-fingerprint"
 VERSION = 1
@@ -156,30 +156,10 @@ class Fingerprint(BaseModel):
         return out
 
 
-def _format_errors(e: ValidationError, source: str, raw: dict) -> str:
-    """One line per bad field; a column is named by index and name: columns[2] ('age').max"""
-    lines = [f"fingerprint {source} is invalid:"]
-    cols = raw.get("columns") if isinstance(raw.get("columns"), list) else []
-    for err in e.errors():
-        parts, loc = list(err["loc"]), ""
-        if len(parts) >= 2 and parts[0] == "columns" and isinstance(parts[1], int):
-            i = parts[1]
-            name = cols[i].get("name") if i < len(cols) and isinstance(cols[i], dict) else None
-            loc = f"columns[{i}]" + (f" ({name!r})" if name is not None else "")
-            parts = parts[2:]
-        loc = ".".join([loc, *map(str, parts)] if loc else map(str, parts)) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"  {loc}: {msg}")
-    return "\n".join(lines)
-
-
 def parse_fingerprint(raw: Any, source: str = "") -> Fingerprint:
     if not isinstance(raw, dict):
         raise ConfigError(f"fingerprint {source} must be a JSON object, got {type(raw).__name__}")
-    try:
-        fp = Fingerprint.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(_format_errors(e, source, raw)) from None
+    fp = validated(Fingerprint, raw, f"fingerprint {source}")
     for c in fp.columns:  # the Arrow type must be one we can produce
         try:
             arrow_type_from_string(c.arrow_type)
@@ -351,7 +331,7 @@ def _latent_pass(uri: str, batch_size: int, codec, columns: list[dict], d: int, 
                  visit) -> None:
     """Stream the data once; `visit(z, slots, batch_moments)` gets each batch's normal scores
     (n, d), the categorical slots and the numeric columns' (count, sum, sum of squares)."""
-    from synth.data import iter_batches
+    from synth.io.data import iter_batches
     from synth.table.columns import CategoricalColumn
 
     orders = _orders(columns)
@@ -393,8 +373,8 @@ def build_fingerprint(uri: str, codec_cfg=None, quantiles: int = 201, seed: int 
     of the table (the first principal component of each category's mean normal scores of the
     other columns), so the copula's one latent dimension per categorical column carries as much
     of its dependence as one dimension can; `order_categories=False` keeps frequency order."""
-    from synth.data import fingerprint as data_fingerprint
-    from synth.data import iter_batches
+    from synth.io.data import input_digest
+    from synth.io.data import iter_batches
     from synth.table import CodecConfig, TableCodec
     from synth.table.columns import CategoricalColumn
     from synth.table.stats import TableStats
@@ -488,7 +468,7 @@ def build_fingerprint(uri: str, codec_cfg=None, quantiles: int = 201, seed: int 
             mu = sx / cnt
             e["mean"] = mu
             e["std"] = math.sqrt(max(sxx / cnt - mu * mu, 0.0))
-    source = data_fingerprint(uri)
+    source = input_digest(uri)
     return {
         "format": FORMAT, "version": VERSION, "rows": n_rows,
         "source": {k: source[k] for k in ("uri", "sha256", "bytes")},
