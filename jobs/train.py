@@ -16,7 +16,8 @@ def main(args) -> int:
     print(json.dumps({"artifact": result.artifact_uri, "artifact_id": result.artifact_id,
                       "fit_check": result.check}), flush=True)
     print(summary(result.check), flush=True)
-    return FAILED_EXIT if result.check.get("verdict") == "failed" else 0
+    refused = result.check.get("verdict") == "failed" and result.check.get("on_failure") == "refuse"
+    return FAILED_EXIT if refused else 0
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ def _report_check(check: dict) -> None:
 
     style = {"failed": "bold red", "weak": "bold yellow"}.get(check.get("verdict"), "")
     console.print(f"[{style}]{summary(check)}[/]" if style else summary(check), highlight=False, soft_wrap=True)
-    if check.get("verdict") == "failed":
+    if check.get("verdict") == "failed" and check.get("on_failure") == "refuse":
         raise typer.Exit(FAILED_EXIT)
 
 
@@ -385,7 +385,7 @@ def inspect_cmd(artifact: str = typer.Argument(..., help="model artifact URI")):
 
 @app.command("quickstart")
 def quickstart_cmd(output: str = typer.Option("runs/quickstart", help="run folder"),
-                   steps: Optional[int] = typer.Option(None, help="training steps (default from configs/adult.yaml)"),
+                   steps: Optional[int] = typer.Option(None, help="most training steps (default: the family's, with early stopping)"),
                    rows: int = typer.Option(10_000, help="synthetic rows to write and evaluate"),
                    workers: Optional[int] = typer.Option(None, help="Ray Train workers (0 = in process)")):
     """Train on the bundled UCI Adult data, write synthetic Parquet and an evaluation summary."""

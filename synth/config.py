@@ -43,6 +43,9 @@ class ScalingConfig(Strict):
 class EvalConfig(Strict):
     rows: int = Field(10_000, ge=1, description="synthetic rows drawn for evaluation")
     seed: int = 0
+    check: Literal["refuse", "warn", "off"] = Field(
+        "refuse", description="held-out check at the end of every fit (synth.evaluate.fit_check): refuse = a fit "
+                              "that did not learn exits with status 3, warn = it is only reported, off = not run")
 
 
 def _family(v) -> str:

@@ -58,7 +58,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
                                             "warmup_steps": 50}),
     Family("fingerprint", CopulaConfig, CopulaEngine, CopulaEngine.from_artifact, None),
 )}
-DEFAULT = "diffusion"  # model.family when the config names none
+DEFAULT = "autoregressive"  # model.family when the config names none: the best held-out C2ST (BENCHMARKS.md)
 
 
 def trainable() -> list[Family]:

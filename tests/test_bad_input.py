@@ -131,7 +131,8 @@ def typed_artifact(tmp_path_factory) -> str:
     cfg = {"output": str(d / "run"), "data": {"uri": str(d / "data.parquet"),
                                              "codec": {"overrides": {"grade": "categorical"}}},
            "train": {"steps": 4, "eval_every": 2, "batch_size": 64},
-           "model": {"net": {"width": 32, "depth": 1, "embed_dim": 16}}}
+           "model": {"family": "diffusion", "net": {"width": 32, "depth": 1, "embed_dim": 16}},
+           "evaluate": {"check": "warn"}}
     return fit(RunConfig.parse(cfg)).artifact_uri
 
 

@@ -31,7 +31,8 @@ TINY_GAN = {"family": "gan", "gen_width": 64, "critic_width": 64, "noise_dim": 3
 
 def tiny_gan_run(out: Path, steps: int = 60, **model) -> dict:
     return {"output": str(out), "model": {**TINY_GAN, **model},
-            "train": {"steps": steps, "eval_every": 20, "batch_size": 500, "threads": 1}}
+            "train": {"steps": steps, "eval_every": 20, "batch_size": 500, "threads": 1},
+            "evaluate": {"check": "warn"}}
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +51,7 @@ def gan_artifact(tmp_path_factory) -> str:
 
 
 def test_config_union_on_family():
-    assert RunConfig.parse({}).model.family == "diffusion"
+    assert RunConfig.parse({}).model.family == "autoregressive"  # the default family
     cfg = RunConfig.parse({"model": {"family": "gan", "pac": 5}})
     assert isinstance(cfg.model, GANConfig) and cfg.model.pac == 5
     with pytest.raises(ConfigError, match="'vae'.*'diffusion', 'gan'"):

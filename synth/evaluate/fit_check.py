@@ -20,13 +20,13 @@ FAILED = {"column_shapes": 0.85, "pair_trends": 0.70}
 WEAK = {"column_shapes": 0.95, "pair_trends": 0.90, "c2st_auc": 0.90}
 
 
-def held_out_check(engine, reference: pa.Table, *, rows: int = 4000, seed: int = 0) -> dict:
+def held_out_check(engine, reference: pa.Table | None, *, rows: int = 4000, seed: int = 0) -> dict:
     """Scores of `rows` sampled rows against at most `rows` real held-out rows, with a verdict:
     "ok", "weak" (learnt, but far from real-vs-real) or "failed" (did not learn)."""
     kinds = {c: k for c, k in engine.codec.kinds().items() if k != "array"}
-    if reference.num_rows < 50 or not kinds:
-        return {"verdict": "not checked", "reasons": [f"only {reference.num_rows} held-out rows"
-                                                      if kinds else "no tabular columns"]}
+    held = 0 if reference is None else reference.num_rows
+    if held < 50 or not kinds:
+        return {"verdict": "not checked", "reasons": [f"only {held} held-out rows" if kinds else "no tabular columns"]}
     n = min(rows, reference.num_rows)
     real = reference.select(list(kinds)).slice(0, n).to_pandas()
     syn = engine.sample(n, seed=seed).select(list(kinds)).to_pandas()
@@ -57,7 +57,8 @@ def summary(check: dict) -> str:
     if check["verdict"] == "failed":
         return (f"{line}. FIT FAILED: the model did not learn the table ({'; '.join(check['reasons'])}); "
                 "the artifact is kept for inspection but must not be used: try more training steps, or another "
-                "model.family")
+                "model.family" + (" (reported only: evaluate.check is warn)" if check.get("on_failure") == "warn"
+                                  else ""))
     if check["verdict"] == "weak":
         return f"{line}. WEAK FIT ({'; '.join(check['reasons'])}): far from real-vs-real; consider more steps"
     return line

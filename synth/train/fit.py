@@ -66,10 +66,13 @@ def fit(cfg: RunConfig, report: Callable | None = None) -> FitResult:
                               workers=cfg.scaling.num_workers, privacy=privacy)
     manifest.update(extra)
     manifest["history"] = public_history(history, privacy)
-    if privacy is None:  # held-out rows are private data too: a private run publishes no score of them
-        manifest["fit_check"] = held_out_check(engine, prep.test, seed=cfg.evaluate.seed)
-    else:
+    if cfg.evaluate.check == "off":
+        manifest["fit_check"] = {"verdict": "not checked", "reasons": ["evaluate.check is off"]}
+    elif privacy is not None:  # held-out rows are private data too: a private run publishes no score of them
         manifest["fit_check"] = {"verdict": "not checked", "reasons": ["private run: held-out rows are private"]}
+    else:
+        manifest["fit_check"] = held_out_check(engine, prep.test, seed=cfg.evaluate.seed)
+    manifest["fit_check"]["on_failure"] = cfg.evaluate.check
     artifact_id = save_engine(engine, cfg.artifact_uri, manifest)
     return FitResult(cfg.artifact_uri, artifact_id, metrics, prep, manifest["fit_check"])
 

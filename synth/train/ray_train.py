@@ -222,7 +222,11 @@ def train_on_ray(cfg: RunConfig) -> tuple[Prepared, Any, dict, list[dict], dict]
                                         batch_format="pyarrow", num_cpus=0.5)
     train_ds, val_ds = enc(parts[0], cfg.train.seed), enc(parts[1], None)
     _check_resume_compatible(storage_path, cfg, codec)
-    prep = Prepared(codec, None, None, None, input_digest(cfg.data.uri),
+    held_out = None  # a few thousand test rows for the fit check (synth.evaluate.fit_check), never all of them
+    if cfg.evaluate.check != "off" and not cfg.privacy.enabled:
+        refs = parts[2].limit(4000).to_arrow_refs()
+        held_out = pa.concat_tables([t for t in ray.get(refs) if t.num_rows]) if refs else None
+    prep = Prepared(codec, None, None, held_out, input_digest(cfg.data.uri),
                     {"method": "row-content hash", **split, "rows": {"train": train_rows}}, plan)
     prepare_s = time.perf_counter() - t0
     engine, metrics = run_trainer(
