@@ -81,7 +81,7 @@ def test_fit_bad_data(tmp_path, data, message):
 
 def test_fit_bad_config(tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("train: {steps: -3}\nmodel: {net: {widht: 3}}\n")
+    cfg.write_text("train: {steps: -3}\nmodel: {family: diffusion, net: {widht: 3}}\n")
     r = synth("fit", "--config", cfg)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "train.steps" in r.stderr and "model.net.widht" in r.stderr
