@@ -314,9 +314,12 @@ def test_evaluate_json_and_deterministic(real, fresh, holdout):
     text = json.dumps(r1, allow_nan=False)
     assert json.loads(text) == r1
     assert set(r1) == {"column_shapes", "pair_trends", "fit", "quality_score", "detection",
-                       "efficacy", "privacy", "n_rows"}
+                       "precision_recall", "efficacy", "privacy", "n_rows"}
     assert r1["quality_score"] > 0.95
     assert 0.8 < r1["detection"]["score"] <= 1.0
+    # a good fresh sample: the linear detector and the typicality ball cannot tell it apart either
+    assert r1["detection"]["logistic_detection"] > 0.8
+    assert r1["precision_recall"]["alpha_precision"] > 0.8
     rows = summary_table(r1)
     assert rows and all(isinstance(k, str) and isinstance(v, str) for k, v in rows)
     names = [k for k, _ in rows]
@@ -332,3 +335,15 @@ def test_input_validation(real, fresh):
         column_shapes(real, fresh, {**KINDS, "x": "text"})
     with pytest.raises(KeyError):
         pair_trends(real, fresh.drop(columns="k"), KINDS)
+
+
+def test_linear_detection_and_alpha_precision_catch_a_shifted_sample(real, fresh):
+    from synth.evaluate.detection import alpha_precision_beta_recall, logistic_detection
+
+    shifted = fresh.copy()
+    num = [c for c, k in KINDS.items() if k in ("continuous", "integer")][0]
+    shifted[num] = shifted[num] * 3 + 5 * shifted[num].std()
+    assert logistic_detection(real, shifted, KINDS, seed=0) < logistic_detection(real, fresh, KINDS, seed=0) - 0.3
+    good = alpha_precision_beta_recall(real, fresh, KINDS, seed=0)
+    bad = alpha_precision_beta_recall(real, shifted, KINDS, seed=0)
+    assert bad["alpha_precision"] < good["alpha_precision"] - 0.3
