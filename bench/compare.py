@@ -1,5 +1,6 @@
-"""Head-to-head: synth (its best and its fastest sampler, plus any extra artifacts) against SDV's
-GaussianCopula, CTGAN and TVAE on the same machine, data and splits.
+"""Head-to-head: synth (its default family, and the diffusion config with its best and fastest sampler, plus
+any extra artifacts) against TabularARGN (mostlyai-engine) and SDV's GaussianCopula, CTGAN and TVAE on the same
+machine, data and splits.
 
 For every dataset the reference table is split once by synth's row-content hash (train 0.70,
 val 0.05, test 0.25, seed 0). Every model is fitted on the train rows (synth also watches the
@@ -13,7 +14,7 @@ val rows for its validation loss), samples 10,000 rows, and is judged the same w
   (synthetic vs training rows), ML efficacy (train on synthetic / on real, test on the real test
   rows), distance to closest record (DCR share, medians, exact copies).
 
-    pip install -c constraints.txt -e '.[bench]'
+    pip install -c constraints.txt -e '.[bench]' && pip uninstall -y torchvision torchaudio
     flock /tmp/synth-cpu.lock python bench/compare.py                         # the full comparison
     python bench/compare.py --datasets credit --synth-steps 200 --sdv gaussian_copula,ctgan:1 \\
         --max-train-rows 1500 --rows 1000 --tag smoke                         # a few minutes
