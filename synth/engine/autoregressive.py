@@ -21,15 +21,15 @@ prior's uniforms, so the rows depend only on the prior draws (seeded) and the we
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from synth.io.artifact import Artifact
 from synth.engine.onepass import OnePassEngine
+from synth.engine.sampling import EMAWeights
 from synth.errors import ConfigError
 from synth.nets.column_heads import ColumnHeads
 from synth.table import TableCodec
@@ -59,8 +59,9 @@ class AutoregressiveConfig(BaseModel):
     sample_batch_size: int = Field(16_384, ge=1)
 
 
-class AutoregressiveEngine(OnePassEngine):
+class AutoregressiveEngine(EMAWeights, OnePassEngine):
     family = "autoregressive"
+    config_class = AutoregressiveConfig
 
     def __init__(self, config: AutoregressiveConfig, codec: TableCodec):
         self.config = config
@@ -183,19 +184,10 @@ class AutoregressiveEngine(OnePassEngine):
         nll = -torch.log_softmax(logits, dim=-1).gather(-1, tokens[..., None])[..., 0].sum(dim=1)
         return nll.mean() if reduce else nll
 
-    @torch.no_grad()
-    def update_ema(self, net: nn.Module, decay: float) -> None:
-        for e, p in zip(self.ema.parameters(), net.parameters()):
-            e.lerp_(p.detach().to(e.device), 1.0 - decay)
-
     # -- sampling -------------------------------------------------------------------------
     def prior(self, n: int, generator: torch.Generator) -> Tensor:
         """One uniform per token (inverse-CDF draw) and one per numeric column (inside its bin)."""
         return torch.rand((n, len(self.cards) + self.n_numeric_tokens), generator=generator, dtype=torch.float64)
-
-    def to(self, device: torch.device | str) -> "AutoregressiveEngine":
-        self.ema.to(device)
-        return self
 
     @torch.no_grad()
     def sample_features(self, x: Tensor, cond: Tensor, *, sampler: str = "ddim", steps: int = 1,
@@ -220,20 +212,3 @@ class AutoregressiveEngine(OnePassEngine):
                 tokens[:, j] = torch.where(todo, draw, tokens[:, j])
             before[j] = True
         return torch.from_numpy(self.to_features(tokens.cpu(), x[:, n_tok:].cpu()))
-
-    # -- artifact -------------------------------------------------------------------------
-    def sampling_state(self) -> dict[str, Tensor]:
-        return {k: v.float() for k, v in self.ema.state_dict().items()}
-
-    def load_sampling_state(self, tensors: dict[str, Tensor]) -> None:
-        self.ema.load_state_dict(tensors)
-        self.net.load_state_dict(tensors)
-
-    def config_dict(self) -> dict[str, Any]:
-        return self.config.model_dump(mode="json")
-
-    @classmethod
-    def from_artifact(cls, art: Artifact) -> "AutoregressiveEngine":
-        engine = cls(AutoregressiveConfig.model_validate(art.engine["config"]), TableCodec.from_dict(art.codec))
-        engine.load_sampling_state(art.tensors)
-        return engine

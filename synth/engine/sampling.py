@@ -133,12 +133,45 @@ class SamplingEngine(Engine):
         return self.decode(torch.cat(parts), requested, seed, start)
 
 
-class DenoisingEngine(SamplingEngine):
-    """A denoiser `net` (and its EMA) trained under one noise process and objective, with
-    condition dropout for classifier-free guidance."""
+class EMAWeights:
+    """What a generator trained by `synth.train.loop.train` shares: the online `net` it optimises,
+    its EMA `ema` (the artifact's weights, used for sampling) and loading from an artifact."""
     net: nn.Module  # the trained module (what the training loop prepares and optimises)
     ema: nn.Module
     config_class: ClassVar[type[BaseModel]]
+
+    @torch.no_grad()
+    def update_ema(self, net: nn.Module, decay: float) -> None:
+        for e, p in zip(self.ema.parameters(), net.parameters()):
+            e.lerp_(p.detach().to(e.device), 1.0 - decay)
+
+    def to(self, device: torch.device | str):
+        """Sample on `device` (e.g. a GPU per bulk-synthesis actor or Serve replica)."""
+        self.ema.to(device)
+        return self
+
+    def sampling_state(self) -> dict[str, Tensor]:
+        return {k: v.float() for k, v in self.ema.state_dict().items()}
+
+    def load_sampling_state(self, tensors: dict[str, Tensor]) -> None:
+        """The inverse of `sampling_state`: the saved EMA weights, for sampling and as the online
+        weights (a checkpoint then restores the online ones)."""
+        self.ema.load_state_dict(tensors)
+        self.net.load_state_dict(tensors)
+
+    @classmethod
+    def from_artifact(cls, art: Artifact):
+        engine = cls(cls.config_class.model_validate(art.engine["config"]), TableCodec.from_dict(art.codec))
+        engine.load_sampling_state(art.tensors)
+        return engine
+
+    def config_dict(self) -> dict:
+        return self.config.model_dump(mode="json")
+
+
+class DenoisingEngine(EMAWeights, SamplingEngine):
+    """A denoiser `net` (and its EMA) trained under one noise process and objective, with
+    condition dropout for classifier-free guidance."""
 
     def loss(self, net: nn.Module, rows: Tensor, generator: torch.Generator | None, reduce: bool = True) -> Tensor:
         """Training loss of one batch of encoded rows: the scalar mean, or one loss per row with
@@ -159,16 +192,6 @@ class DenoisingEngine(SamplingEngine):
         out = net(self.process.q_sample(x0, t, noise), t, cond)
         per_row = self.objective.loss(out.float(), x0, noise, t, self.process)
         return per_row.mean() if reduce else per_row
-
-    @torch.no_grad()
-    def update_ema(self, net: nn.Module, decay: float) -> None:
-        for e, p in zip(self.ema.parameters(), net.parameters()):
-            e.lerp_(p.detach().to(e.device), 1.0 - decay)
-
-    def to(self, device: torch.device | str) -> "DenoisingEngine":
-        """Sample on `device` (e.g. a GPU per bulk-synthesis actor or Serve replica)."""
-        self.ema.to(device)
-        return self
 
     @torch.no_grad()
     def solve(self, model_fn, x: Tensor, cond: Tensor, *, sampler: str, steps: int, guidance: float,
@@ -193,20 +216,4 @@ class DenoisingEngine(SamplingEngine):
         return {"process": self.config.process.model_dump(mode="json"),
                 "objective": self.config.objective.model_dump(mode="json"), **super().describe()}
 
-    def sampling_state(self) -> dict[str, Tensor]:
-        return {k: v.float() for k, v in self.ema.state_dict().items()}
 
-    def load_sampling_state(self, tensors: dict[str, Tensor]) -> None:
-        """The inverse of `sampling_state`: the saved EMA weights, for sampling and as the online
-        weights (a checkpoint then restores the online ones)."""
-        self.ema.load_state_dict(tensors)
-        self.net.load_state_dict(tensors)
-
-    @classmethod
-    def from_artifact(cls, art: Artifact) -> "DenoisingEngine":
-        engine = cls(cls.config_class.model_validate(art.engine["config"]), TableCodec.from_dict(art.codec))
-        engine.load_sampling_state(art.tensors)
-        return engine
-
-    def config_dict(self) -> dict:
-        return self.config.model_dump(mode="json")

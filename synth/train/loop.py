@@ -143,14 +143,14 @@ def train(engine: Engine, batches: Iterator[Tensor] | None, cfg: TrainConfig, *,
             }
             if stopper is not None:
                 out_of_time |= stopper.should_stop(metrics)
+                if out_of_time or step == cfg.steps:  # before the last report: its checkpoint is the artifact
+                    metrics.update(stopper.restore())
             if report:
                 report(metrics, opt)
             window_t, window_rows, losses, gnorms = time.perf_counter(), 0, [], []
         if out_of_time:
             break
     metrics["steps_done"] = step
-    if stopper is not None:
-        metrics.update(stopper.restore())
     return metrics
 
 
