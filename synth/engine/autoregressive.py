@@ -9,11 +9,11 @@ coarse token of its own). Decoding draws u uniformly inside the sampled fine bin
 continuous between the codec's support points and point masses (flat CDF segments) come back
 exactly.
 
-Conditioning is exact: the training loss mixes the canonical column order with orders that put a
-random subset of the condition columns first, so a request that fixes some categorical columns
-generates the rest from p(rest | given) in one pass, no rejection and no guidance. The training
-loss is the exact negative log-likelihood of the tokens (nats per row), so validation loss is a
-held-out likelihood.
+Conditioning is exact: the training loss mixes rows scored in canonical column order with rows
+that reveal a random subset of the condition columns first and are scored on the rest given them,
+so a request that fixes some categorical columns generates the rest from p(rest | given) in one
+pass, no rejection and no guidance. The loss is an exact negative log-likelihood of tokens (nats
+per row); in canonical order (validation) it is the held-out likelihood of whole rows.
 
 Sampling is one head evaluation per token column and draws every token by inverse CDF from the
 prior's uniforms, so the rows depend only on the prior draws (seeded) and the weights.
@@ -49,9 +49,9 @@ class AutoregressiveConfig(BaseModel):
     numeric_bins: tuple[int, int] = Field((32, 32), description="coarse and fine equal-mass bins per numeric column")
     condition_columns: list[str] | None = Field(
         None, description="categorical columns usable as conditions; null = all categorical columns")
-    cond_drop_all: float = Field(0.5, ge=0, le=1, description="share of training rows in the canonical order")
+    cond_drop_all: float = Field(0.5, ge=0, le=1, description="share of training rows with no condition revealed")
     cond_drop_each: float = Field(0.5, ge=0, le=1, description="otherwise, chance each condition column is not "
-                                                               "moved first")
+                                                               "revealed")
     # one-pass generator: accepted like diffusion's settings and ignored
     sampler: str = "ddim"
     steps: int = Field(1, ge=1)
@@ -97,8 +97,6 @@ class AutoregressiveEngine(EMAWeights, OnePassEngine):
         self.cond_tokens = [self.tokens.index((col_index[c], "cat")) for c in self.cond_columns]
         n_tok = len(cards)
         dim = config.embed_dim or max(4, min(16, 768 // max(n_tok, 1)))
-        self.net = ColumnHeads(cards, dim, config.hidden, config.depth, config.dropout)
-        self.ema = copy.deepcopy(self.net).requires_grad_(False)
         self.n_numeric_tokens = sum(1 for _, p in self.tokens if p == "fine")
         # a fine bin sees only its own coarse bin: where a value sits inside 1/32 of its column's
         # mass hardly depends on other columns, and seeing them would let the head memorise rows
@@ -107,6 +105,8 @@ class AutoregressiveEngine(EMAWeights, OnePassEngine):
             if part == "fine":
                 self.fine_view[j, j - 1] = True
         self.is_fine = self.fine_view.any(dim=1)
+        self.net = ColumnHeads(cards, dim, config.hidden, config.depth, config.dropout, fixed_view=self.fine_view)
+        self.ema = copy.deepcopy(self.net).requires_grad_(False)
 
     # -- features <-> tokens --------------------------------------------------------------
     def to_tokens(self, x: Tensor) -> Tensor:
@@ -160,19 +160,11 @@ class AutoregressiveEngine(EMAWeights, OnePassEngine):
         return feats
 
     # -- training -------------------------------------------------------------------------
-    def visibility(self, given: Tensor) -> Tensor:
-        """(B, J) tokens moved first -> (B, J heads, J tokens): head j sees token k when k comes
-        before j in the row's order (given tokens first, each part in canonical order)."""
-        j = given.shape[1]
-        before = torch.ones(j, j, dtype=torch.bool, device=given.device).tril(-1)
-        gj, gk = given[:, :, None], given[:, None, :]
-        vis = (before & (gj == gk)) | (gk & ~gj)
-        fine = self.is_fine.to(given.device)
-        return torch.where(fine[None, :, None], self.fine_view.to(given.device)[None], vis)
-
     def loss(self, net: nn.Module, x0: Tensor, generator: torch.Generator | None, reduce: bool = True) -> Tensor:
-        """Negative log-likelihood of the rows' tokens (nats per row). Training rows see the
-        canonical order or one with some condition columns first; in eval mode the canonical one."""
+        """Negative log-likelihood of the rows' tokens (nats per row). In training, a share
+        1 - cond_drop_all of the rows reveals a random set of condition columns first (each with
+        chance 1 - cond_drop_each) and is scored on the rest given them; in eval mode every row is
+        scored on all its tokens in canonical order (the held-out likelihood)."""
         tokens = self.to_tokens(x0)
         n, dev = tokens.shape[0], tokens.device
         given = torch.zeros(tokens.shape, dtype=torch.bool, device=dev)
@@ -180,8 +172,9 @@ class AutoregressiveEngine(EMAWeights, OnePassEngine):
             moved = torch.rand(n, len(self.cond_tokens), generator=generator, device=dev) >= self.config.cond_drop_each
             keep = torch.rand(n, 1, generator=generator, device=dev) >= self.config.cond_drop_all
             given[:, self.cond_tokens] = moved & keep
-        logits = net(tokens, self.visibility(given)).float()
-        nll = -torch.log_softmax(logits, dim=-1).gather(-1, tokens[..., None])[..., 0].sum(dim=1)
+        logits = net(tokens, given).float()
+        nll = -torch.log_softmax(logits, dim=-1).gather(-1, tokens[..., None])[..., 0]
+        nll = nll.masked_fill(given, 0.0).sum(dim=1)
         return nll.mean() if reduce else nll
 
     # -- sampling -------------------------------------------------------------------------

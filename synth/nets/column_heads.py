@@ -3,10 +3,18 @@ columns it may see.
 
 A row is J discrete tokens (a categorical column is one token; a numeric column is a coarse and a
 fine bin of its CDF value). Head j predicts token j from the concatenated embeddings of the tokens
-`visible[:, j]` marks, every other token replaced by its column's learnt "not seen" embedding, so
-one network serves any order in which columns are revealed (canonical order for generation; the
-conditioned columns first when a request conditions). All heads run as one batched matmul per
-layer, which keeps a step cheap on CPUs: O(J * J * dim * hidden) per row.
+it sees, every other token replaced by its column's learnt "not seen" embedding. Head j sees the
+tokens before it in canonical order and, per row, any *given* token (a condition revealed first),
+so one network generates in canonical order and, for any set of given columns, the rest from
+p(rest | given); a given token's own head is not asked for it. A head with a fixed view
+(`fixed_view[j]`, e.g. a numeric's fine bin seeing only its coarse bin) sees just that; tokens in
+a fixed view are never given.
+
+The first layer is linear in its inputs, so it runs as dense matmuls with the view folded into
+the weights (as in MADE): the (B, J * dim) token embeddings against the weights of the tokens
+before each head, plus the given tokens' embeddings against the weights of the tokens after it.
+No (B, J, J, dim) block of per-head inputs is built; the later layers of all heads run as one
+batched matmul each. A step costs O(J * J * dim * hidden) multiply-adds per row.
 """
 from __future__ import annotations
 
@@ -17,7 +25,8 @@ from torch import Tensor, nn
 
 
 class ColumnHeads(nn.Module):
-    def __init__(self, cards: list[int], dim: int, hidden: int, depth: int, dropout: float = 0.0):
+    def __init__(self, cards: list[int], dim: int, hidden: int, depth: int, dropout: float = 0.0,
+                 fixed_view: Tensor | None = None):
         super().__init__()
         j = len(cards)
         self.cards = list(cards)
@@ -27,10 +36,16 @@ class ColumnHeads(nn.Module):
             offsets.append(offsets[-1] + c + 1)  # +1: the column's "not seen" token
         self.register_buffer("offset", torch.tensor(offsets[:-1], dtype=torch.long), persistent=False)
         self.register_buffer("unseen", torch.tensor([o + c for o, c in zip(offsets[:-1], cards)]), persistent=False)
+        fixed_view = torch.zeros(j, j, dtype=torch.bool) if fixed_view is None else fixed_view.bool()
+        fixed = fixed_view.any(dim=1)
+        before = torch.ones(j, j, dtype=torch.bool).tril(-1)
+        # masks [token, head] of the first layer: what a head sees always, and what it sees if given
+        self.register_buffer("sees", torch.where(fixed[:, None], fixed_view, before).T.float(), persistent=False)
+        self.register_buffer("sees_given", (~before & ~fixed[:, None]).T.float(), persistent=False)
         self.emb = nn.Embedding(offsets[-1], dim)
         nn.init.normal_(self.emb.weight, std=1.0)
-        width_in = j * dim
-        self.w_in = nn.Parameter(torch.randn(j, width_in, hidden) / math.sqrt(width_in))
+        # the first layer of every head, token-major: rows (token k, embedding dim), columns (head j, unit)
+        self.w_in = nn.Parameter(torch.randn(j * dim, j * hidden) / math.sqrt(j * dim))
         self.b_in = nn.Parameter(torch.zeros(j, hidden))
         self.w_mid = nn.Parameter(torch.randn(max(depth - 1, 0), j, hidden, hidden) / math.sqrt(hidden))
         self.b_mid = nn.Parameter(torch.zeros(max(depth - 1, 0), j, hidden))
@@ -42,26 +57,39 @@ class ColumnHeads(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.act = nn.SiLU()
 
-    def inputs(self, tokens: Tensor, visible: Tensor) -> Tensor:
-        """(B, J) tokens and (B, H, J) visibility of each token to H heads -> (B, H, J * dim)."""
-        seen = self.emb(tokens + self.offset)  # (B, J, d)
-        unseen = self.emb(self.unseen)  # (J, d)
-        x = torch.where(visible[..., None], seen[:, None], unseen[None, None])
-        return x.reshape(x.shape[0], x.shape[1], -1)
+    def _delta(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Each token's embedding as an offset from its "not seen" embedding, flat (B, J * d), and
+        the all-unseen input (J * d,): a first layer W(u + m * (e - u)) is W(m * (e - u)) + W u."""
+        unseen = self.emb(self.unseen)
+        delta = self.emb(tokens + self.offset) - unseen
+        return delta.reshape(delta.shape[0], -1), unseen.reshape(-1)
 
-    def forward(self, tokens: Tensor, visible: Tensor) -> Tensor:
-        """Logits (B, J, max card) of every head; padded classes are -inf."""
-        x = self.inputs(tokens, visible).transpose(0, 1)  # (J, B, J*d)
-        h = self.act(torch.baddbmm(self.b_in[:, None], x, self.w_in))
+    def _masked(self, mask: Tensor) -> Tensor:
+        j, d, hid = len(self.cards), self.dim, self.hidden
+        return (self.w_in.view(j, d, j, hid) * mask[:, None, :, None]).view(j * d, j * hid)
+
+    def forward(self, tokens: Tensor, given: Tensor | None = None) -> Tensor:
+        """Logits (B, J, max card) of every head for (B, J) tokens of which `given` (B, J), if any,
+        are revealed first; padded classes are -inf."""
+        n, j = tokens.shape
+        delta, base = self._delta(tokens)
+        pre = torch.addmm(self.b_in.view(-1) + base @ self.w_in, delta, self._masked(self.sees))  # (B, J * hidden)
+        if given is not None and given.any():
+            rows = given.any(dim=1).nonzero()[:, 0]
+            shown = given[rows].repeat_interleave(self.dim, dim=1).to(delta.dtype) * delta[rows]
+            pre = pre.index_add(0, rows, shown @ self._masked(self.sees_given))
+        h = self.act(pre.view(n, j, self.hidden)).transpose(0, 1)  # (J, B, hidden)
         for i in range(self.depth - 1):
             h = h + self.act(torch.baddbmm(self.b_mid[i][:, None], self.drop(h), self.w_mid[i]))
         out = torch.baddbmm(self.b_out[:, None], self.drop(h), self.w_out)  # (J, B, C)
         return out.transpose(0, 1) + self.logit_mask
 
-    def head(self, j: int, tokens: Tensor, visible: Tensor) -> Tensor:
-        """Logits (B, card_j) of head j alone, seeing `visible` (B, J) tokens (sampling)."""
-        x = self.inputs(tokens, visible[:, None])[:, 0]  # (B, J*d)
-        h = self.act(torch.addmm(self.b_in[j], x, self.w_in[j]))
+    def head(self, j: int, tokens: Tensor, seen: Tensor) -> Tensor:
+        """Logits (B, card_j) of head j alone, seeing the tokens `seen` (B, J) marks (sampling)."""
+        delta, base = self._delta(tokens)
+        w = self.w_in[:, j * self.hidden:(j + 1) * self.hidden]
+        x = seen.repeat_interleave(self.dim, dim=1).to(delta.dtype) * delta
+        h = self.act(torch.addmm(self.b_in[j] + base @ w, x, w))
         for i in range(self.depth - 1):
             h = h + self.act(torch.addmm(self.b_mid[i, j], h, self.w_mid[i, j]))
         return torch.addmm(self.b_out[j], h, self.w_out[j])[:, : self.cards[j]]
