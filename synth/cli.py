@@ -168,17 +168,6 @@ def _coerce_conditions(engine, conditions: dict) -> dict:
     return out
 
 
-def write_parquet_atomic(table, uri: str) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from synth.io import storage
-
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    storage.write_bytes(uri, sink.getvalue().to_pybytes())
-
-
 @app.command("sample")
 def sample_cmd(artifact: str = typer.Argument(..., help="model artifact URI"),
                rows: int = typer.Option(..., "--rows", "-n", help="number of rows"),
@@ -188,23 +177,18 @@ def sample_cmd(artifact: str = typer.Argument(..., help="model artifact URI"),
                steps: Optional[int] = typer.Option(None, help="sampler steps"),
                guidance: Optional[float] = typer.Option(None, help="classifier-free guidance scale"),
                seed: int = typer.Option(0, help="seed (same seed, same rows)")):
-    """Sample rows from an artifact into one Parquet file (use `synth synthesize` for sharded bulk output)."""
+    """Sample rows from an artifact into one Parquet file that records how they were made (`synth
+    replay FILE` makes them again and checks them; use `synth synthesize` for sharded bulk output)."""
     try:
         from synth.families import load_engine
+        from synth.pipelines.sample import sample_to_file
 
         if rows < 1:
             raise ConfigError(f"--rows must be a positive integer, got {rows}")
         engine = load_engine(artifact)
         conds = _coerce_conditions(engine, _parse_conditions(condition))
-        t0 = time.perf_counter()
-        table = engine.sample(rows, conds, sampler=sampler, steps=steps, guidance=guidance, seed=seed)
-        dt = time.perf_counter() - t0
-        from synth.evaluate.contract import generation_metadata  # `synth evaluate` reads the settings back
-
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                               **generation_metadata(engine, sampler, steps, guidance, seed,
-                                                                   conditioned=bool(conds))})
-        write_parquet_atomic(table, output)
+        table, dt = sample_to_file(engine, artifact, rows, output, conds, sampler=sampler, steps=steps,
+                                   guidance=guidance, seed=seed)
     except SynthError as e:
         _fail(e)
     console.print(f"wrote {table.num_rows} rows to [bold]{output}[/] in {dt:.2f} s ({table.num_rows / dt:,.0f} rows/s)")
@@ -243,23 +227,36 @@ def synthesize_cmd(artifact: str = typer.Argument(..., help="model artifact URI"
 
 
 @app.command("replay")
-def replay_cmd(manifest: str = typer.Argument(..., help="a `synth synthesize` output folder or its _manifest.json"),
-               output: Optional[str] = typer.Option(None, "--output", "-o", help="keep the replayed shards here "
-                                                    "(default: a temporary folder, removed afterwards)")):
-    """Re-run a bulk synthesis from its manifest and check every shard's bytes against the recorded
-    sha256 (exit 0: identical, 1: some shard differs)."""
+def replay_cmd(made: str = typer.Argument(..., help="a `synth sample` Parquet file, or a `synth synthesize` output "
+                                                  "folder or its _manifest.json"),
+               output: Optional[str] = typer.Option(None, "--output", "-o", help="keep the replayed rows here "
+                                                    "(default: not kept)")):
+    """Make rows again from their record and check them: a `synth sample` file against its recorded
+    content digest, a bulk synthesis shard by shard against the recorded sha256 (exit 0: identical,
+    1: something differs)."""
     try:
-        from synth.pipelines.synthesize import replay
+        from synth.io import storage
 
-        r = replay(manifest, output)
+        if made.endswith(".parquet") and not storage.is_dir(made):
+            from synth.pipelines.sample import replay_sample
+
+            r = replay_sample(made, output)
+            differs = None if r["matched"] else f"the {r['rows']} replayed rows are not the recorded ones"
+            done = f"replayed {r['rows']} rows: their content digest matches the recorded one"
+        else:
+            from synth.pipelines.synthesize import replay
+
+            r = replay(made, output)
+            differs = (f"{len(r['mismatched'])} of {r['shards']} shards have other bytes than recorded: "
+                       f"{r['mismatched'][:10]}") if r["mismatched"] else None
+            done = f"replayed {r['shards']} shards: every shard's sha256 matches the manifest"
     except SynthError as e:
         _fail(e)
     note = (f" (library versions differ from the run's: {r['versions_differ']})" if r["versions_differ"] else "")
-    if r["mismatched"]:
-        console.print(f"[bold red]differs:[/] {len(r['mismatched'])} of {r['shards']} shards have other bytes than "
-                      f"recorded: {r['mismatched'][:10]}{note}", soft_wrap=True)
+    if differs:
+        console.print(f"[bold red]differs:[/] {differs}{note}", soft_wrap=True)
         raise typer.Exit(1)
-    console.print(f"replayed {r['shards']} shards: every shard's sha256 matches the manifest{note}", soft_wrap=True)
+    console.print(done + note, soft_wrap=True)
 
 
 def _print_eval(result: dict) -> None:

@@ -110,3 +110,26 @@ def test_bulk_rows_ignore_shards_batches_and_actors_and_replay_checks_bytes(ray_
     p = subprocess.run([sys.executable, "-m", "synth.cli", "replay", str(tmp_path / "notsyn.json")], env=env,
                        cwd=REPO, capture_output=True, text=True, timeout=600)
     assert p.returncode == 2 and "is not a bulk synthesis manifest" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_replay_of_a_sample_file_checks_its_rows(tiny_artifact, tmp_path):
+    """`synth sample` records every setting and a digest of the rows; `synth replay FILE` makes them
+    again (conditions included) and says whether they are the same; a tampered file is caught."""
+    out = tmp_path / "s.parquet"
+    cmd = [sys.executable, "-m", "synth.cli"]
+    p = subprocess.run(cmd + ["sample", tiny_artifact, "-n", "150", "-o", str(out), "--condition", "sex=Female",
+                              "--steps", "3", "--seed", "4"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    record = json.loads(pq.read_schema(out).metadata[b"synth.generation"])
+    assert record["conditions"] == {"sex": "Female"} and record["rows"] == 150 and record["precision"] == "fp32"
+    p = subprocess.run(cmd + ["replay", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0 and "matches the recorded one" in p.stderr, p.stderr[-2000:]
+
+    table = pq.read_table(out)
+    flipped = table.set_column(table.schema.get_field_index("sex"), "sex", pa.array(["Male"] * table.num_rows))
+    pq.write_table(flipped.replace_schema_metadata(table.schema.metadata), out)  # rows changed, record kept
+    p = subprocess.run(cmd + ["replay", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 1 and "150 replayed rows are not the recorded ones" in p.stderr, p.stderr[-2000:]
+    pq.write_table(table.replace_schema_metadata(None), out)
+    p = subprocess.run(cmd + ["replay", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 2 and "carries no `synth sample` record" in p.stderr and "Traceback" not in p.stderr

@@ -41,7 +41,8 @@ U_EPS = 1e-9
 class AutoregressiveConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     family: Literal["autoregressive"] = "autoregressive"
-    hidden: int = Field(256, ge=8, description="width of each column head")
+    hidden: int | None = Field(None, ge=8, description="width of each column head; null: 256, shrunk so "
+                                                       "tokens x width <= 6,144 (at least 64)")
     depth: int = Field(2, ge=1, description="layers per column head")
     embed_dim: int | None = Field(None, ge=2, description="embedding size per token column; "
                                                          "null: 16, shrunk so columns x dim <= 768")
@@ -105,7 +106,8 @@ class AutoregressiveEngine(EMAWeights, OnePassEngine):
             if part == "fine":
                 self.fine_view[j, j - 1] = True
         self.is_fine = self.fine_view.any(dim=1)
-        self.net = ColumnHeads(cards, dim, config.hidden, config.depth, config.dropout, fixed_view=self.fine_view)
+        hidden = config.hidden or max(64, min(256, 6144 // max(n_tok, 1)))
+        self.net = ColumnHeads(cards, dim, hidden, config.depth, config.dropout, fixed_view=self.fine_view)
         self.ema = copy.deepcopy(self.net).requires_grad_(False)
 
     # -- features <-> tokens --------------------------------------------------------------

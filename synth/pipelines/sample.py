@@ -1,0 +1,99 @@
+"""`synth sample`: rows from an artifact into one Parquet file that records how they were made,
+and `replay_sample`, which makes them again from that record and checks them.
+
+The record (schema metadata under `synth.generation`, read by `synth evaluate` too) holds every
+setting that affects the rows (artifact URI and id, rows, conditions, sampler, steps, guidance,
+seed, the precision used), the library versions, and `content_sha256`: a digest of the rows
+themselves (the Arrow IPC stream of the table without its metadata), so a replay is checked
+value for value, independent of Parquet encoder details.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from synth.errors import ConfigError
+from synth.evaluate.contract import GENERATION_KEY, generation_metadata
+from synth.io import storage
+
+
+def table_digest(table: pa.Table) -> str:
+    """sha256 of the table's schema and values (its metadata left out)."""
+    sink = pa.BufferOutputStream()
+    plain = table.replace_schema_metadata(None)
+    with pa.ipc.new_stream(sink, plain.schema) as writer:
+        writer.write_table(plain)
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+
+
+def write_parquet(table: pa.Table, uri: str) -> None:
+    """One Parquet file, written whole (storage.write_bytes: temporary name, then rename)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    storage.write_bytes(uri, sink.getvalue().to_pybytes())
+
+
+def sample_to_file(engine, artifact: str, rows: int, output: str | None, conditions: dict, *,
+                   sampler: str | None, steps: int | None, guidance: float | None, seed: int) -> tuple[pa.Table, float]:
+    """Sample `rows` rows, record how, write them to `output` (None: do not write). Returns the
+    table and the sampling seconds."""
+    from synth.io.manifest import library_versions
+
+    if rows < 1:
+        raise ConfigError(f"--rows must be a positive integer, got {rows}")
+    t0 = time.perf_counter()
+    table = engine.sample(rows, conditions, sampler=sampler, steps=steps, guidance=guidance, seed=seed)
+    seconds = time.perf_counter() - t0
+    meta = generation_metadata(engine, sampler, steps, guidance, seed, conditioned=bool(conditions))
+    record = json.loads(meta[GENERATION_KEY])
+    record.update(kind="sample", artifact_uri=artifact, rows=rows, conditions=conditions,
+                  requested={"sampler": sampler, "steps": steps, "guidance": guidance},
+                  precision="fp32",  # sampling never autocasts (training's mixed precision stays in training)
+                  versions=library_versions(), content_sha256=table_digest(table))
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                           GENERATION_KEY: json.dumps(record).encode()})
+    if output is not None:
+        write_parquet(table, output)
+    return table, seconds
+
+
+def read_record(uri: str) -> dict:
+    """The `synth sample` record of a Parquet file, or a clear error."""
+    if not storage.exists(uri):
+        raise ConfigError(f"no file at {uri!r}; give a Parquet file written by `synth sample`")
+    try:
+        meta = pq.read_schema(pa.BufferReader(storage.read_bytes(uri))).metadata or {}
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ConfigError(f"{uri} is not a Parquet file ({e})") from None
+    try:
+        record = json.loads(meta[GENERATION_KEY])
+    except (KeyError, ValueError):
+        record = None
+    if not isinstance(record, dict) or record.get("kind") != "sample":
+        raise ConfigError(f"{uri} carries no `synth sample` record (schema metadata {GENERATION_KEY.decode()!r}); "
+                          "`synth replay` re-runs files written by `synth sample` and folders written by "
+                          "`synth synthesize`")
+    return record
+
+
+def replay_sample(uri: str, output: str | None = None) -> dict:
+    """Sample again with the settings recorded in `uri` and compare the rows' digest. Returns
+    {"rows", "matched": bool, "versions_differ": {lib: [recorded, now]}}."""
+    from synth.families import load_engine
+    from synth.io.manifest import library_versions
+
+    r = read_record(uri)
+    engine = load_engine(r["artifact_uri"])
+    if engine.manifest.get("artifact_id") != r["artifact_id"]:
+        raise ConfigError(f"the artifact at {r['artifact_uri']!r} is {engine.manifest.get('artifact_id')}, the rows "
+                          f"were sampled from {r['artifact_id']}; the artifact they came from is needed to replay them")
+    asked = r["requested"]
+    table, _ = sample_to_file(engine, r["artifact_uri"], r["rows"], output, r["conditions"], sampler=asked["sampler"],
+                              steps=asked["steps"], guidance=asked["guidance"], seed=r["seed"])
+    versions = library_versions()
+    differ = {k: [v, versions.get(k)] for k, v in r.get("versions", {}).items() if versions.get(k) != v}
+    return {"rows": r["rows"], "matched": table_digest(table) == r["content_sha256"], "versions_differ": differ}
