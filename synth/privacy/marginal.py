@@ -221,8 +221,7 @@ def run_mst(data: np.ndarray, sizes: list[int], names: list[str], plan: Marginal
     # selection: the 1-way model's L1 error on each pair (sensitivity 1), a spanning tree by the
     # exponential mechanism (Kruskal: each round picks among pairs joining two components)
     candidates = list(itertools.combinations(range(d), 2))
-    errors = independent_pairs_error(merged, sizes, msizes, names, one_way_m, plan.sigma_one_way, candidates,
-                                     iters)
+    errors = independent_pairs_error(merged, msizes, one_way_m, candidates)
     component = list(range(d))
     pairs = []
     for _ in range(plan.rounds):

@@ -49,19 +49,19 @@ def estimate(sizes: list[int], msizes: list[int], names: list[str], one_way: lis
         return mbi.estimation.MirrorDescent().estimate(_domain(names, msizes), meas, iters=iters)
 
 
-def independent_pairs_error(merged: np.ndarray, sizes, msizes, names, one_way, sigma1, candidates, iters) -> list[float]:
+def independent_pairs_error(merged: np.ndarray, msizes, one_way, candidates) -> list[float]:
     """MST's selection score: the L1 distance between each candidate pair's exact marginal (merged
-    cells) and the one the 1-way model implies (a product of its noisy 1-way marginals)."""
+    cells) and the one the 1-way measurements imply (the product of their noisy counts, clipped at
+    0 and scaled to a common total: post-processing of the 1-way release)."""
     from synth.privacy.marginal import counts
 
-    model = estimate(sizes, msizes, names, one_way, sigma1, [], sigma1, min(iters, 200))
-    p1 = [np.asarray(model.project((n,)).datavector()) for n in names]
-    total = max(float(model.total), 1.0)
-    out = []
-    for a, b in candidates:
-        implied = np.outer(p1[a], p1[b]) / total
-        out.append(float(np.abs(counts(merged, (a, b), msizes) - implied).sum()))
-    return out
+    p1 = []
+    for (_, y, merge), size in zip(one_way, msizes):
+        m = np.clip(np.bincount(merge, weights=y, minlength=size), 0, None)
+        p1.append(m / m.sum() if m.sum() > 0 else np.full(size, 1.0 / size))
+    total = float(np.median([max(float(np.sum(y)), 1.0) for _, y, _ in one_way]))
+    return [float(np.abs(counts(merged, (a, b), msizes) - total * np.outer(p1[a], p1[b])).sum())
+            for a, b in candidates]
 
 
 # -- a saved model: potentials of its cliques ---------------------------------------------------
