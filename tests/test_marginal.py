@@ -111,3 +111,23 @@ def test_bad_input_names_the_field_and_no_data_value(tmp_path):
     (tmp_path / "small.yaml").write_text(json.dumps(small))
     r = CliRunner().invoke(app, ["fit", "--config", str(tmp_path / "small.yaml")])
     assert r.exit_code == 2 and "privacy.epsilon 0.01 is too small" in r.output
+
+
+def test_audit_bounds_epsilon_from_attack_counts():
+    from synth.privacy.audit import epsilon_lower_bound
+
+    assert epsilon_lower_bound(50, 0, 0, 50, 1e-5) > 2.5  # perfect separation over 100 runs
+    assert epsilon_lower_bound(25, 25, 25, 25, 1e-5) == 0.0  # a coin flip proves nothing
+    assert epsilon_lower_bound(5, 0, 0, 5, 1e-5) < epsilon_lower_bound(50, 0, 0, 50, 1e-5)  # few runs: loose
+
+
+def test_canary_audit_catches_a_copying_generator_and_not_a_blind_one():
+    from synth.privacy.audit import canary_audit
+
+    base = _table(400).select(["sex", "job"])
+    canary = pa.table({"sex": ["Female"], "job": ["secret-job"]})
+    audited = {"sex": "Female", "job": "secret-job"}
+    copying = canary_audit(base, canary, 4, 80, 1e-5, audited, lambda t, i: t)  # releases its training rows
+    assert copying.tp + copying.tn == 40 and copying.epsilon_lower > 1.0
+    blind = canary_audit(base, canary, 4, 40, 1e-5, audited, lambda t, i: base)  # never looks at the data
+    assert blind.epsilon_lower == 0.0

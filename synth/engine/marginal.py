@@ -288,3 +288,13 @@ def fit_marginal(engine: MarginalEngine, cfg, rows: pa.Table, privacy) -> dict:
     if plan_.private:
         metrics["epsilon"] = plan_.total_epsilon()
     return metrics
+
+
+def fit_table(cfg, table: pa.Table) -> MarginalEngine:
+    """Fit on an in-memory table with `cfg`'s model and privacy settings (the audit's repeated fits;
+    `synth fit` goes through `synth.train.fit`): the codec from the declared schema alone."""
+    codec = TableCodec.from_schema(table.schema, cfg.privacy.declared, cfg.data.codec, num_rows=table.num_rows,
+                                   bins=cfg.privacy.bins)
+    engine = build(cfg.model, codec)
+    fit_marginal(engine, cfg, table, plan(cfg, table.num_rows) if cfg.privacy.enabled else None)
+    return engine
