@@ -195,19 +195,12 @@ class Measured:
     log: dict = field(default_factory=dict)
 
 
-def counts(data: np.ndarray, cols: tuple[int, ...], sizes: list[int]) -> np.ndarray:
-    """Exact counts of the joint cells of `cols` (the only data access besides the scores)."""
-    shape = tuple(sizes[c] for c in cols)
-    flat = np.ravel_multi_index(tuple(data[:, c] for c in cols), shape)
-    return np.bincount(flat, minlength=int(np.prod(shape))).astype(np.float64).reshape(shape)
-
-
 def run_mst(data: np.ndarray, sizes: list[int], names: list[str], plan: MarginalPlan, iters: int = 1000,
             rng: np.random.Generator | None = None) -> Measured:
     """MST on the discretised rows `data` (n, d) with `sizes[c]` cells per column. The noise and the
     selection draws come from OS entropy unless `rng` is given (tests only: a known seed voids the
     guarantee)."""
-    from synth.privacy.pgm import estimate, independent_pairs_error
+    from synth.privacy.pgm import counts, estimate, independent_pairs_error
 
     rng = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
     d = len(sizes)

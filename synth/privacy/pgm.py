@@ -24,6 +24,13 @@ with warnings.catch_warnings():  # mbi warns about float32 when imported before 
     from mbi import junction_tree, marginal_oracles
 
 
+def counts(data: np.ndarray, cols: tuple[int, ...], sizes: list[int]) -> np.ndarray:
+    """Exact counts of the joint cells of `cols` (the only data access besides the scores)."""
+    shape = tuple(sizes[c] for c in cols)
+    flat = np.ravel_multi_index(tuple(data[:, c] for c in cols), shape)
+    return np.bincount(flat, minlength=int(np.prod(shape))).astype(np.float64).reshape(shape)
+
+
 def _domain(names: list[str], sizes: list[int]) -> "mbi.Domain":
     return mbi.Domain(list(names), [int(s) for s in sizes])
 
@@ -53,8 +60,6 @@ def independent_pairs_error(merged: np.ndarray, msizes, one_way, candidates) -> 
     """MST's selection score: the L1 distance between each candidate pair's exact marginal (merged
     cells) and the one the 1-way measurements imply (the product of their noisy counts, clipped at
     0 and scaled to a common total: post-processing of the 1-way release)."""
-    from synth.privacy.marginal import counts
-
     p1 = []
     for (_, y, merge), size in zip(one_way, msizes):
         m = np.clip(np.bincount(merge, weights=y, minlength=size), 0, None)
