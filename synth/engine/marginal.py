@@ -111,29 +111,16 @@ class MarginalEngine(OnePassEngine):
     def to(self, device: torch.device | str) -> "MarginalEngine":
         return self  # numpy on the CPU; nothing to move
 
-    def encode_conditions(self, n: int, conditions: dict | None) -> tuple[Tensor, dict[str, list]]:
+    def condition_slots(self, name: str, values: list) -> np.ndarray:
         """Condition slots are cells on the declared grid (exact for every declared category)."""
-        cond = self.null_conditions(n)
-        requested: dict[str, list] = {}
-        for name, value in (conditions or {}).items():
-            if name not in self.cond_columns:
-                self.codec.categorical(name)  # an unknown or non-categorical column is named as such
-                raise ConfigError(f"column {name!r} is not a condition column of this model; "
-                                  f"condition columns are {self.cond_columns}")
-            values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value] * n
-            if len(values) != n:
-                raise ConfigError(f"condition {name!r} has {len(values)} values for {n} rows; "
-                                  "give one value or one per row")
-            decl = self.config.declared[name]
-            index = {repr(v): i for i, v in enumerate(decl.categories)}
-            if decl.nullable:
-                index[repr(None)] = len(decl.categories)
-            bad = [v for v in values if repr(v) not in index]
-            if bad:
-                raise ConfigError(f"condition {name!r}: {bad[0]!r} is not one of its categories {decl.categories}")
-            cond[:, self.cond_columns.index(name)] = torch.tensor([index[repr(v)] for v in values])
-            requested[name] = values
-        return cond, requested
+        decl = self.config.declared[name]
+        index = {repr(v): i for i, v in enumerate(decl.categories)}
+        if decl.nullable:
+            index[repr(None)] = len(decl.categories)
+        bad = [v for v in values if repr(v) not in index]
+        if bad:
+            raise ConfigError(f"condition {name!r}: {bad[0]!r} is not one of its categories {decl.categories}")
+        return np.asarray([index[repr(v)] for v in values], dtype=np.int64)
 
     def sample_features(self, x: Tensor, cond: Tensor, *, sampler: str = "ddim", steps: int = 1,
                         guidance: float = 1.0, generator: torch.Generator | None = None) -> Tensor:

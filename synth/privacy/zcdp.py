@@ -39,26 +39,24 @@ def cdp_epsilon(rho: float, delta: float) -> float:
     """The epsilon at `delta` that rho-zCDP implies."""
     if rho <= 0:
         return 0.0
-    lo, hi = 0.0, rho + 2 * math.sqrt(rho * math.log(1 / delta))
-    for _ in range(ITERS):
-        mid = (lo + hi) / 2
-        if cdp_delta(rho, mid) <= delta:
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    return _bisect(lambda eps: cdp_delta(rho, eps) <= delta, 0.0, rho + 2 * math.sqrt(rho * math.log(1 / delta)),
+                   return_above=True)
 
 
 def cdp_rho(eps: float, delta: float) -> float:
     """The largest rho whose (eps, delta) conversion stays within the budget."""
-    lo, hi = 0.0, eps + 1
+    return _bisect(lambda rho: cdp_delta(rho, eps) > delta, 0.0, eps + 1, return_above=False)
+
+
+def _bisect(ok_above, lo: float, hi: float, return_above: bool) -> float:
+    """The boundary where `ok_above(x)` turns true (monotone in x), from above (hi) or from below (lo)."""
     for _ in range(ITERS):
         mid = (lo + hi) / 2
-        if cdp_delta(mid, eps) <= delta:
-            lo = mid
-        else:
+        if ok_above(mid):
             hi = mid
-    return lo
+        else:
+            lo = mid
+    return hi if return_above else lo
 
 
 def gaussian_rho(sigma: float, sensitivity: float = 1.0) -> float:
