@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_val
 from synth.io import storage
 from synth.io.data import SplitConfig
 from synth.errors import validated, with_overrides
-from synth.families import DEFAULT, FAMILIES, trainable
+from synth.families import DEFAULT, FAMILIES, PRIVATE_DEFAULT, trainable
 from synth.privacy.config import PrivacyConfig
 from synth.table import CodecConfig
 from synth.train.config import TrainConfig
@@ -70,7 +70,11 @@ class RunConfig(Strict):
     @model_validator(mode="before")
     @classmethod
     def _family_train_defaults(cls, raw):
-        """A family's own train.* defaults (synth.families) under what the config sets."""
+        """A family's own train.* defaults (synth.families) under what the config sets; a private run
+        that names no family gets the private default."""
+        if isinstance(raw, dict) and isinstance(raw.get("privacy"), dict) and raw["privacy"].get("enabled") \
+                and isinstance(raw.get("model", {}), dict) and "family" not in (raw.get("model") or {}):
+            raw = {**raw, "model": {**(raw.get("model") or {}), "family": PRIVATE_DEFAULT}}
         if isinstance(raw, dict) and isinstance(raw.get("model", {}), dict) \
                 and isinstance(raw.get("train", {}), dict):
             family = FAMILIES.get(_family(raw.get("model") or {}))

@@ -4,7 +4,8 @@ A `Family` is self-describing: its config class (one member of the run config's 
 `build(config, codec)` (a fresh generator: the sampling protocol of `synth.engine.sampling` plus
 `cost(sampler, steps, guidance, conditioned)`), `load(artifact)` (the same generator from a saved
 artifact), and its trainer (`synth.train.session`: the same function in this process and on Ray
-Train workers), or None for a family fitted in closed form outside `synth fit`. Everything else
+Train workers), or None for a family fitted in closed form: by `synth fit` in the driver (`fit`),
+or outside it. A private family without its own `plan` trains with DP-SGD. Everything else
 (the run config, config errors, `synth fit`, Ray Train, artifact loading, serving, manifests) reads
 this registry; no family name is compared anywhere else.
 
@@ -25,6 +26,7 @@ from synth.engine.base import Engine
 from synth.engine.diffusion import DiffusionConfig, DiffusionEngine
 from synth.engine.copula import CopulaConfig, CopulaEngine
 from synth.engine.gan import GANConfig, GANEngine
+from synth.engine import marginal
 from synth.errors import ArtifactError
 from synth.train import gan as gan_training
 from synth.train.loop import train_denoising
@@ -38,9 +40,13 @@ class Family:
     load: Callable[[Artifact], Engine]  # artifact -> the trained generator
     trainer: Callable | None  # (engine, run config, TrainingData, Session) -> Outcome; None: not fitted by `synth fit`
     streams: bool = True  # trains from a streamed shard (scaling.data_mode stream), not only all rows
-    private: bool = False  # trains with DP-SGD (privacy.enabled)
+    private: bool = False  # fits under privacy.enabled (DP-SGD unless `plan` gives its own mechanism)
     train_defaults: dict = field(default_factory=dict)  # train.* defaults of this family (the config may override)
     why_not_streamed: str = ""  # the user-facing reason when streams is False
+    # (engine, run config, training rows, privacy plan or None) -> metrics: fitted in closed form in the
+    # driver by `synth fit` (no trainer, no Ray Train; scaling.num_workers does not apply)
+    fit: Callable | None = None
+    plan: Callable | None = None  # (run config, training rows) -> its privacy plan; None: DP-SGD's
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
@@ -57,13 +63,17 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            train_denoising, train_defaults={"steps": 5000, "eval_every": 200, "patience": 4, "ema_decay": 0.99,
                                             "warmup_steps": 50}),
     Family("fingerprint", CopulaConfig, CopulaEngine, CopulaEngine.from_artifact, None),
+    # measured marginals under zCDP + a graphical model (MST on Private-PGM): the private family for tables
+    Family("marginal", marginal.MarginalConfig, marginal.build, marginal.MarginalEngine.from_artifact, None,
+           private=True, fit=marginal.fit_marginal, plan=marginal.plan),
 )}
 DEFAULT = "autoregressive"  # model.family when the config names none: the best held-out C2ST (BENCHMARKS.md)
+PRIVATE_DEFAULT = "marginal"  # ... of a private run (privacy.enabled): docs/privacy.md, bench/results/privacy.json
 
 
 def trainable() -> list[Family]:
-    """The families `synth fit` trains (the run config's `model` union)."""
-    return [f for f in FAMILIES.values() if f.trainer is not None]
+    """The families `synth fit` trains or fits (the run config's `model` union)."""
+    return [f for f in FAMILIES.values() if f.trainer is not None or f.fit is not None]
 
 
 def load_engine(uri: str) -> Engine:

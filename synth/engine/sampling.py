@@ -90,9 +90,13 @@ class SamplingEngine(Engine):
             if len(values) != n:
                 raise ConfigError(f"condition {name!r} has {len(values)} values for {n} rows; "
                                   "give one value or one per row")
-            cond[:, self.cond_columns.index(name)] = torch.from_numpy(self.codec.categorical(name).codes(values))
+            cond[:, self.cond_columns.index(name)] = torch.from_numpy(self.condition_slots(name, values))
             requested[name] = values
         return cond, requested
+
+    def condition_slots(self, name: str, values: list) -> np.ndarray:
+        """The condition slot of each requested value of a condition column (the codec's category slot)."""
+        return self.codec.categorical(name).codes(values)
 
     def row_prior(self, seed: int, start: int, n: int) -> Tensor:
         """The prior of rows start..start+n-1 of a seed: row i's draws depend on (seed, i) only."""

@@ -49,7 +49,7 @@ def private_codec(schema: pa.Schema, codec_cfg: CodecConfig, pcfg: PrivacyConfig
                   counts: dict[str, np.ndarray] | None = None, rng: np.random.Generator | None = None) -> TableCodec:
     """The codec of a private run. `counts` (exact cell counts, dp mode only) are noised here."""
     masses = None
-    if pcfg.preprocessing == "dp":
+    if plan.preprocessing == "dp":
         if counts is None:
             raise ValueError("dp preprocessing needs the cell counts")
         masses = noised(counts, plan.epsilon_preprocessing, rng)

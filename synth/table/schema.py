@@ -120,9 +120,9 @@ def measurement_cells(decl: ColumnSchema, default_bins: int) -> int:
     return NumericGrid.of(decl, default_bins).cells
 
 
-def cell_counts(arr: pa.Array | pa.ChunkedArray, decl: ColumnSchema, default_bins: int) -> np.ndarray:
-    """Exact counts of one column's values in the declared cells (the only data access of the DP
-    preprocessing; its output is noised before anything else sees it)."""
+def cell_index(arr: pa.Array | pa.ChunkedArray, decl: ColumnSchema, default_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """The declared cell of every value (atoms, bins, categories; null last) and a mask of the
+    values that are not declared categories (given the null cell)."""
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     null = np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
@@ -133,14 +133,22 @@ def cell_counts(arr: pa.Array | pa.ChunkedArray, decl: ColumnSchema, default_bin
             arr = arr.dictionary_decode()
         enc = arr.dictionary_encode()
         dictionary = enc.dictionary.to_pylist()
-        # undeclared values are counted in the null cell of the measurement (never published apart)
         slot = np.asarray([index.get(repr(v), k) for v in dictionary] + [k], dtype=np.int64)
         codes = np.asarray(enc.indices.fill_null(len(dictionary)).to_numpy(zero_copy_only=False), dtype=np.int64)
-        return np.bincount(slot[codes], minlength=k + 1)[: k + 1].astype(np.float64)
+        cells = slot[codes]
+        return cells, (cells == k) & ~null
     grid = NumericGrid.of(decl, default_bins)
     x = arr.cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
     x = np.where(np.isfinite(x), x, 0.0)
-    return np.bincount(grid.cell_of(x, null), minlength=grid.cells).astype(np.float64)
+    return grid.cell_of(x, null), np.zeros(len(x), dtype=bool)
+
+
+def cell_counts(arr: pa.Array | pa.ChunkedArray, decl: ColumnSchema, default_bins: int) -> np.ndarray:
+    """Exact counts of one column's values in the declared cells (the only data access of the DP
+    preprocessing; its output is noised before anything else sees it). Undeclared values are
+    counted in the null cell of the measurement (never published apart)."""
+    cells, _ = cell_index(arr, decl, default_bins)
+    return np.bincount(cells, minlength=measurement_cells(decl, default_bins)).astype(np.float64)
 
 
 # -- columns from a declaration (+ optional noisy masses) -------------------------------------

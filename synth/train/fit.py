@@ -40,7 +40,13 @@ def fit(cfg: RunConfig, report: Callable | None = None) -> FitResult:
     family = FAMILIES[cfg.model.family]
     t0 = time.perf_counter()
     storage.check_writable(cfg.output)
-    if cfg.scaling.num_workers > 0:
+    workers = 0 if family.fit is not None else cfg.scaling.num_workers  # a closed-form fit runs here
+    if family.fit is not None:
+        prep = prepare(cfg)
+        t1 = time.perf_counter()
+        engine = family.build(cfg.model, prep.codec)
+        metrics, history, extra = family.fit(engine, cfg, prep.train, prep.privacy), [], {}
+    elif workers > 0:
         prep, engine, metrics, history, extra = ray_train.train_on_ray(cfg)
         t1 = t0 + extra.pop("prepare_s")
     else:
@@ -59,11 +65,11 @@ def fit(cfg: RunConfig, report: Callable | None = None) -> FitResult:
     privacy = None
     if prep.privacy is not None:  # the steps the accountant counted, re-derived and cross-checked
         privacy = prep.privacy.manifest(int(metrics["step"]), accountant_epsilon=metrics.get("epsilon"))
-        if cfg.scaling.num_workers > 0:
-            privacy["workers"] = cfg.scaling.num_workers
+        if workers > 0:
+            privacy["workers"] = workers
     manifest = model_manifest(cfg, prep, engine, metrics, {"prepare_s": t1 - t0, "train_s": t_train,
                                                            "total_s": time.perf_counter() - t0},
-                              workers=cfg.scaling.num_workers, privacy=privacy)
+                              workers=workers, privacy=privacy)
     manifest.update(extra)
     manifest["history"] = public_history(history, privacy)
     if cfg.evaluate.check == "off":

@@ -12,6 +12,7 @@ import torch
 from synth.config import RunConfig
 from synth.io.data import input_digest, load_splits
 from synth.errors import ConfigError
+from synth.families import FAMILIES
 from synth.privacy import PrivacyPlan, plan_privacy
 from synth.table import TableCodec
 
@@ -36,9 +37,11 @@ def prepare(cfg: RunConfig) -> Prepared:
     if cfg.privacy.enabled:
         from synth.privacy import preprocess
 
-        plan = plan_privacy(cfg.privacy, cfg.train, train.num_rows)
+        family = FAMILIES[cfg.model.family]
+        plan = (family.plan(cfg, train.num_rows) if family.plan is not None
+                else plan_privacy(cfg.privacy, cfg.train, train.num_rows))
         fields = preprocess.modelled_fields(train.schema, cfg.data.codec, cfg.privacy)
-        counts = preprocess.exact_counts(train, cfg.privacy, fields) if cfg.privacy.preprocessing == "dp" else None
+        counts = preprocess.exact_counts(train, cfg.privacy, fields) if plan.preprocessing == "dp" else None
         codec = preprocess.private_codec(train.schema, cfg.data.codec, cfg.privacy, plan, counts)
     else:
         codec = TableCodec.fit([train], cfg.data.codec, schema=train.schema)

@@ -1,0 +1,145 @@
+"""The graphical model behind the marginal family, through Private-PGM (`mbi`, JAX): fit from
+noisy marginals, marginals under evidence, and row-wise ancestral sampling.
+
+Sampling is row-wise (row i's cells depend on its own uniforms only), so `synth sample`, bulk
+synthesis and the endpoint's merged batches give the same rows (mbi's own `synthetic_data`
+rounds across rows, which they could not). Conditions are evidence: the potentials get -inf on
+the other values of a conditioned column and the junction tree is recalibrated (Shafer-Shenoy),
+so conditioned rows are exact draws from the model's conditional distribution.
+"""
+from __future__ import annotations
+
+import warnings
+from functools import lru_cache
+
+import numpy as np
+
+with warnings.catch_warnings():  # mbi warns about float32 when imported before x64 is on
+    warnings.simplefilter("ignore")
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+    import mbi
+    from mbi import junction_tree, marginal_oracles
+
+
+def counts(data: np.ndarray, cols: tuple[int, ...], sizes: list[int]) -> np.ndarray:
+    """Exact counts of the joint cells of `cols` (the only data access besides the scores)."""
+    shape = tuple(sizes[c] for c in cols)
+    flat = np.ravel_multi_index(tuple(data[:, c] for c in cols), shape)
+    return np.bincount(flat, minlength=int(np.prod(shape))).astype(np.float64).reshape(shape)
+
+
+def _domain(names: list[str], sizes: list[int]) -> "mbi.Domain":
+    return mbi.Domain(list(names), [int(s) for s in sizes])
+
+
+def _one_way(names, sizes, msizes, one_way, sigma) -> list:
+    full = _domain(names, sizes)
+    out = []
+    for (clique, y, merge) in one_way:
+        m = mbi.LinearMeasurement(np.asarray(y, dtype=np.float64), clique, stddev=sigma or 1.0)
+        out.append(m.compress({clique[0]: np.asarray(merge)}, full))
+    return out
+
+
+def estimate(sizes: list[int], msizes: list[int], names: list[str], one_way: list, sigma1: float,
+             two_way: list, sigma2: float, iters: int):
+    """The graphical model (mbi.MarkovRandomField over the merged cells) that best explains the
+    noisy measurements: 1-way on the original cells (merged by `merge`), pairs on the merged cells."""
+    meas = _one_way(names, sizes, msizes, one_way, sigma1)
+    meas += [mbi.LinearMeasurement(np.asarray(y, dtype=np.float64).reshape(-1), clique, stddev=sigma2 or 1.0)
+             for clique, y in two_way]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return mbi.estimation.MirrorDescent().estimate(_domain(names, msizes), meas, iters=iters)
+
+
+def independent_pairs_error(merged: np.ndarray, msizes, one_way, candidates) -> list[float]:
+    """MST's selection score: the L1 distance between each candidate pair's exact marginal (merged
+    cells) and the one the 1-way measurements imply (the product of their noisy counts, clipped at
+    0 and scaled to a common total: post-processing of the 1-way release)."""
+    p1 = []
+    for (_, y, merge), size in zip(one_way, msizes):
+        m = np.clip(np.bincount(merge, weights=y, minlength=size), 0, None)
+        p1.append(m / m.sum() if m.sum() > 0 else np.full(size, 1.0 / size))
+    total = float(np.median([max(float(np.sum(y)), 1.0) for _, y, _ in one_way]))
+    return [float(np.abs(counts(merged, (a, b), msizes) - total * np.outer(p1[a], p1[b])).sum())
+            for a, b in candidates]
+
+
+# -- a saved model: potentials of its cliques ---------------------------------------------------
+def potentials(model) -> list[tuple[tuple[str, ...], np.ndarray]]:
+    out = []
+    for cl in model.potentials.cliques:
+        f = model.potentials[cl]
+        out.append((tuple(f.domain.attributes), np.asarray(f.values, dtype=np.float64)))
+    return out
+
+
+class Sampler:
+    """Row-wise draws from the model given by (names, merged sizes, clique potentials)."""
+
+    def __init__(self, names: list[str], sizes: list[int], pots: list[tuple[tuple[str, ...], np.ndarray]]):
+        self.names, self.sizes = list(names), [int(s) for s in sizes]
+        self.domain = _domain(self.names, self.sizes)
+        cliques = [cl for cl, _ in pots] or [(n,) for n in self.names]
+        factors = {cl: mbi.Factor(self.domain.project(cl), jnp.asarray(v)) for cl, v in pots}
+        for cl in cliques:
+            factors.setdefault(cl, mbi.Factor.zeros(self.domain.project(cl)))
+        for n in self.names:  # every column in some clique (an isolated one gets a flat factor)
+            if not any(n in cl for cl in cliques):
+                cliques.append((n,))
+                factors[(n,)] = mbi.Factor.zeros(self.domain.project((n,)))
+        self.potentials = mbi.CliqueVector(self.domain, cliques, factors)
+        self.jtree, elim = junction_tree.make_junction_tree(self.domain, cliques)
+        self.order = list(elim[::-1])
+        self.maximal = [set(cl) for cl in self.jtree.nodes]
+        self.parents = {}
+        used: set[str] = set()
+        for col in self.order:
+            rel = used & set().union(*[cl for cl in self.maximal if col in cl])
+            self.parents[col] = tuple(c for c in self.order if c in rel)
+            used.add(col)
+        self._tables = lru_cache(maxsize=256)(self._conditional_tables)
+
+    def _conditional_tables(self, evidence: tuple[tuple[str, int], ...]) -> dict[str, np.ndarray]:
+        """Per column, the CDF of its cells given its parents' cells (flattened), under `evidence`."""
+        pots = self.potentials
+        for name, cell in evidence:
+            ind = np.full(self.domain[name], -np.inf)
+            ind[cell] = 0.0
+            cl = next(c for c in pots.cliques if name in c)
+            pots = mbi.CliqueVector(self.domain, pots.cliques,
+                                    {**pots.tables, cl: pots[cl] + mbi.Factor(self.domain.project((name,)),
+                                                                            jnp.asarray(ind))})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            marg = marginal_oracles.message_passing_shafer_shenoy(pots, 1.0, self.jtree)
+        out = {}
+        for col in self.order:
+            attrs = self.parents[col] + (col,)
+            joint = np.asarray(marg.project(attrs).transpose(attrs).datavector(flatten=False), dtype=np.float64)
+            joint = np.nan_to_num(np.clip(joint, 0, None)).reshape(-1, self.domain[col])
+            tot = joint.sum(axis=1, keepdims=True)
+            cond = np.divide(joint, tot, out=np.full_like(joint, 1.0 / joint.shape[1]), where=tot > 0)
+            out[col] = np.cumsum(cond, axis=1)
+        return out
+
+    def sample(self, u: np.ndarray, evidence: tuple[tuple[str, int], ...] = ()) -> np.ndarray:
+        """Cells (n, d) in `names` order from uniforms u (n, d), ancestrally along the junction tree."""
+        tables = self._tables(tuple(sorted(evidence)))
+        n = u.shape[0]
+        out = np.zeros((n, len(self.names)), dtype=np.int64)
+        index = {c: i for i, c in enumerate(self.names)}
+        for col in self.order:
+            ps = self.parents[col]
+            if ps:
+                flat = np.ravel_multi_index(tuple(out[:, index[p]] for p in ps), tuple(self.domain[p] for p in ps))
+            else:
+                flat = np.zeros(n, dtype=np.int64)
+            cdf = tables[col][flat]
+            j = index[col]
+            out[:, j] = np.minimum((cdf < u[:, j:j + 1] * cdf[:, -1:]).sum(axis=1), self.domain[col] - 1)
+        return out

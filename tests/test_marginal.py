@@ -1,0 +1,133 @@
+"""The marginal family (MST under zCDP on Private-PGM): its accountant, refusals before any row is
+read, the manifest's epsilon recomputed from the recorded mechanism parameters, errors that name
+no data value, the default family of a private fit, and the canary audit's mechanics."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from synth.config import RunConfig
+from synth.errors import ConfigError
+from synth.privacy import zcdp
+from synth.privacy.config import PrivacyConfig
+from synth.privacy.marginal import plan_marginal
+
+SCHEMA = {"age": {"kind": "integer", "min": 17, "max": 90},
+          "sex": {"kind": "categorical", "categories": ["Female", "Male"]},
+          "job": {"kind": "categorical", "categories": ["a", "b", "c", "secret-job"], "nullable": True}}
+THIRDS = (1 / 3, 1 / 3, 1 / 3)
+
+
+def _table(n: int = 3000, seed: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    sex = rng.choice(["Female", "Male"], n)
+    age = np.clip(rng.normal(40, 12, n) + (sex == "Male") * 5, 17, 90).astype(np.int64)
+    job = np.where(age > 45, "a", np.where(sex == "Male", "b", "c")).astype(object)
+    job[rng.random(n) < 0.05] = None
+    return pa.table({"age": age, "sex": sex, "job": pa.array(job, type=pa.string())})
+
+
+def _config(tmp_path, table: pa.Table, **privacy) -> dict:
+    pq.write_table(table, tmp_path / "data.parquet")
+    return {"name": "tiny", "output": str(tmp_path / "run"), "data": {"uri": str(tmp_path / "data.parquet")},
+            "model": {"family": "marginal", "iters": 50}, "evaluate": {"check": "off"},
+            "privacy": {"enabled": True, "epsilon": 2.0, "delta": 1e-5, "schema": SCHEMA, **privacy}}
+
+
+def test_zcdp_conversion_round_trips_and_beats_the_classic_bound():
+    for eps in (0.5, 1.0, 3.0, 8.0):
+        rho = zcdp.cdp_rho(eps, 1e-5)
+        assert zcdp.cdp_epsilon(rho, 1e-5) == pytest.approx(eps, rel=1e-6)
+        assert eps < rho + 2 * math.sqrt(rho * math.log(1e5))  # tighter than rho + 2 sqrt(rho log 1/delta)
+    assert zcdp.gaussian_rho(zcdp.gaussian_sigma(0.02)) == pytest.approx(0.02)
+
+
+def test_plan_spends_exactly_the_budget_and_refuses_what_exceeds_it():
+    pcfg = PrivacyConfig(enabled=True, epsilon=1.0, delta=1e-5, schema=SCHEMA)
+    plan = plan_marginal(pcfg, 20_000, 15, THIRDS)
+    assert plan.total_epsilon() == pytest.approx(1.0, rel=1e-6) and plan.rounds == 14
+    with pytest.raises(ConfigError, match=r"model.sigma 5 .* raise model.sigma to at least"):
+        plan_marginal(pcfg, 20_000, 15, THIRDS, sigma=5.0)
+    assert plan_marginal(pcfg, 20_000, 15, THIRDS, sigma=60.0).total_epsilon() < 1.0
+    with pytest.raises(ConfigError, match=r"privacy.epsilon 0.01 is too small for 500 training rows.*at least"):
+        plan_marginal(PrivacyConfig(enabled=True, epsilon=0.01, delta=1e-5, schema=SCHEMA), 500, 15, THIRDS)
+    with pytest.raises(ConfigError, match="privacy.noise_multiplier is a DP-SGD setting"):
+        plan_marginal(PrivacyConfig(enabled=True, noise_multiplier=1.0, schema=SCHEMA), 20_000, 15, THIRDS)
+    with pytest.raises(ConfigError, match="privacy.delta"):
+        plan_marginal(PrivacyConfig(enabled=True, epsilon=1.0, delta=1e-3, schema=SCHEMA), 5_000, 15, THIRDS)
+
+
+def test_a_private_run_defaults_to_the_marginal_family_and_dp_sgd_stays_available():
+    raw = {"privacy": {"enabled": True, "epsilon": 1.0, "schema": SCHEMA}}
+    assert RunConfig.parse(raw).model.family == "marginal"
+    assert RunConfig.parse({**raw, "model": {"family": "diffusion"}}).model.family == "diffusion"
+    assert RunConfig.parse({}).model.family != "marginal"  # non-private runs keep the default
+
+
+def test_fit_publishes_an_epsilon_recomputable_from_its_parameters(tmp_path):
+    from synth.cli import app
+    from synth.families import load_engine
+
+    raw = _config(tmp_path, _table())
+    (tmp_path / "run.yaml").write_text(json.dumps(raw))
+    r = CliRunner().invoke(app, ["fit", "--config", str(tmp_path / "run.yaml"), "--epsilon", "2"])
+    assert r.exit_code == 0, r.output
+    engine = load_engine(str(tmp_path / "run" / "model"))
+    p = engine.manifest["privacy"]
+    # an officer's recomputation from the recorded mechanism parameters alone
+    rho = (p["columns"] / (2 * p["noise_std_one_way"] ** 2) + p["rounds"] * p["epsilon_select_per_round"] ** 2 / 8
+           + p["rounds"] / (2 * p["noise_std_two_way"] ** 2))
+    assert rho == pytest.approx(p["rho"], rel=1e-9) and rho == pytest.approx(sum(p["rho_parts"].values()))
+    assert zcdp.cdp_epsilon(rho, p["delta"]) == pytest.approx(p["epsilon"], rel=1e-9)
+    assert p["epsilon"] <= p["epsilon_budget"] == 2.0 and p["epsilon"] > 1.99
+    assert engine.manifest["input"]["sha256"].startswith("withheld")
+    t = engine.sample(500, {"job": "secret-job"}, seed=3)
+    assert set(t.column("job").to_pylist()) == {"secret-job"}
+    assert t.schema == engine.codec.schema and engine.sample(500, seed=3).num_rows == 500
+
+
+def test_bad_input_names_the_field_and_no_data_value(tmp_path):
+    from synth.cli import app
+
+    table = _table(500)
+    bad_cat = table.set_column(2, "job", pa.array(["PERSONAL-VALUE-42"] * 500))
+    raw = _config(tmp_path, bad_cat)
+    (tmp_path / "bad.yaml").write_text(json.dumps(raw))
+    r = CliRunner().invoke(app, ["fit", "--config", str(tmp_path / "bad.yaml"), "--epsilon", "20"])
+    assert r.exit_code == 2 and "'job'" in r.output and "privacy.schema.job.categories" in r.output
+    assert "PERSONAL-VALUE-42" not in r.output
+    no_bounds = _config(tmp_path, table)
+    no_bounds["privacy"]["schema"] = {**SCHEMA, "age": {"kind": "integer"}}
+    (tmp_path / "nb.yaml").write_text(json.dumps(no_bounds))
+    r = CliRunner().invoke(app, ["fit", "--config", str(tmp_path / "nb.yaml")])
+    assert r.exit_code == 2 and "age" in r.output and "min" in r.output and len(r.output.strip().splitlines()) <= 3
+    small = _config(tmp_path, table, epsilon=0.01)
+    (tmp_path / "small.yaml").write_text(json.dumps(small))
+    r = CliRunner().invoke(app, ["fit", "--config", str(tmp_path / "small.yaml")])
+    assert r.exit_code == 2 and "privacy.epsilon 0.01 is too small" in r.output
+
+
+def test_audit_bounds_epsilon_from_attack_counts():
+    from synth.privacy.audit import epsilon_lower_bound
+
+    assert epsilon_lower_bound(50, 0, 0, 50, 1e-5) > 2.5  # perfect separation over 100 runs
+    assert epsilon_lower_bound(25, 25, 25, 25, 1e-5) == 0.0  # a coin flip proves nothing
+    assert epsilon_lower_bound(5, 0, 0, 5, 1e-5) < epsilon_lower_bound(50, 0, 0, 50, 1e-5)  # few runs: loose
+
+
+def test_canary_audit_catches_a_copying_generator_and_not_a_blind_one():
+    from synth.privacy.audit import canary_audit
+
+    base = _table(400).select(["sex", "job"])
+    canary = pa.table({"sex": ["Female"], "job": ["secret-job"]})
+    audited = {"sex": "Female", "job": "secret-job"}
+    copying = canary_audit(base, canary, 4, 80, 1e-5, audited, lambda t, i: t)  # releases its training rows
+    assert copying.tp + copying.tn == 40 and copying.epsilon_lower > 1.0
+    blind = canary_audit(base, canary, 4, 40, 1e-5, audited, lambda t, i: base)  # never looks at the data
+    assert blind.epsilon_lower == 0.0
