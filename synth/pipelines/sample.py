@@ -81,7 +81,8 @@ def read_record(uri: str) -> dict:
 
 
 def replay_sample(uri: str, output: str | None = None) -> dict:
-    """Sample again with the settings recorded in `uri` and compare the rows' digest. Returns
+    """Sample again with the settings recorded in `uri`; the rows match when the replayed rows, the
+    recorded digest and the rows in the file all agree. Returns
     {"rows", "matched": bool, "versions_differ": {lib: [recorded, now]}}."""
     from synth.families import load_engine
     from synth.io.manifest import library_versions
@@ -96,4 +97,6 @@ def replay_sample(uri: str, output: str | None = None) -> dict:
                               steps=asked["steps"], guidance=asked["guidance"], seed=r["seed"])
     versions = library_versions()
     differ = {k: [v, versions.get(k)] for k, v in r.get("versions", {}).items() if versions.get(k) != v}
-    return {"rows": r["rows"], "matched": table_digest(table) == r["content_sha256"], "versions_differ": differ}
+    in_file = pq.read_table(pa.BufferReader(storage.read_bytes(uri)))
+    return {"rows": r["rows"], "matched": table_digest(table) == r["content_sha256"] == table_digest(in_file),
+            "versions_differ": differ}
