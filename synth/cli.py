@@ -1,4 +1,4 @@
-"""The `synth` command line: fit, distill, sample, synthesize, evaluate, inspect, quickstart."""
+"""The `synth` command line: fit, distill, sample, synthesize, evaluate, inspect, sign, verify, quickstart."""
 from __future__ import annotations
 
 import json
@@ -381,6 +381,39 @@ def inspect_cmd(artifact: str = typer.Argument(..., help="model artifact URI")):
     t.add_row("input", f"{m['input']['uri']} sha256 {m['input']['sha256'][:16]}...")
     t.add_row("columns", ", ".join(f"{k}:{v}" for k, v in m["columns"].items()))
     Console().print(t)
+
+
+@app.command("sign")
+def sign_cmd(artifact: str = typer.Argument(..., help="model artifact URI"),
+             key: Optional[str] = typer.Option(None, "--key", help="Ed25519 private key PEM file "
+                                               "(default: $SYNTH_SIGNING_KEY, the PEM text or its path)")):
+    """Sign a reviewed artifact (writes ARTIFACT/signature.json): serving and the nightly job with
+    require_signature then load it only if it is unchanged since. Make a key with
+    `openssl genpkey -algorithm ed25519 -out signing.pem`."""
+    try:
+        from synth.io.artifact import sign_artifact
+
+        artifact_id, key_id = sign_artifact(artifact, key)
+    except SynthError as e:
+        _fail(e)
+    console.print(f"signed artifact [bold]{artifact}[/] (id {artifact_id}) with key {key_id}", highlight=False,
+                  soft_wrap=True)
+
+
+@app.command("verify")
+def verify_cmd(artifact: str = typer.Argument(..., help="model artifact URI"),
+               public_key: Optional[str] = typer.Option(None, "--public-key", help="Ed25519 public key PEM file "
+                                                        "(default: $SYNTH_PUBLIC_KEY, the PEM text or its path)")):
+    """Check that an artifact is intact (every file's hash, the manifest's id) and signed with the
+    key whose public half is given (`openssl pkey -in signing.pem -pubout -out signing.pub`)."""
+    try:
+        from synth.io.artifact import read_artifact
+
+        art = read_artifact(artifact, require_signature=True, public_key=public_key)
+    except SynthError as e:
+        _fail(e)
+    console.print(f"artifact [bold]{artifact}[/] (id {art.artifact_id}) is intact and signed with key "
+                  f"{art.signed_by}", highlight=False, soft_wrap=True)
 
 
 @app.command("quickstart")
