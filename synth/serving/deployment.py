@@ -38,7 +38,8 @@ class SynthSampler:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synth-model")
         self.scheduler = ModelScheduler(self.service.run, max_requests=self.args.max_batch_size,
                                         max_cost=self.args.max_batch_cost, executor=self._pool,
-                                        on_stats=self.service.observe_batches)
+                                        on_stats=self.service.observe_batches,
+                                        on_release=self.service.release)
         self.submit_batch.set_max_batch_size(self.args.max_batch_size)
         self.submit_batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
         self._pool.submit(self.service.warm_up).result()  # calibrate on the thread that samples
