@@ -428,7 +428,7 @@ def quickstart_cmd(output: str = typer.Option("runs/quickstart", help="run folde
         from synth.families import load_engine
         from synth.io.data import open_dataset
         from synth.evaluate.reference import evaluate_against_reference
-        from synth.pipelines.synthesize import MANIFEST, SynthesizeConfig, synthesize
+        from synth.pipelines.synthesize import MANIFEST, PLAN, SynthesizeConfig, synthesize
 
         if rows < 1:
             raise ConfigError(f"--rows must be a positive integer, got {rows}")
@@ -440,7 +440,7 @@ def quickstart_cmd(output: str = typer.Option("runs/quickstart", help="run folde
         # the rows come from the bulk synthesis path (Ray Data, sampler actor, committed shards) on
         # a local Ray; a rerun replaces the synthetic/ folder of the previous quickstart
         syn_dir = storage.join(output, "synthetic")
-        if storage.exists(storage.join(syn_dir, MANIFEST)) or storage.exists(storage.join(syn_dir, ".plan.json")):
+        if storage.exists(storage.join(syn_dir, MANIFEST)) or storage.exists(storage.join(syn_dir, PLAN)):
             storage.delete_dir(syn_dir)
         console.print(f"synthesizing {rows} rows with Ray Data on a local Ray (`synth synthesize`'s path) ...")
         m = synthesize(SynthesizeConfig(artifact=result.artifact_uri, output=syn_dir, rows=rows, actors=1,

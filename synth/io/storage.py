@@ -106,6 +106,32 @@ def write_bytes(uri: str, data: bytes) -> None:
             os.close(fd)
 
 
+def create_exclusive(uri: str, data: bytes) -> bool:
+    """Create the file only if it does not exist; False when it did (then nothing is written).
+    Locally this is atomic (O_EXCL, then fsync). pyarrow offers object stores no conditional PUT, so
+    there two writers racing within one round trip could both create it: there, give each run its
+    own folder (the nightly job does)."""
+    fs, path = resolve(uri)
+    parent = path.rsplit("/", 1)[0]
+    with _reaching(uri):
+        fs.create_dir(parent, recursive=True)
+        if not isinstance(fs, pafs.LocalFileSystem):
+            if fs.get_file_info(path).type != pafs.FileType.NotFound:
+                return False
+            with fs.open_output_stream(path) as f:
+                f.write(data)
+            return True
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return True
+
+
 def sweep_tmp(uri: str, older_than_s: float = 3600.0) -> int:
     """Delete `.tmp-*` files older than `older_than_s` left in folder `uri` by writers that died
     mid-write; returns how many. Younger ones may belong to a writer still running."""

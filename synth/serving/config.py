@@ -16,7 +16,8 @@ class ServeArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    artifact_uri: str = Field(..., description="model artifact: local path, s3://, gs://")
+    artifact_uri: str = Field(..., description="model artifact, or a release root whose latest.json names one "
+                                               "(the nightly job's root): local path, s3://, gs://")
     # SLO and step selection
     slo_p99_ms: float = Field(150.0, gt=0, description="p99 latency target of POST /v1/sample, in ms")
     steps_candidates: list[int] = Field(
