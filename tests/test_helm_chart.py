@@ -577,7 +577,7 @@ def test_defaults_are_hardened():
     assert policy["podSelector"]["matchLabels"].items() >= release.items() and policy["policyTypes"] == ["Ingress"]
     dashboard = [r for r in policy["ingress"] if any(p["port"] == 8265 for p in r.get("ports", []))]
     assert [p for r in dashboard for p in r["from"]] == [
-        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ray-system"}}}]
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}}}]
     assert {"from": [{"podSelector": {"matchLabels": release}}]} in policy["ingress"]  # Ray's own traffic
     for obj in ray_objects(docs):  # the release's pods are the ones the policy admits
         for where, tpl in pod_templates(obj):
