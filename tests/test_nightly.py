@@ -120,3 +120,48 @@ def test_partitions(tmp_path):
     for d in ("date=2026-11-21", "date=2026-11-23", "date=2026-11-22", "_tmp"):
         (tmp_path / d).mkdir()
     assert newest_partition(str(tmp_path)).endswith("date=2026-11-23")
+
+
+def test_plans_are_claimed_once_and_stale_temporaries_swept(tmp_path):
+    """Two runs racing for one output folder: the plan file is created exclusively, so exactly one
+    claims it; `.tmp-*` files a dead writer left are swept once they are old."""
+    import os
+    import threading
+    import time
+
+    from synth.io import storage
+    from synth.pipelines.synthesize import PLAN, SynthesizeConfig, claim_output
+
+    out = tmp_path / "out"
+    won, lost = [], []
+
+    def claim(seed):
+        cfg = SynthesizeConfig(artifact="m", output=str(out), rows=10)
+        try:
+            claim_output(cfg, {"seed": seed})
+            won.append(seed)
+        except ConfigError:
+            lost.append(seed)
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and len(lost) == 7 and json.loads((out / PLAN).read_text()) == {"seed": won[0]}
+    old, young = out / ".tmp-dead-part-00000.parquet", out / ".tmp-live-part-00001.parquet"
+    old.write_bytes(b"x")
+    young.write_bytes(b"x")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    assert storage.sweep_tmp(str(out)) == 1 and not old.exists() and young.exists()
+    storage.write_bytes(str(out / "f.json"), b"{}")
+    assert sorted(p.name for p in out.iterdir()) == [PLAN, young.name, "f.json"]  # nothing left behind
+
+
+def test_sampler_actors_refuse_an_artifact_other_than_the_planned_one(tiny_artifact, tmp_path):
+    from synth.errors import ArtifactError
+    from synth.pipelines.synthesize import SamplerActor
+
+    cfg = {"artifact": tiny_artifact, "output": str(tmp_path / "o"), "rows": 10}
+    with pytest.raises(ArtifactError, match="changed while the run was planned"):
+        SamplerActor(cfg, artifact_id="0" * 64)
