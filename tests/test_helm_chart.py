@@ -599,6 +599,9 @@ def test_defaults_are_hardened():
     proc = run_helm("template", "x", str(CHART), *sets("serve.requireSignature=true"), check=False)
     assert proc.returncode != 0 and "serve.publicKey" in proc.stderr
     assert not by_kind(render(*sets("networkPolicy.enabled=false")), "NetworkPolicy")
+    job = nightly_rayjob_from_configmap(render(*sets("nightly.signingKeySecret=nightly-key")))
+    env = env_of(containers(job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"])[0])
+    assert env["SYNTH_SIGNING_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "nightly-key", "key": "signing.pem"}}
 
 
 def test_monitors_target_the_metrics_port():

@@ -24,7 +24,7 @@ def nightly(tmp_path, contract: dict, **extra) -> NightlyConfig:
     path.write_text(yaml.safe_dump(contract))
     return NightlyConfig.model_validate({
         "root": str(tmp_path / "release"),
-        "synthesize": {"rows": 600, "shard_rows": 300, "steps": 4, "actors": 1, "cpus_per_actor": 1},
+        "synthesize": {"rows": 300, "shard_rows": 300, "steps": 4, "actors": 1, "cpus_per_actor": 1},
         "contract": str(path), **extra})
 
 
@@ -77,7 +77,7 @@ def test_three_nights_release_only_the_runs_that_pass(ray_session, tmp_path):
     html = (root / "runs" / "n1" / "report.html").read_text()
     assert "<svg" in html and "nightly" in html and "PASSED" in html
     disk = json.loads((root / "runs" / "n1" / "report.json").read_text())
-    assert disk["synthesis"]["rows"] == 600 and 0 <= disk["metrics"]["quality_score"] <= 1
+    assert disk["synthesis"]["rows"] == 300 and 0 <= disk["metrics"]["quality_score"] <= 1
     assert disk["contract"]["generation"]["source"] == "synthesis manifest"
     with pytest.raises(ConfigError, match="run 'n2' already finished"):  # a run is never rewritten
         run_nightly(nightly(tmp_path, PASS, retrain=retrain, run_id="n2"))

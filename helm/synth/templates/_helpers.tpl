@@ -423,7 +423,7 @@ clusterSelector:
 shutdownAfterJobFinishes: {{ $jobs.shutdownAfterJobFinishes }}
 ttlSecondsAfterFinished: {{ int $jobs.ttlSecondsAfterFinished }}
 rayClusterSpec:
-  {{- include "synth.rayClusterSpec" (dict "root" $root "workload" .workload "select" .job.workerGroups "extraEnv" (list) "serve" false) | trim | nindent 2 }}
+  {{- include "synth.rayClusterSpec" (dict "root" $root "workload" .workload "select" .job.workerGroups "extraEnv" (.extraEnv | default list) "serve" false) | trim | nindent 2 }}
 {{- end }}
 {{- /* with the NetworkPolicy on, a K8sJobMode submitter must carry the release's labels to reach the dashboard */}}
 {{- if or $jobs.submitterPodTemplate.enabled (and $v.networkPolicy.enabled (eq ($jobs.submissionMode | default "K8sJobMode") "K8sJobMode")) }}
