@@ -1,5 +1,6 @@
-"""`python -m jobs.nightly --config configs/nightly.yaml`: retrain (optional), synthesize,
-check the release contract, report; exits 1 when a threshold of the contract is violated."""
+"""`python -m jobs.nightly --config configs/nightly.yaml`: retrain (optional), synthesize and check
+the release contract under the run's own prefix, report, and move ROOT/latest.json to the run when
+it passed; exits 1 (the run stays staged, latest unchanged) when a threshold is violated."""
 import json
 import sys
 
@@ -13,8 +14,8 @@ def main(args) -> int:
 
     cfg = validated(NightlyConfig, read_yaml(args.config), args.config)
     report = run_nightly(cfg)
-    print(json.dumps({"report": cfg.report, "passed": report["passed"], "metrics": report["metrics"]},
-                     default=str), flush=True)
+    print(json.dumps({"run": report["run"], "report": report["report"], "passed": report["passed"],
+                      "released": report["passed"], "metrics": report["metrics"]}, default=str), flush=True)
     for v in report["violations"]:
         print(f"threshold violated: {v}", file=sys.stderr)
     return 0 if report["passed"] else 1

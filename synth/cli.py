@@ -1,4 +1,4 @@
-"""The `synth` command line: fit, distill, sample, synthesize, evaluate, inspect, quickstart."""
+"""The `synth` command line: fit, distill, sample, synthesize, evaluate, inspect, sign, verify, quickstart."""
 from __future__ import annotations
 
 import json
@@ -380,6 +380,39 @@ def inspect_cmd(artifact: str = typer.Argument(..., help="model artifact URI")):
     Console().print(t)
 
 
+@app.command("sign")
+def sign_cmd(artifact: str = typer.Argument(..., help="model artifact URI"),
+             key: Optional[str] = typer.Option(None, "--key", help="Ed25519 private key PEM file "
+                                               "(default: $SYNTH_SIGNING_KEY, the PEM text or its path)")):
+    """Sign a reviewed artifact (writes ARTIFACT/signature.json): serving and the nightly job with
+    require_signature then load it only if it is unchanged since. Make a key with
+    `openssl genpkey -algorithm ed25519 -out signing.pem`."""
+    try:
+        from synth.io.artifact import sign_artifact
+
+        artifact_id, key_id = sign_artifact(artifact, key)
+    except SynthError as e:
+        _fail(e)
+    console.print(f"signed artifact [bold]{artifact}[/] (id {artifact_id}) with key {key_id}", highlight=False,
+                  soft_wrap=True)
+
+
+@app.command("verify")
+def verify_cmd(artifact: str = typer.Argument(..., help="model artifact URI"),
+               public_key: Optional[str] = typer.Option(None, "--public-key", help="Ed25519 public key PEM file "
+                                                        "(default: $SYNTH_PUBLIC_KEY, the PEM text or its path)")):
+    """Check that an artifact is intact (every file's hash, the manifest's id) and signed with the
+    key whose public half is given (`openssl pkey -in signing.pem -pubout -out signing.pub`)."""
+    try:
+        from synth.io.artifact import read_artifact
+
+        art = read_artifact(artifact, require_signature=True, public_key=public_key)
+    except SynthError as e:
+        _fail(e)
+    console.print(f"artifact [bold]{artifact}[/] (id {art.artifact_id}) is intact and signed with key "
+                  f"{art.signed_by}", highlight=False, soft_wrap=True)
+
+
 @app.command("quickstart")
 def quickstart_cmd(output: str = typer.Option("runs/quickstart", help="run folder"),
                    steps: Optional[int] = typer.Option(None, help="most training steps (default: the family's, with early stopping)"),
@@ -392,7 +425,7 @@ def quickstart_cmd(output: str = typer.Option("runs/quickstart", help="run folde
         from synth.families import load_engine
         from synth.io.data import open_dataset
         from synth.evaluate.reference import evaluate_against_reference
-        from synth.pipelines.synthesize import MANIFEST, SynthesizeConfig, synthesize
+        from synth.pipelines.synthesize import MANIFEST, PLAN, SynthesizeConfig, synthesize
 
         if rows < 1:
             raise ConfigError(f"--rows must be a positive integer, got {rows}")
@@ -404,7 +437,7 @@ def quickstart_cmd(output: str = typer.Option("runs/quickstart", help="run folde
         # the rows come from the bulk synthesis path (Ray Data, sampler actor, committed shards) on
         # a local Ray; a rerun replaces the synthetic/ folder of the previous quickstart
         syn_dir = storage.join(output, "synthetic")
-        if storage.exists(storage.join(syn_dir, MANIFEST)) or storage.exists(storage.join(syn_dir, ".plan.json")):
+        if storage.exists(storage.join(syn_dir, MANIFEST)) or storage.exists(storage.join(syn_dir, PLAN)):
             storage.delete_dir(syn_dir)
         console.print(f"synthesizing {rows} rows with Ray Data on a local Ray (`synth synthesize`'s path) ...")
         m = synthesize(SynthesizeConfig(artifact=result.artifact_uri, output=syn_dir, rows=rows, actors=1,

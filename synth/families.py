@@ -76,8 +76,8 @@ def trainable() -> list[Family]:
     return [f for f in FAMILIES.values() if f.trainer is not None or f.fit is not None]
 
 
-def load_engine(uri: str) -> Engine:
-    art = read_artifact(uri)
+def load_engine(uri: str, *, require_signature: bool = False, public_key: str | None = None) -> Engine:
+    art = read_artifact(uri, require_signature=require_signature, public_key=public_key)
     name = art.engine.get("family")
     if name not in FAMILIES:
         raise ArtifactError(f"artifact {uri!r} holds a {name!r} model, which this synth does not know; "

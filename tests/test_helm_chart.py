@@ -282,7 +282,7 @@ def test_every_kind_is_rendered_and_validated():
         kinds |= {d["kind"] for d in render(*args)}
     expected = {
         "RayCluster", "RayJob", "RayService", "RayCronJob", "CronJob", "ConfigMap", "Secret",
-        "ServiceAccount", "Role", "RoleBinding", "Service", "ServiceMonitor", "PodMonitor",
+        "ServiceAccount", "Role", "RoleBinding", "Service", "ServiceMonitor", "PodMonitor", "NetworkPolicy",
     }
     assert expected <= kinds, expected - kinds
 
@@ -361,6 +361,8 @@ def test_job_lifecycle_fields_and_runtime_env():
     assert yaml.safe_load(spec["runtimeEnvYAML"]) == {
         "env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "SYNTH_SEED": "7"}
     }
+    assert spec["submitterPodTemplate"]["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE  # NetworkPolicy
+    spec = one(render(*sets("networkPolicy.enabled=false")), "RayJob", "-train")["spec"]
     assert "submitterPodTemplate" not in spec
     spec = one(render(*sets("jobs.submitterPodTemplate.enabled=true")), "RayJob", "-train")["spec"]
     assert spec["submitterPodTemplate"]["spec"]["restartPolicy"] == "Never"
@@ -439,6 +441,8 @@ def test_serve_config_from_values():
         "max_batch_rows": 2048,
         "max_ongoing_requests": 48,
         "auth_token_env": "SYNTH_SERVE_TOKEN",
+        "max_request_s": 10,
+        "require_signature": False,
     }
     assert isinstance(app["args"]["slo_p99_ms"], float)
     (dep,) = app["deployments"]
@@ -532,7 +536,10 @@ def test_object_storage_secret():
     for obj in ray_objects(docs):
         for cs in cluster_specs(obj):
             for tpl in [cs["headGroupSpec"]["template"], *(g["template"] for g in cs["workerGroupSpecs"])]:
-                assert containers(tpl)[0]["envFrom"] == [{"secretRef": {"name": secret["metadata"]["name"]}}]
+                if obj["kind"] == "RayService":  # serving reads the model only: never the read-write keys
+                    assert "envFrom" not in containers(tpl)[0]
+                else:
+                    assert containers(tpl)[0]["envFrom"] == [{"secretRef": {"name": secret["metadata"]["name"]}}]
     docs = render(*sets("objectStorage.existingSecret=my-s3"))
     assert not [s for s in by_kind(docs, "Secret") if "object-storage" in s["metadata"]["name"]]
     head = one(docs, "RayCluster")["spec"]["headGroupSpec"]["template"]
@@ -541,6 +548,60 @@ def test_object_storage_secret():
     assert "envFrom" not in containers(head)[0]
     proc = run_helm("template", "x", str(CHART), *sets("objectStorage.credentials.accessKeyId=A"), check=False)
     assert proc.returncode != 0 and "secretAccessKey" in proc.stderr
+
+
+def test_defaults_are_hardened():
+    """Issue 21.6: every Ray pod (and submitter) runs as non-root, without privilege escalation or
+    capabilities, under the default seccomp profile, on a read-only root with a writable /tmp; a
+    NetworkPolicy keeps the dashboard (the job API runs arbitrary code) to the release and the
+    operator; serving pods get their own ServiceAccount, no read-write storage keys, a request
+    timeout and, when asked, a signature check."""
+    docs = render()
+    checked = 0
+    for obj in ray_objects(docs):
+        for where, tpl in pod_templates(obj):
+            pod = tpl["spec"]["securityContext"]
+            assert pod["runAsNonRoot"] is True and pod["runAsUser"] != 0, (obj["kind"], where)
+            assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, (obj["kind"], where)
+            for c in containers(tpl):
+                sc = c["securityContext"]
+                assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}, where
+                assert sc["readOnlyRootFilesystem"] is True, where
+                assert any(m["mountPath"] == "/tmp" for m in c["volumeMounts"]), where
+            checked += 1
+        for cs in cluster_specs(obj):
+            assert cs["autoscalerOptions"]["securityContext"]["allowPrivilegeEscalation"] is False
+    assert checked >= 8
+    policy = one(docs, "NetworkPolicy")["spec"]
+    release = {"app.kubernetes.io/name": "synth", "app.kubernetes.io/instance": RELEASE}
+    assert policy["podSelector"]["matchLabels"].items() >= release.items() and policy["policyTypes"] == ["Ingress"]
+    dashboard = [r for r in policy["ingress"] if any(p["port"] == 8265 for p in r.get("ports", []))]
+    assert [p for r in dashboard for p in r["from"]] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}}}]
+    assert {"from": [{"podSelector": {"matchLabels": release}}]} in policy["ingress"]  # Ray's own traffic
+    for obj in ray_objects(docs):  # the release's pods are the ones the policy admits
+        for where, tpl in pod_templates(obj):
+            assert tpl["metadata"]["labels"].items() >= release.items(), (obj["kind"], where)
+    svc = one(docs, "RayService")["spec"]
+    assert yaml.safe_load(svc["serveConfigV2"])["http_options"]["request_timeout_s"] == 30
+    head = svc["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    assert head["serviceAccountName"] == f"{RELEASE}-serve"
+    assert one(docs, "ServiceAccount", f"{RELEASE}-serve")["automountServiceAccountToken"] is False
+    docs = render(*sets("objectStorage.existingSecret=rw-keys", "objectStorage.serveExistingSecret=ro-keys",
+                        "serve.requireSignature=true", "serve.publicKey=-----BEGIN PUBLIC KEY-----x"))
+    svc = one(docs, "RayService")["spec"]
+    head = containers(svc["rayClusterConfig"]["headGroupSpec"]["template"])[0]
+    assert head["envFrom"] == [{"secretRef": {"name": "ro-keys"}}]
+    assert env_of(head)["SYNTH_PUBLIC_KEY"]["value"].startswith("-----BEGIN PUBLIC KEY")
+    assert yaml.safe_load(svc["serveConfigV2"])["applications"][0]["args"]["require_signature"] is True
+    train = containers(one(docs, "RayJob", "-train")["spec"]["rayClusterSpec"]["headGroupSpec"]["template"])[0]
+    assert train["envFrom"] == [{"secretRef": {"name": "rw-keys"}}]
+    proc = run_helm("template", "x", str(CHART), *sets("serve.requireSignature=true"), check=False)
+    assert proc.returncode != 0 and "serve.publicKey" in proc.stderr
+    assert not by_kind(render(*sets("networkPolicy.enabled=false")), "NetworkPolicy")
+    job = nightly_rayjob_from_configmap(render(*sets("nightly.signingKeySecret=nightly-key")))
+    env = env_of(containers(job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"])[0])
+    assert env["SYNTH_SIGNING_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "nightly-key", "key": "signing.pem"}}
 
 
 def test_monitors_target_the_metrics_port():

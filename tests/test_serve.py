@@ -176,7 +176,7 @@ def cluster(ray_session, tiny_artifact):
                          "ray_actor_options": {"runtime_env": {"env_vars": {TOKEN_ENV: TOKEN}}}}),
               name="synth", route_prefix="/")
     serve.run(build_app({**common, "max_batch_size": 4, "max_ongoing_requests": 2, "max_queued_requests": 2,
-                         "max_inflight_rows": 3000, "retry_after_s": 1, "calibrate": False,
+                         "max_inflight_rows": 3000, "max_request_s": 600, "retry_after_s": 1, "calibrate": False,
                          "deployment_name": "Tight"}), name="tight", route_prefix="/tight")
     yield {"base": f"http://127.0.0.1:{http_port}", "metrics": f"http://127.0.0.1:{ray_session['metrics_port']}/metrics"}
     serve.delete("synth")

@@ -11,6 +11,8 @@ import pyarrow.fs as pafs
 
 from synth.errors import SynthError
 
+TMP_PREFIX = ".tmp-"  # files being written (local storage); `sweep_tmp` removes those a dead writer left
+
 
 def timeout_s() -> float:
     """How long an object-store call may retry before it fails (SYNTH_STORAGE_TIMEOUT_S, default 20)."""
@@ -75,15 +77,78 @@ def read_bytes(uri: str) -> bytes:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    """Write then move into place, so no reader ever sees a half-written file."""
+    """Write so that no reader ever sees a half-written file. Locally: a temporary name, fsync, rename,
+    fsync of the folder (the file survives a crash once this returns). On object stores a PUT is
+    already all-or-nothing and a rename is a copy plus a delete, so the object is written in place."""
     fs, path = resolve(uri)
-    parent = path.rsplit("/", 1)[0]
-    tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{path.rsplit('/', 1)[1]}"
+    parent, name = path.rsplit("/", 1)
     with _reaching(uri):
         fs.create_dir(parent, recursive=True)
-        with fs.open_output_stream(tmp) as f:
+        if not isinstance(fs, pafs.LocalFileSystem):
+            with fs.open_output_stream(path) as f:
+                f.write(data)
+            return
+        tmp = f"{parent}/{TMP_PREFIX}{uuid.uuid4().hex}-{name}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        fd = os.open(parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def create_exclusive(uri: str, data: bytes) -> bool:
+    """Create the file only if it does not exist; False when it did (then nothing is written).
+    Locally this is atomic (O_EXCL, then fsync). pyarrow offers object stores no conditional PUT, so
+    there two writers racing within one round trip could both create it: there, give each run its
+    own folder (the nightly job does)."""
+    fs, path = resolve(uri)
+    parent = path.rsplit("/", 1)[0]
+    with _reaching(uri):
+        fs.create_dir(parent, recursive=True)
+        if not isinstance(fs, pafs.LocalFileSystem):
+            if fs.get_file_info(path).type != pafs.FileType.NotFound:
+                return False
+            with fs.open_output_stream(path) as f:
+                f.write(data)
+            return True
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
-        fs.move(tmp, path)
+            f.flush()
+            os.fsync(f.fileno())
+        return True
+
+
+def sweep_tmp(uri: str, older_than_s: float = 3600.0) -> int:
+    """Delete `.tmp-*` files older than `older_than_s` left in folder `uri` by writers that died
+    mid-write; returns how many. Younger ones may belong to a writer still running."""
+    import time
+
+    fs, path = resolve(uri)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    except FileNotFoundError:
+        return 0
+    now, n = time.time(), 0
+    for i in infos:
+        if i.type == pafs.FileType.File and i.base_name.startswith(TMP_PREFIX) and \
+                (i.mtime is None or now - i.mtime.timestamp() > older_than_s):
+            fs.delete_file(i.path)
+            n += 1
+    return n
 
 
 def delete_dir(uri: str) -> None:

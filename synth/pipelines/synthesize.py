@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from synth.io import storage
-from synth.errors import ConfigError, SynthError
+from synth.errors import ArtifactError, ConfigError, SynthError
 from synth.io.manifest import base_manifest
 from synth.engine.rowstreams import RowUniforms
 
@@ -27,6 +27,7 @@ MANIFEST = "_manifest.json"
 CONDITION_STREAM = 2**31  # shard_seed(seed, CONDITION_STREAM) keys the reference-drawn conditions
 PROTOCOL = "rowstreams-1"  # how rows derive from (seed, row index): synth.engine.rowstreams
 COMMITS = "_commits"  # one small JSON per committed shard: rows and sha256
+PLAN = ".plan.json"  # the run's settings, created once: a folder holds the shards of one run
 
 
 class Conditions(BaseModel):
@@ -64,6 +65,9 @@ class SynthesizeConfig(BaseModel):
     cpus_per_actor: float = Field(1.0, gt=0)
     use_gpu: bool = Field(False, description="one GPU per actor")
     threads_per_actor: int | None = Field(None, ge=1)
+    require_signature: bool = Field(False, description="load the artifact only if its signature (`synth sign`) "
+                                                       "verifies with public_key")
+    public_key: str | None = Field(None, description="Ed25519 public key PEM file or URI; default: SYNTH_PUBLIC_KEY")
 
     @model_validator(mode="after")
     def _rows(self):
@@ -143,9 +147,10 @@ def shard_conditions(engine, spec: dict, c: Conditions, seed: int = 0) -> dict |
 
 
 class SamplerActor:
-    """Loads the artifact once; each call samples whole shards and commits them."""
+    """Loads the artifact once (and checks it is the one the run planned with); each call samples
+    whole shards and commits them."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: dict, artifact_id: str):
         import torch
 
         from synth.families import load_engine
@@ -153,7 +158,11 @@ class SamplerActor:
         self.cfg = SynthesizeConfig.model_validate(cfg)
         if self.cfg.threads_per_actor:
             torch.set_num_threads(self.cfg.threads_per_actor)
-        self.engine = load_engine(self.cfg.artifact)
+        self.engine = load_engine(self.cfg.artifact, require_signature=self.cfg.require_signature,
+                                  public_key=self.cfg.public_key)
+        if self.engine.manifest["artifact_id"] != artifact_id:
+            raise ArtifactError(f"the artifact at {self.cfg.artifact!r} changed while the run was planned "
+                                f"(planned {artifact_id}, found {self.engine.manifest['artifact_id']}); rerun")
         if self.cfg.use_gpu and torch.cuda.is_available():
             self.engine.to("cuda")
 
@@ -224,17 +233,24 @@ def check_output(cfg: SynthesizeConfig, plan_key: dict) -> None:
         storage.check_writable(cfg.output)
         return
     names = {i.base_name for i in fs.get_file_info(pafs.FileSelector(path))}
-    ours = {MANIFEST, COMMITS, ".plan.json"}
+    ours = {MANIFEST, COMMITS, PLAN}
     foreign = sorted(n for n in names if n not in ours and not (n.startswith("part-") and n.endswith(".parquet"))
-                     and not n.startswith(".tmp-"))
+                     and not n.startswith(storage.TMP_PREFIX))
     if foreign:
         raise ConfigError(f"output {cfg.output!r} holds files that are not synth shards ({foreign[:5]}); "
                           "choose an empty or new folder")
-    plan_uri = storage.join(cfg.output, ".plan.json")
-    if storage.exists(plan_uri) and json.loads(storage.read_bytes(plan_uri)) != plan_key:
+    storage.check_writable(cfg.output)
+
+
+def claim_output(cfg: SynthesizeConfig, plan_key: dict) -> None:
+    """Record the run's plan in its output folder (created exclusively: of two runs starting at
+    once, one wins), or check that the plan already there is this run's."""
+    plan_uri = storage.join(cfg.output, PLAN)
+    if not storage.create_exclusive(plan_uri, json.dumps(plan_key).encode()) and \
+            json.loads(storage.read_bytes(plan_uri)) != plan_key:
         raise ConfigError(f"output {cfg.output!r} holds shards of a different synthesis run (other artifact, rows, "
                           "seed or settings); choose a new folder or delete it")
-    storage.check_writable(cfg.output)
+    storage.sweep_tmp(cfg.output)  # what writers that died mid-shard left
 
 
 def generation_settings(engine, cfg: SynthesizeConfig) -> dict:
@@ -256,7 +272,8 @@ def synthesize(cfg: SynthesizeConfig, progress=None) -> dict:
     from synth.io.raycluster import ensure_ray
 
     t0 = time.perf_counter()
-    engine = load_engine(cfg.artifact)  # missing / tampered / incompatible artifacts fail here
+    engine = load_engine(cfg.artifact, require_signature=cfg.require_signature,  # missing / tampered /
+                         public_key=cfg.public_key)                            # incompatible artifacts fail here
     gen = generation_settings(engine, cfg)
     sampler, steps, guidance = gen["sampler"], gen["steps"], gen["guidance"]
     specs = plan_shards(cfg, engine)
@@ -265,7 +282,7 @@ def synthesize(cfg: SynthesizeConfig, progress=None) -> dict:
                 "batch_rows": cfg.batch_rows, "seed": cfg.seed, "sampler": sampler, "steps": steps,
                 "guidance": guidance, "conditions": cfg.conditions.model_dump()}
     check_output(cfg, plan_key)
-    storage.write_bytes(storage.join(cfg.output, ".plan.json"), json.dumps(plan_key).encode())
+    claim_output(cfg, plan_key)
     done = committed_shards(cfg, specs)
     todo = [s for s in specs if s["index"] not in done]
     records = {i: {"file": shard_name(i), **r} for i, r in done.items()}
@@ -277,7 +294,8 @@ def synthesize(cfg: SynthesizeConfig, progress=None) -> dict:
         run_cfg = cfg.model_copy(update={"sampler": sampler, "steps": steps, "guidance": guidance}).model_dump()
         ds = ray.data.from_items([{"spec": json.dumps(s)} for s in todo], override_num_blocks=len(todo))
         results = ds.map_batches(
-            SamplerActor, fn_constructor_kwargs={"cfg": run_cfg}, batch_size=1, batch_format="numpy",
+            SamplerActor, fn_constructor_kwargs={"cfg": run_cfg, "artifact_id": plan_key["artifact_id"]},
+            batch_size=1, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=cfg.actors),
             num_cpus=cfg.cpus_per_actor, num_gpus=1 if cfg.use_gpu else 0)
         rows_done = sum(r["rows"] for r in records.values())

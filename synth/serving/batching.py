@@ -40,6 +40,12 @@ class Job:
     net_factor: int  # network rows per sample row in a model batch (2 with classifier-free guidance)
     fmt: str = "json"
     batch_requests: int = 1  # requests in the @serve.batch call that ran this job
+    # lifecycle (synth.serving.scheduler, synth.serving.http): the caller went away; a model thread
+    # holds the job; the replica's admission counters no longer count it
+    cancelled: bool = False
+    busy: bool = False
+    released: bool = False
+    error: BaseException | None = field(default=None, repr=False)  # what failed this job alone
     # filled while running
     generator: torch.Generator | None = field(default=None, repr=False)
     x: Tensor | None = field(default=None, repr=False)
@@ -170,16 +176,53 @@ def finish(engine: Any, job: Job) -> pa.Table:
     return engine.decode(feats, job.requested, job.seed)
 
 
+def run_isolated(engine: Any, jobs: list[Job], batch: ModelBatch, stats: list[BatchStats]) -> None:
+    """Run one model batch; when it fails, run each of its jobs alone, so an error fails only the
+    job that causes it (recorded in `job.error`)."""
+    try:
+        stats.append(run_batch(engine, jobs, batch))
+        return
+    except Exception as e:  # noqa: BLE001 - becomes the failing job's 500
+        owners = sorted({s.job for s in batch.segments})
+        if len(owners) == 1:
+            jobs[owners[0]].error = e
+            return
+    for j in owners:
+        try:
+            stats.append(run_batch(engine, jobs, ModelBatch(batch.sampler, batch.steps, batch.guidance,
+                                                            batch.isolated, batch.net_factor,
+                                                            [s for s in batch.segments if s.job == j])))
+        except Exception as e:  # noqa: BLE001
+            jobs[j].error = e
+
+
+class Cancelled(Exception):
+    """The job's caller went away; the model stopped working on it."""
+
+
 def run_jobs(engine: Any, jobs: list[Job], max_cost: int) -> tuple[list[Any], list[BatchStats]]:
     """Everything for one @serve.batch call (what the endpoint's service runs): priors, model
-    batches, decoding. Each job's entry is its table, or the exception that failed it alone."""
+    batches, decoding. Each job's entry is its table, or the exception that failed it alone. A job
+    cancelled meanwhile stops at the next model batch."""
+    stats: list[BatchStats] = []
     with torch.inference_mode():
         for job in jobs:
             job.batch_requests = len(jobs)
-            prepare(engine, job)
-        stats = [run_batch(engine, jobs, b) for b in plan_batches(jobs, max_cost)]
+            try:
+                prepare(engine, job)
+            except Exception as e:  # noqa: BLE001
+                job.error = e
+        live = [job for job in jobs if job.error is None]
+        for b in plan_batches(live, max_cost):
+            if all(live[s.job].cancelled or live[s.job].error is not None for s in b.segments):
+                continue
+            run_isolated(engine, live, b, stats)
     out: list[Any] = []
     for job in jobs:
+        if job.error is not None or job.cancelled:
+            out.append(job.error or Cancelled("the caller went away"))
+            job.x, job.parts, job.generator = None, [], None
+            continue
         try:
             out.append(finish(engine, job))
         except Exception as e:  # noqa: BLE001 - reported as that request's 500

@@ -16,7 +16,8 @@ class ServeArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    artifact_uri: str = Field(..., description="model artifact: local path, s3://, gs://")
+    artifact_uri: str = Field(..., description="model artifact, or a release root whose latest.json names one "
+                                               "(the nightly job's root): local path, s3://, gs://")
     # SLO and step selection
     slo_p99_ms: float = Field(150.0, gt=0, description="p99 latency target of POST /v1/sample, in ms")
     steps_candidates: list[int] = Field(
@@ -44,6 +45,9 @@ class ServeArgs(BaseModel):
         256, ge=-1, description="Serve's queue per caller beyond which it answers 503 (-1 = unbounded)")
     retry_after_s: float = Field(1.0, ge=0, description="Retry-After on Serve's 503s")
     max_inflight_rows: int = Field(50_000, ge=1, description="rows admitted per replica before 429")
+    max_request_s: float = Field(
+        10.0, gt=0, description="predicted model time of one request (rows x steps x sampler x guidance, by the "
+                                "replica's latency model) beyond which it is refused with 422")
     max_backlog_s: float | None = Field(
         None, gt=0, description="predicted queued model time per replica before 429; default 4 x SLO")
     # auth
@@ -59,6 +63,12 @@ class ServeArgs(BaseModel):
     ray_actor_options: dict[str, Any] = Field(
         default_factory=dict, description="extra Serve ray_actor_options (runtime_env, memory, resources); "
                                           "num_cpus/num_gpus come from the fields above")
+    # trust
+    require_signature: bool = Field(
+        False, description="load the artifact only if its signature.json (`synth sign`) verifies with public_key")
+    public_key: str | None = Field(
+        None, description="Ed25519 public key PEM file or URI; default: SYNTH_PUBLIC_KEY in the replica (PEM text "
+                          "or a path)")
     deployment_name: str = "SynthSampler"
 
     @model_validator(mode="after")

@@ -15,7 +15,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from synth.io import storage
+from synth.io import release, storage
 from synth.errors import ArtifactError
 from synth.serving.auth import load_token
 from synth.serving.config import ServeArgs
@@ -38,7 +38,8 @@ class SynthSampler:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synth-model")
         self.scheduler = ModelScheduler(self.service.run, max_requests=self.args.max_batch_size,
                                         max_cost=self.args.max_batch_cost, executor=self._pool,
-                                        on_stats=self.service.observe_batches)
+                                        on_stats=self.service.observe_batches,
+                                        on_release=self.service.release)
         self.submit_batch.set_max_batch_size(self.args.max_batch_size)
         self.submit_batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
         self._pool.submit(self.service.warm_up).result()  # calibrate on the thread that samples
@@ -88,10 +89,14 @@ def deployment_options(args: ServeArgs) -> dict[str, Any]:
 
 
 def build_application(raw_args: dict[str, Any] | ServeArgs) -> Application:
-    """The Serve application for `raw_args` (see ServeArgs). Fails fast on a missing artifact."""
+    """The Serve application for `raw_args` (see ServeArgs). Fails fast on a missing artifact.
+    `artifact_uri` may be a model artifact or a release root (synth.io.release)."""
     args = raw_args if isinstance(raw_args, ServeArgs) else ServeArgs.parse(raw_args)
     if "://" not in args.artifact_uri:  # replicas may not share the caller's working directory
         args = args.model_copy(update={"artifact_uri": os.path.abspath(os.path.expanduser(args.artifact_uri))})
+    # a release root (the nightly job's) means the model its latest.json names now: every replica,
+    # including one restarted later, then loads that same model
+    args = args.model_copy(update={"artifact_uri": release.resolve_artifact(args.artifact_uri)})
     if not storage.exists(storage.join(args.artifact_uri, "manifest.json")):
         raise ArtifactError(f"no model artifact at {args.artifact_uri!r} (manifest.json not found); "
                             "train one with `synth fit` or fix artifact_uri")

@@ -11,6 +11,7 @@ from /readyz before the replica is ready. 5xx otherwise means a bug.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -152,8 +153,12 @@ def create_app(backend, *, max_body_bytes: int = 1 << 20) -> FastAPI:
                                 content={"detail": f"replica is over its {e.reason} limit; retry later"})
         try:
             result = await backend.submit(job)
+        except asyncio.CancelledError:  # the client went away: the model stops at its next batch
+            job.cancelled = True
+            raise
         finally:
-            svc.release(job)
+            if not job.busy:  # else the scheduler releases it when the model thread lets go
+                svc.release(job)
         if isinstance(result, BaseException):
             raise result
         latency_ms = (time.perf_counter() - t0) * 1000.0

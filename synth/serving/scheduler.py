@@ -7,6 +7,10 @@ to this scheduler and returns their futures at once; the scheduler runs one mode
 time and, when the model frees up, takes everything queued since (FIFO, up to `max_requests`
 requests and `max_cost` rows x network evaluations), so batches grow with load ("continuous
 batching") and shrink to one request when idle. With `max_requests=1` nothing is merged.
+
+A job whose caller goes away (its future cancelled, `job.cancelled`) is dropped from the queue, or
+stops at the model's next batch; while the model thread still holds it (`job.busy`) the replica
+keeps counting it, and `on_release(job)` lets go of it when the thread does.
 """
 from __future__ import annotations
 
@@ -22,12 +26,14 @@ RunFn = Callable[[list[Job]], tuple[list[Any], list[Any]]]
 
 class ModelScheduler:
     def __init__(self, run: RunFn, *, max_requests: int, max_cost: int, executor: Executor | None = None,
-                 on_stats: Callable[[list[Any]], None] | None = None):
+                 on_stats: Callable[[list[Any]], None] | None = None,
+                 on_release: Callable[[Job], None] | None = None):
         self._run = run
         self.max_requests = max_requests
         self.max_cost = max_cost
         self._executor = executor
         self._on_stats = on_stats
+        self._on_release = on_release
         self._queue: deque[tuple[Job, asyncio.Future]] = deque()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -56,7 +62,7 @@ class ModelScheduler:
         cost = 0
         while self._queue and len(taken) < self.max_requests:
             job, fut = self._queue[0]
-            if fut.done():  # cancelled: the caller went away
+            if fut.done() or job.cancelled:  # the caller went away
                 self._queue.popleft()
                 continue
             c = job.rows * job.row_cost
@@ -77,13 +83,18 @@ class ModelScheduler:
             if not taken:
                 continue
             jobs = [job for job, _ in taken]
+            for job in jobs:
+                job.busy = True
             try:
                 results, stats = await loop.run_in_executor(self._executor, self._run, jobs)
             except Exception as e:  # noqa: BLE001 - every job of the run fails with it
                 results, stats = [e] * len(jobs), []
             self.runs += 1
-            for (_, fut), res in zip(taken, results):
+            for (job, fut), res in zip(taken, results):
+                job.busy = False
                 if not fut.done():
                     fut.set_result(res)
+                elif self._on_release is not None:  # its caller left while the model held it
+                    self._on_release(job)
             if self._on_stats is not None and stats:
                 self._on_stats(stats)

@@ -19,6 +19,9 @@ from synth.serving.schemas import MEDIA_TYPES, SampleRequest
 from synth.serving.slo import LatencyModel, SLOTracker, calibrate
 
 MAX_LISTED_VALUES = 1000
+MAX_ERRORS = 20  # field errors in one 422; validation stops there
+MAX_MESSAGE = 500  # characters of one error message
+MAX_NAME = 64  # characters of a request's condition key echoed back
 
 
 class RequestProblem(Exception):
@@ -39,14 +42,21 @@ class Overloaded(Exception):
 
 
 def _problem(loc: tuple, msg: str, kind: str = "value_error") -> dict[str, Any]:
+    msg = msg if len(msg) <= MAX_MESSAGE else msg[:MAX_MESSAGE] + " ..."
     return {"loc": ["body", *loc], "msg": msg, "type": kind}
+
+
+def _short(name: str) -> str:
+    """A request's key as echoed in an error: never more than MAX_NAME characters."""
+    return name if len(name) <= MAX_NAME else name[:MAX_NAME] + "..."
 
 
 class SamplingService:
     def __init__(self, args: ServeArgs, engine: Any | None = None, metrics: Any | None = None,
                  replica: str | None = None):
         self.args = args
-        self.engine = engine if engine is not None else load_engine(args.artifact_uri)
+        self.engine = engine if engine is not None else load_engine(
+            args.artifact_uri, require_signature=args.require_signature, public_key=args.public_key)
         self.metrics = metrics or NullMetrics()
         self.replica = replica
         self.latency = LatencyModel(max_cost=args.max_batch_cost,
@@ -68,7 +78,8 @@ class SamplingService:
 
     # -- requests ---------------------------------------------------------------------------
     def validate(self, req: SampleRequest) -> Job:
-        """A runnable job, or RequestProblem listing every bad field."""
+        """A runnable job, or RequestProblem listing the bad fields (at most MAX_ERRORS). Runs on the
+        event loop, so its work is bounded by the model's condition columns, not by the request."""
         a, engine = self.args, self.engine
         errors: list[dict[str, Any]] = []
         if req.rows > a.max_rows:
@@ -85,7 +96,19 @@ class SamplingService:
             errors.append(_problem(("sampler",), f"sampler {sampler!r} is not available for this model; choose one "
                                                  f"of {engine.samplers()}"))
         n = min(req.rows, a.max_rows)
-        for name, value in req.conditions.items():
+        conditions = req.conditions
+        if len(conditions) > len(engine.cond_columns):
+            errors.append(_problem(("conditions",), f"{len(conditions)} conditions given but this model has "
+                                                    f"{len(engine.cond_columns)} condition columns (GET /v1/model "
+                                                    "lists them)"))
+            conditions = {}
+        for name, value in conditions.items():
+            if len(errors) >= MAX_ERRORS:
+                break
+            if name not in engine.cond_columns:
+                errors.append(_problem(("conditions", _short(name)), f"{_short(name)!r} is not a condition column "
+                                                                     "of this model (GET /v1/model lists them)"))
+                continue
             if isinstance(value, list) and len(value) != req.rows:
                 errors.append(_problem(("conditions", name), f"condition {name!r} has {len(value)} values for "
                                                              f"{req.rows} rows; give one value or one per row"))
@@ -102,7 +125,7 @@ class SamplingService:
             errors.append(_problem(("format",), "format png is for image models (model.family array with an image "
                                                 "layout); use json, arrow or parquet"))
         if errors:
-            raise RequestProblem(errors)
+            raise RequestProblem(errors[:MAX_ERRORS])
 
         guidance = self.defaults["guidance"] if req.guidance is None else float(req.guidance)
         cond, requested = engine.encode_conditions(n, dict(req.conditions))
@@ -113,7 +136,14 @@ class SamplingService:
             raise RequestProblem([_problem((), str(e))]) from None
         seeded = req.seed is not None
         seed = req.seed if seeded else secrets.randbits(63)
-        return make_job(engine, n, cond, requested, sampler, steps, guidance, seed, seeded, req.format)
+        job = make_job(engine, n, cond, requested, sampler, steps, guidance, seed, seeded, req.format)
+        predicted = self.latency.predict(sampler, steps, n * job.net_factor)
+        if predicted > a.max_request_s:
+            raise RequestProblem([_problem((), f"this request would take about {predicted:.1f} s of model time "
+                                               f"(predicted), over this endpoint's limit of {a.max_request_s:g} s "
+                                               "per request; ask for fewer rows or steps, a cheaper sampler or "
+                                               "lower guidance, or use bulk synthesis", "too_costly")])
+        return job
 
     def choose_steps(self, sampler: str, rows: int, guidance: float) -> int:
         """The model's fixed steps (one-pass families, distilled students), else the largest candidate
@@ -149,6 +179,10 @@ class SamplingService:
         raise Overloaded(reason, retry_after_s)
 
     def release(self, job: Job) -> None:
+        """Stop counting an admitted job (once, whoever calls first)."""
+        if job.released:
+            return
+        job.released = True
         key = (job.sampler, job.steps, job.net_factor)
         self.pending[key] = self.pending.get(key, 0) - job.rows * key[2]
         if self.pending[key] <= 0:

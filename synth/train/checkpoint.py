@@ -10,18 +10,16 @@ model config and codec match the run's, and refuses otherwise.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 from torch import nn
 
-from synth.io.artifact import CODEC, ENGINE, read_artifact, write_artifact
+from synth.io.artifact import CODEC, ENGINE, STATE_JSON, STATE_TENSORS, read_artifact, write_artifact
 from synth.engine.base import Engine
 from synth.errors import ArtifactError
-
-STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
 
 
 @dataclass
@@ -37,8 +35,6 @@ class TrainState:
 def save_checkpoint(engine: Engine, step: int, directory: str, manifest: dict, *,
                     modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
                     tensors: dict[str, torch.Tensor] | None = None, extra: dict | None = None) -> None:
-    write_artifact(directory, family=engine.family, config=engine.config_dict(), codec=engine.codec.to_dict(),
-                   tensors=engine.sampling_state(), manifest={**manifest, "step": step})
     out = {f"mod.{name}.{k}": v.detach().cpu().contiguous()
            for name, module in modules.items() for k, v in module.state_dict().items()}
     out.update({f"extra.{k}": v.detach().cpu().contiguous() for k, v in (tensors or {}).items()})
@@ -49,9 +45,10 @@ def save_checkpoint(engine: Engine, step: int, directory: str, manifest: dict, *
         for pid, state in opt["state"].items():
             for key, value in state.items():
                 out[f"opt.{name}.{pid}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    save_file(out, os.path.join(directory, STATE_TENSORS))
-    with open(os.path.join(directory, STATE_JSON), "w") as f:
-        json.dump({"step": step, "param_groups": groups, "extra": extra or {}}, f)
+    state = {STATE_TENSORS: st_save(out),  # hashed in the manifest like the weights: `step` drives the accountant
+             STATE_JSON: json.dumps({"step": step, "param_groups": groups, "extra": extra or {}}).encode()}
+    write_artifact(directory, family=engine.family, config=engine.config_dict(), codec=engine.codec.to_dict(),
+                   tensors=engine.sampling_state(), manifest={**manifest, "step": step}, extra=state)
 
 
 def load_checkpoint(engine: Engine, directory: str, modules: dict[str, nn.Module]) -> TrainState:
@@ -61,12 +58,14 @@ def load_checkpoint(engine: Engine, directory: str, modules: dict[str, nn.Module
     art = read_artifact(directory)
     check_compatible(art.engine, art.codec, engine)
     engine.load_sampling_state(art.tensors)
-    saved = load_file(os.path.join(directory, STATE_TENSORS))
+    if set(art.extra) != {STATE_TENSORS, STATE_JSON}:
+        raise ArtifactError(f"{directory!r} is a model artifact without training state ({STATE_TENSORS} and "
+                            f"{STATE_JSON} listed in its manifest); resume from a checkpoint, or use a new run name")
+    saved = st_load(art.extra[STATE_TENSORS])
     for name, module in modules.items():
         prefix = f"mod.{name}."
         module.load_state_dict({k[len(prefix):]: v for k, v in saved.items() if k.startswith(prefix)})
-    with open(os.path.join(directory, STATE_JSON)) as f:
-        meta = json.load(f)
+    meta = json.loads(art.extra[STATE_JSON])
     optimizers = {name: {"state": {}, "param_groups": groups} for name, groups in meta["param_groups"].items()}
     for key, value in saved.items():
         if key.startswith("opt."):

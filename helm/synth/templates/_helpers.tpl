@@ -63,6 +63,15 @@ app.kubernetes.io/part-of: synth
 {{- end }}
 {{- end }}
 
+{{/* Name of the serving pods' ServiceAccount (without serviceAccount.create: serveName, else the Ray one). */}}
+{{- define "synth.serveServiceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (printf "%s-serve" (include "synth.fullname" .)) .Values.serviceAccount.serveName }}
+{{- else }}
+{{- default (include "synth.rayServiceAccountName" .) .Values.serviceAccount.serveName }}
+{{- end }}
+{{- end }}
+
 {{/* Name of the object-storage Secret loaded with envFrom, or "" for none. */}}
 {{- define "synth.objectStorageSecretName" -}}
 {{- if .Values.objectStorage.credentials.accessKeyId }}
@@ -162,7 +171,8 @@ Input: dict
 {{- $_ := set $requests $gpuName $gpus }}
 {{- $_ := set $res "requests" $requests }}
 {{- end }}
-{{- $secretName := include "synth.objectStorageSecretName" $root }}
+{{- $serving := eq .workload "serve" }}
+{{- $secretName := ternary $v.objectStorage.serveExistingSecret (include "synth.objectStorageSecretName" $root) $serving }}
 metadata:
   labels:
     {{- include "synth.labels" $root | nindent 4 }}
@@ -176,7 +186,7 @@ metadata:
     {{- toYaml . | nindent 4 }}
   {{- end }}
 spec:
-  serviceAccountName: {{ include "synth.rayServiceAccountName" $root }}
+  serviceAccountName: {{ ternary (include "synth.serveServiceAccountName" $root) (include "synth.rayServiceAccountName" $root) $serving }}
   automountServiceAccountToken: {{ $v.serviceAccount.automountServiceAccountToken }}
   {{- with $v.imagePullSecrets }}
   imagePullSecrets:
@@ -253,8 +263,9 @@ spec:
         preStop:
           exec:
             command: ["/bin/sh", "-c", "ray stop"]
-      {{- if or $v.ray.sharedMemory.enabled $v.ray.extraVolumeMounts }}
       volumeMounts:
+        - name: tmp
+          mountPath: /tmp
         {{- if $v.ray.sharedMemory.enabled }}
         - name: dshm
           mountPath: /dev/shm
@@ -262,9 +273,14 @@ spec:
         {{- with $v.ray.extraVolumeMounts }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
-      {{- end }}
-  {{- if or $v.ray.sharedMemory.enabled $v.ray.extraVolumes }}
   volumes:
+    - name: tmp
+      emptyDir:
+        {{- with $v.ray.tmpSizeLimit }}
+        sizeLimit: {{ . }}
+        {{- else }}
+        {}
+        {{- end }}
     {{- if $v.ray.sharedMemory.enabled }}
     - name: dshm
       emptyDir:
@@ -276,7 +292,6 @@ spec:
     {{- with $v.ray.extraVolumes }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
-  {{- end }}
 {{- end }}
 
 {{/* rayStartParams block body (string values). Input: dict of params. */}}
@@ -323,6 +338,10 @@ autoscalerOptions:
   imagePullPolicy: {{ $v.image.pullPolicy }}
   {{- with $v.ray.autoscalerOptions.resources }}
   resources:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $v.ray.containerSecurityContext }}
+  securityContext:
     {{- toYaml . | nindent 4 }}
   {{- end }}
 {{- end }}
@@ -404,9 +423,10 @@ clusterSelector:
 shutdownAfterJobFinishes: {{ $jobs.shutdownAfterJobFinishes }}
 ttlSecondsAfterFinished: {{ int $jobs.ttlSecondsAfterFinished }}
 rayClusterSpec:
-  {{- include "synth.rayClusterSpec" (dict "root" $root "workload" .workload "select" .job.workerGroups "extraEnv" (list) "serve" false) | trim | nindent 2 }}
+  {{- include "synth.rayClusterSpec" (dict "root" $root "workload" .workload "select" .job.workerGroups "extraEnv" (.extraEnv | default list) "serve" false) | trim | nindent 2 }}
 {{- end }}
-{{- if $jobs.submitterPodTemplate.enabled }}
+{{- /* with the NetworkPolicy on, a K8sJobMode submitter must carry the release's labels to reach the dashboard */}}
+{{- if or $jobs.submitterPodTemplate.enabled (and $v.networkPolicy.enabled (eq ($jobs.submissionMode | default "K8sJobMode") "K8sJobMode")) }}
 submitterPodTemplate:
   metadata:
     labels:
@@ -429,6 +449,10 @@ submitterPodTemplate:
     tolerations:
       {{- toYaml . | nindent 6 }}
     {{- end }}
+    {{- with $v.ray.podSecurityContext }}
+    securityContext:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
     containers:
       - name: ray-job-submitter
         image: {{ include "synth.image" $root | quote }}
@@ -438,10 +462,22 @@ submitterPodTemplate:
           - name: {{ $name }}
             value: {{ $value | toString | quote }}
           {{- end }}
+          - name: HOME
+            value: /tmp
         {{- with $jobs.submitterPodTemplate.resources }}
         resources:
           {{- toYaml . | nindent 10 }}
         {{- end }}
+        {{- with $v.ray.containerSecurityContext }}
+        securityContext:
+          {{- toYaml . | nindent 10 }}
+        {{- end }}
+        volumeMounts:
+          - name: tmp
+            mountPath: /tmp
+    volumes:
+      - name: tmp
+        emptyDir: {}
 {{- end }}
 {{- end }}
 
