@@ -60,7 +60,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     # stopped early on the validation likelihood: it overfits after about ten epochs, and an EMA
     # horizon longer than training would average in the undertrained start (flatter marginals)
     Family("autoregressive", AutoregressiveConfig, AutoregressiveEngine, AutoregressiveEngine.from_artifact,
-           train_denoising, train_defaults={"steps": 5000, "eval_every": 200, "patience": 4, "ema_decay": 0.99,
+           train_denoising, train_defaults={"steps": 5000, "eval_every": "epoch", "patience": 6, "ema_decay": 0.99,
                                             "warmup_steps": 50}),
     Family("fingerprint", CopulaConfig, CopulaEngine, CopulaEngine.from_artifact, None),
     # measured marginals under zCDP + a graphical model (MST on Private-PGM): the private family for tables

@@ -46,7 +46,7 @@ class AutoregressiveConfig(BaseModel):
     depth: int = Field(2, ge=1, description="layers per column head")
     embed_dim: int | None = Field(None, ge=2, description="embedding size per token column; "
                                                          "null: 16, shrunk so columns x dim <= 768")
-    dropout: float = Field(0.0, ge=0, lt=1)
+    dropout: float = Field(0.25, ge=0, lt=1, description="dropout inside the column heads")
     numeric_bins: tuple[int, int] = Field((32, 32), description="coarse and fine equal-mass bins per numeric column")
     condition_columns: list[str] | None = Field(
         None, description="categorical columns usable as conditions; null = all categorical columns")

@@ -1,7 +1,7 @@
 """Typed training settings."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,7 +21,15 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 autocast on GPUs and CPUs with native bf16 (AMX/AVX512-BF16), else fp32")
     seed: int = 0
-    eval_every: int = Field(500, ge=1, description="steps between validation-loss reports")
+    eval_every: Annotated[int, Field(ge=1)] | Literal["epoch"] = Field(500, description="steps between validation-loss reports, or "
+                                                                 "'epoch': one pass over the training rows")
     patience: int | None = Field(None, ge=1, description="stop after this many evaluations without a lower "
                                                         "validation loss and keep the best weights (null: off)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads per worker (default: all cores)")
+
+
+def resolve_eval_every(train: TrainConfig, rows: int) -> TrainConfig:
+    """`eval_every: epoch` as steps: one pass of `rows` training rows (at least one step)."""
+    if train.eval_every != "epoch":
+        return train
+    return train.model_copy(update={"eval_every": max(1, -(-rows // train.batch_size))})

@@ -21,6 +21,7 @@ from synth.families import FAMILIES, save_engine
 from synth.table.fingerprint import read_fingerprint
 from synth.io.manifest import base_manifest
 from synth.train import ray_train
+from synth.train.config import resolve_eval_every
 from synth.train.prepare import Prepared, encode_tensor, prepare
 from synth.train.session import LocalSession, TrainingData
 
@@ -52,6 +53,7 @@ def fit(cfg: RunConfig, report: Callable | None = None) -> FitResult:
     else:
         prep = prepare(cfg)
         t1 = time.perf_counter()
+        cfg = cfg.model_copy(update={"train": resolve_eval_every(cfg.train, prep.train.num_rows)})
         torch.manual_seed(cfg.train.seed)
         engine = family.build(cfg.model, prep.codec)
         data = TrainingData(x_val=encode_tensor(prep.codec, prep.val, seed=None, strict=False),

@@ -226,6 +226,7 @@ def train_on_ray(cfg: RunConfig) -> tuple[Prepared, Any, dict, list[dict], dict]
     if cfg.evaluate.check != "off" and not cfg.privacy.enabled:
         refs = parts[2].limit(4000).to_arrow_refs()
         held_out = pa.concat_tables([t for t in ray.get(refs) if t.num_rows]) if refs else None
+    cfg = cfg.model_copy(update={"train": resolve_eval_every(cfg.train, train_rows)})
     prep = Prepared(codec, None, None, held_out, input_digest(cfg.data.uri),
                     {"method": "row-content hash", **split, "rows": {"train": train_rows}}, plan)
     prepare_s = time.perf_counter() - t0
