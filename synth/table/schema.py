@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from synth.errors import ConfigError
+from synth.errors import ConfigError, DataError
 from synth.table.columns import CategoricalColumn, NumericColumn
 from synth.table.columns.numeric import HEAVY_SHARE
 from synth.table.stats import type_family
@@ -120,7 +120,7 @@ def measurement_cells(decl: ColumnSchema, default_bins: int) -> int:
     return NumericGrid.of(decl, default_bins).cells
 
 
-def cell_counts(arr: pa.Array | pa.ChunkedArray, decl: ColumnSchema, default_bins: int) -> np.ndarray:
+def cell_counts(arr: pa.Array | pa.ChunkedArray, decl: ColumnSchema, default_bins: int, name: str) -> np.ndarray:
     """Exact counts of one column's values in the declared cells (the only data access of the DP
     preprocessing; its output is noised before anything else sees it)."""
     if isinstance(arr, pa.ChunkedArray):
@@ -139,7 +139,9 @@ def cell_counts(arr: pa.Array | pa.ChunkedArray, decl: ColumnSchema, default_bin
         return np.bincount(slot[codes], minlength=k + 1)[: k + 1].astype(np.float64)
     grid = NumericGrid.of(decl, default_bins)
     x = arr.cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
-    x = np.where(np.isfinite(x), x, 0.0)
+    if not np.isfinite(x).all():  # before: counted as 0, then encoded as the maximum
+        raise DataError(f"column {name!r} holds NaN or infinite values; replace them with nulls (declare the "
+                        "column nullable) or with finite numbers")
     return np.bincount(grid.cell_of(x, null), minlength=grid.cells).astype(np.float64)
 
 
