@@ -239,8 +239,8 @@ def test_student_of_a_private_teacher_keeps_its_real_row_evaluation_out_of_the_m
     teacher = load_teacher(tiny_artifact)
     teacher.manifest = {**teacher.manifest, "privacy": {"dp": True, "epsilon": 3.0, "delta": 1e-6}}
     monkeypatch.setattr(run, "load_teacher", lambda uri: teacher)
-    result = distill(tiny_cfg(tiny_artifact, tmp_path / "s", trajectories=512, evaluate={"rows": 200},
-                              train={"steps": 10, "eval_every": 5, "warmup_steps": 1}))
+    result = distill(tiny_cfg(tiny_artifact, tmp_path / "s", trajectories=256, evaluate={"rows": 200}, target=None,
+                              train={"steps": 4, "eval_every": 2, "warmup_steps": 1, "batch_size": 128}))
     m = load_engine(result.artifact_uri).manifest
     assert m["privacy"]["dp"] is True and m["distillation"]["reads_reference_data"] is False
     assert "evaluation" not in m and result.evaluation["student"]["nfe"] == 2
