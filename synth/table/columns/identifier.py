@@ -40,7 +40,7 @@ class IdColumn:
             d = INT_DIGITS.get(self.arrow_type, 15)
             values = pa.array((10 ** (d - 1) + (a % (9 * 10 ** (d - 1))).astype(np.int64)).tolist(), pa.int64())
         else:
-            hexes = [f"{int(x):014x}{int(y):014x}{int(z):014x}" for x, y, z in zip(a, b, c)]
+            hexes = [f"{int(x) >> 1:013x}{int(y) >> 1:013x}{int(z) >> 1:013x}" for x, y, z in zip(a, b, c)]  # 3 x 52 bits
             if self.format == "email":
                 vals = [f"user-{h[:16]}@example.invalid" for h in hexes]
             elif self.format == "uuid":
