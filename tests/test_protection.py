@@ -105,9 +105,11 @@ def test_default_family_fit_keeps_names_emails_and_rare_values_out_of_artifact_a
     table, secrets = people(2000)
     pq.write_table(table, tmp_path / "people.parquet")
     cfg = RunConfig.parse({"output": str(tmp_path / "run"), "data": {"uri": str(tmp_path / "people.parquet")},
-                           "model": {"hidden": 32}, "evaluate": {"check": "off"},
+                           "model": {"hidden": 32}, "evaluate": {"check": "warn"},
                            "train": {"steps": 20, "eval_every": 10, "batch_size": 256, "threads": 1}})
     uri = fit(cfg).artifact_uri
+    check = load_engine(uri).manifest["fit_check"]  # scored on the modelled columns: ids are fresh, not compared
+    assert check["rows"] > 0 and check["c2st_auc"] is not None
     for f in Path(uri).iterdir():
         if f.suffix == ".json":
             text = f.read_text()
