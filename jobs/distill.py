@@ -12,7 +12,7 @@ def main(args) -> int:
     result = distill(cfg, report=lambda m, _o: print(json.dumps({k: round(v, 5) if isinstance(v, float) else v
                                                                 for k, v in m.items()}), flush=True))
     print(json.dumps({"artifact": result.artifact_uri, "artifact_id": result.artifact_id,
-                      "evaluation": result.manifest.get("evaluation")}), flush=True)
+                      "evaluation": result.evaluation}), flush=True)
     return 0
 
 

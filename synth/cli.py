@@ -137,8 +137,11 @@ def distill_cmd(teacher: str = typer.Argument(..., help="teacher model artifact 
         _fail(e)
     console.print(f"student artifact: [bold]{result.artifact_uri}[/] (id {result.artifact_id}), "
                   f"{cfg.steps} NFE with sampler 'distilled'")
-    ev = result.manifest.get("evaluation")
+    ev = result.evaluation
     if ev:
+        if "evaluation" not in result.manifest:
+            console.print("[yellow]evaluation on the teacher's real rows: shown here, not stored in the private "
+                          "student's manifest[/]")
         table = Table("", "sampler", "NFE", "rows/s", "shapes", "pair trends", "C2ST AUC")
         for name, r in ev.items():
             table.add_row(name, r["sampler"], str(r["nfe"]), f"{r['rows_per_s']:,.0f}", f"{r['column_shapes']:.4f}",

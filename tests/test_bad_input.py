@@ -66,15 +66,15 @@ def _write_bad_tables(d: Path) -> None:
     u[:3] = np.uint64(2**63 + 5)
     pq.write_table(pa.table({"u": pa.array(u, pa.uint64()), "v": np.arange(300) * 0.5}), d / "uint64.parquet")
     ids = np.arange(300, dtype=np.int64) * 2 + (2**53 + 1)
-    pq.write_table(pa.table({"id": ids, "v": np.arange(300) % 7}), d / "bigid.parquet")
+    pq.write_table(pa.table({"big": ids, "v": np.arange(300) % 7}), d / "bigint.parquet")
 
 
 @pytest.mark.parametrize("name,message", [
     ("onlynull", "column 'a' is entirely null; drop it or list it under `ignore`"),
     ("norows", "norows.parquet' has no rows"),
     ("duplicate", "has more than one column named 'x'; rename the duplicates"),
-    ("uint64", "column 'u' holds the integer 9223372036854775813, beyond the +-2**53"),
-    ("bigid", "column 'id' holds the integer 9007199254741591, beyond the +-2**53"),
+    ("uint64", "column 'u' holds integers beyond the +-2**53"),
+    ("bigint", "column 'big' holds integers beyond the +-2**53"),
 ])
 def test_fit_refuses_with_one_line_and_writes_nothing(tmp_path, name, message):
     _write_bad_tables(tmp_path)
@@ -82,19 +82,23 @@ def test_fit_refuses_with_one_line_and_writes_nothing(tmp_path, name, message):
     r = synth("fit", "--data", tmp_path / f"{name}.parquet", "--output", out, "--steps", "2")
     line = one_line_error(r)
     assert message in line, line
+    assert "9223372036854775813" not in line and "9007199254741591" not in line  # no data value in errors
     assert "training" not in r.stderr and "steps" not in r.stderr.replace("--steps", "")  # no progress bar first
     assert not out.exists()  # not even an empty folder
 
 
 def test_large_integers_are_refused_by_the_codec_and_fit_when_ignored(tmp_path):
-    """float64 statistics cannot hold 2**53 + 1: such a column is refused (naming it) instead of a
-    codec that cannot encode its own training rows; listed under `ignore`, the rest is modelled."""
+    """float64 statistics cannot hold 2**53 + 1: such a column is refused (naming it, not its values)
+    instead of a codec that cannot encode its own training rows; listed under `ignore`, the rest is
+    modelled; recognised as an identifier (value protection), it comes out as fresh identifiers."""
     from synth.table import CodecConfig, TableCodec
 
     ids = pa.array(np.arange(200, dtype=np.int64) + 2**53)  # the first value, 2**53, is still exact
     table = pa.table({"id": ids, "v": np.arange(200) * 0.25})
-    with pytest.raises(DataError, match=r"column 'id' holds the integer 9007199254741191"):
-        TableCodec.fit([table])
+    with pytest.raises(DataError, match=r"column 'id' holds integers beyond the \+-2\*\*53") as e:
+        TableCodec.fit([table], CodecConfig(value_protection=False))
+    assert "9007199254741191" not in str(e.value)
+    assert TableCodec.fit([table]).kinds() == {"id": "id", "v": "continuous"}
     codec = TableCodec.fit([table], CodecConfig(ignore=["id"]))
     assert list(codec.by_name) == ["v"] and codec.encode(table.drop_columns(["id"])).shape == (200, 1)
     exact = pa.table({"id": pa.array(np.arange(200, dtype=np.int64) - 2**53), "v": np.arange(200) * 0.25})

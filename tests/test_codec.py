@@ -1,4 +1,7 @@
-"""Table codec: kinds, round trips (property-based), JSON state, bounded memory, bad input."""
+"""Table codec: kinds, round trips (property-based), JSON state, bounded memory, bad input.
+
+Round trips are exact with value protection off (`EXACT`); what protection keeps is tested in
+tests/test_protection.py."""
 import datetime as dt
 import json
 
@@ -10,6 +13,9 @@ from hypothesis import strategies as st
 
 from synth.errors import ConfigError, DataError
 from synth.table import CodecConfig, TableCodec, TableStats
+
+
+EXACT = CodecConfig(value_protection=False)
 
 
 def roundtrip(table: pa.Table, cfg: CodecConfig | None = None, batch: int = 97):
@@ -58,7 +64,7 @@ def test_kinds_inferred_from_schema_and_data():
 
 def test_roundtrip_keeps_values_and_arrow_types():
     table = mixed_table()
-    codec, back = roundtrip(table)
+    codec, back = roundtrip(table, EXACT)
     assert back.schema == table.schema
     for name in table.schema.names:
         a, b = table.column(name), back.column(name)
@@ -70,7 +76,8 @@ def test_roundtrip_keeps_values_and_arrow_types():
 
 def test_override_and_unknown_override():
     table = mixed_table()
-    codec, back = roundtrip(table, CodecConfig(overrides={"u8": "categorical"}, ignore=["ts"], max_onehot=256))
+    codec, back = roundtrip(table, CodecConfig(overrides={"u8": "categorical"}, ignore=["ts"], max_onehot=256,
+                                               value_protection=False))
     assert codec.kinds()["u8"] == "categorical" and "ts" not in codec.kinds()
     assert back.column("u8").equals(table.column("u8"))
     with pytest.raises(ConfigError, match="'nope'"):
@@ -81,7 +88,7 @@ def test_override_and_unknown_override():
 
 def test_point_mass_and_dequantisation_decode_exactly():
     table = mixed_table(2000)
-    codec, _ = roundtrip(table)
+    codec, _ = roundtrip(table, EXACT)
     x = codec.encode(table, np.random.default_rng(0))
     back = codec.decode(x)
     assert back.column("mass").equals(table.column("mass"))
@@ -94,7 +101,7 @@ def test_high_cardinality_categorical_is_bounded():
     rng = np.random.default_rng(1)
     values = np.char.add("id", rng.integers(0, 50_000, n).astype(str))
     table = pa.table({"big": values, "y": rng.normal(size=n)})
-    codec, back = roundtrip(table, CodecConfig(max_onehot=64), batch=10_000)
+    codec, back = roundtrip(table, CodecConfig(max_onehot=64, value_protection=False), batch=10_000)
     assert codec.width == 64 + 1
     head = set(codec.by_name["big"].categories)
     # frequent values come back exactly; the tail is redrawn from its reference frequency
@@ -107,7 +114,7 @@ def test_high_cardinality_categorical_is_bounded():
 def test_numeric_sketch_is_bounded_and_keeps_extremes():
     n = 200_000
     x = np.random.default_rng(2).lognormal(size=n)
-    codec, back = roundtrip(pa.table({"x": x}), batch=20_000)
+    codec, back = roundtrip(pa.table({"x": x}), EXACT, batch=20_000)
     col = codec.by_name["x"]
     assert len(col.knots_x) <= 4096
     b = back.column("x").to_numpy()
@@ -127,10 +134,13 @@ def test_bad_input_names_the_column(bad, match):
         TableCodec.fit([bad], schema=bad.schema)
 
 
-def test_unseen_category_is_named():
+def test_unseen_category_is_named_when_given_but_never_when_read_from_data():
     codec, _ = roundtrip(mixed_table())
     with pytest.raises(ConfigError, match="'cat' has no category 'zzz'"):
-        codec.categorical("cat").codes(["zzz"])
+        codec.categorical("cat").codes(["zzz"])  # a condition: the user's own value
+    with pytest.raises(ConfigError, match="'dict' holds a value that is not one of its categories") as e:
+        codec.encode(mixed_table().set_column(8, "dict", pa.array(["Jane Q. Secret"] * 500)))
+    assert "Jane" not in str(e.value)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -151,7 +161,7 @@ def test_property_roundtrip(floats, data):
     })
     if all(c is None for c in cats):
         table = table.drop(["c"])
-    _, back = roundtrip(table, batch=7)
+    _, back = roundtrip(table, EXACT, batch=7)
     assert back.schema == table.schema
     np.testing.assert_allclose(back.column("f").to_numpy(), np.asarray(floats), rtol=1e-9, atol=1e-6)
     for name in back.schema.names[1:]:

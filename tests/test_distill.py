@@ -228,3 +228,19 @@ def test_thinned_trajectories_equal_a_fresh_draw_for_fewer_steps(tiny_artifact):
     cfg1 = tiny_cfg(tiny_artifact, Path("/nonexistent/unused"), steps=1)
     two = teacher_trajectories(teacher, cfg2, 300)
     assert torch.equal(thin(two, teacher.codec.width, 2, 1), teacher_trajectories(teacher, cfg1, 300))
+
+
+def test_student_of_a_private_teacher_keeps_its_real_row_evaluation_out_of_the_manifest(tiny_artifact, tmp_path,
+                                                                                        monkeypatch):
+    """The student inherits `dp: true`; the evaluation against the teacher's real train/test rows is
+    not DP, so it is returned to the caller and never stored in that manifest."""
+    import synth.distill.run as run
+
+    teacher = load_teacher(tiny_artifact)
+    teacher.manifest = {**teacher.manifest, "privacy": {"dp": True, "epsilon": 3.0, "delta": 1e-6}}
+    monkeypatch.setattr(run, "load_teacher", lambda uri: teacher)
+    result = distill(tiny_cfg(tiny_artifact, tmp_path / "s", trajectories=256, evaluate={"rows": 200}, target=None,
+                              train={"steps": 4, "eval_every": 2, "warmup_steps": 1, "batch_size": 128}))
+    m = load_engine(result.artifact_uri).manifest
+    assert m["privacy"]["dp"] is True and m["distillation"]["reads_reference_data"] is False
+    assert "evaluation" not in m and result.evaluation["student"]["nfe"] == 2

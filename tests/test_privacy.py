@@ -3,6 +3,7 @@ accountant, no forbidden statistics read by a private run, DP-SGD in one process
 Train workers, and the membership-inference attack."""
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -18,7 +19,7 @@ import yaml
 from synth.config import RunConfig
 from synth.io.data import resolve_data_uri
 from synth.families import load_engine
-from synth.errors import ConfigError
+from synth.errors import ConfigError, DataError
 from synth.privacy import plan_privacy
 from synth.privacy.accounting import sample_rate_for
 from synth.table import TableStats
@@ -64,7 +65,8 @@ def test_plan_spends_at_most_the_budget_and_refuses_what_exceeds_it():
     assert plan.epsilon_preprocessing == pytest.approx(0.2)
     spent = plan.total_epsilon(500)
     assert 1.95 <= spent <= 2.0  # the noise is chosen to spend (almost) all of it, never more
-    assert plan.training_epsilon(500) == pytest.approx(opacus_epsilon("rdp", plan.noise_multiplier, 1 / 40, 500, 1e-5))
+    assert plan.delta == 1e-6  # configs/adult-dp.yaml: at most 1 / (n ln n) = 5.05e-6 for 20,000 rows
+    assert plan.training_epsilon(500) == pytest.approx(opacus_epsilon("rdp", plan.noise_multiplier, 1 / 40, 500, 1e-6))
 
     # a fixed noise multiplier that would overspend is refused, naming what would fit
     cfg.privacy.noise_multiplier = 1.0
@@ -84,12 +86,71 @@ def test_plan_spends_at_most_the_budget_and_refuses_what_exceeds_it():
             plan_privacy(bad.privacy, bad.train, 20_000)
 
 
+def test_delta_is_at_most_one_over_n_log_n_and_defaults_below_it():
+    """0.9 / n passed before (it lets a mechanism release a row with probability 0.9 / n, so about
+    one row in every run on average); now anything above 1 / (n ln n) is refused."""
+    n = 20_000
+    cfg = RunConfig.parse(dp_raw(Path("/tmp/unused"), steps=50))
+    for delta in (0.9 / n, 1.01 / (n * math.log(n))):
+        cfg.privacy.delta = delta
+        with pytest.raises(ConfigError, match=r"privacy.delta .* is above 1 / \(n ln n\) = 5.05e-06 for the 20000"):
+            plan_privacy(cfg.privacy, cfg.train, n)
+    cfg.privacy.delta = 1 / (n * math.log(n))
+    assert plan_privacy(cfg.privacy, cfg.train, n).delta == cfg.privacy.delta
+    cfg.privacy.delta = None
+    assert plan_privacy(cfg.privacy, cfg.train, n).delta == 1e-6
+    cfg.train.batch_size = 100
+    assert plan_privacy(cfg.privacy, cfg.train, 500).delta == 1e-4  # 1 / (500 ln 500) = 3.2e-4
+
+
+def test_private_codec_refuses_nan_and_undeclared_values_without_echoing_them():
+    """Before: NaN encoded as the column's declared maximum, and an undeclared category was printed
+    in the error (into job logs)."""
+    from synth.table import TableCodec
+    from synth.table.schema import ColumnSchema
+
+    table = pa.table({"x": [1.0, 2.0, 3.0], "c": ["a", "b", "a"]})
+    declared = {"x": ColumnSchema(kind="continuous", min=0, max=10),
+                "c": ColumnSchema(kind="categorical", categories=["a", "b"])}
+    codec = TableCodec.from_schema(table.schema, declared, num_rows=3)
+    assert codec.encode(table).shape == (3, codec.width)
+    with pytest.raises(DataError, match="column 'x' holds NaN or infinite values; replace them with nulls"):
+        codec.encode(table.set_column(0, "x", pa.array([1.0, float("nan"), 3.0])))
+    from synth.table.schema import cell_counts
+
+    with pytest.raises(DataError, match="column 'x' holds NaN"):  # the dp preprocessing counts refuse it first
+        cell_counts(pa.array([1.0, float("nan")]), declared["x"], 32, "x")
+    with pytest.raises(ConfigError, match="column 'c' holds a value that is not one of its categories") as e:
+        codec.encode(table.set_column(1, "c", pa.array(["a", "Jane Q. Secret", "b"])))
+    assert "Jane" not in str(e.value)
+
+
+def test_unreadable_checkpoint_refuses_instead_of_spending_preprocessing_again(tmp_path):
+    """Before, an unreadable checkpoint read as "no checkpoint": a private rerun planned and spent its
+    preprocessing budget a second time. Now an older readable checkpoint is used, or the run is refused."""
+    from synth.io.artifact import CODEC, ENGINE, MANIFEST
+    from synth.train.ray_train import _latest_checkpoint
+
+    run = tmp_path / "store" / "dp-run"
+    good, bad = run / "checkpoint_000001", run / "checkpoint_000002"
+    for d in (good, bad):
+        d.mkdir(parents=True)
+        for f in (MANIFEST, ENGINE, CODEC):
+            (d / f).write_text(json.dumps({"file": f}))
+    (bad / CODEC).write_text("{truncated")
+    assert _latest_checkpoint(str(tmp_path / "store"), "dp-run")["path"].endswith("checkpoint_000001")
+    (good / MANIFEST).unlink()
+    with pytest.raises(ConfigError, match="has checkpoints but none can be read.*spends its preprocessing budget"):
+        _latest_checkpoint(str(tmp_path / "store"), "dp-run")
+    assert _latest_checkpoint(str(tmp_path / "store"), "other-run") is None
+
+
 def test_private_fit_publishes_opacus_epsilon_within_budget(tmp_path):
     raw = dp_raw(tmp_path, steps=6, epsilon=3.0, preprocessing="dp", accountant="rdp")
     result = fit(RunConfig.parse(raw))
     m = load_engine(result.artifact_uri).manifest
     p = m["privacy"]
-    assert p["dp"] is True and p["steps"] == 6 and p["accountant"] == "rdp" and p["delta"] == 1e-5
+    assert p["dp"] is True and p["steps"] == 6 and p["accountant"] == "rdp" and p["delta"] == 1e-6
     assert p["epsilon"] <= p["epsilon_budget"] == 3.0
     rows = m["split"]["rows"]["train"]
     assert p["sample_rate"] == 1 / math.ceil(rows / 512)

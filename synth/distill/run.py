@@ -29,6 +29,7 @@ class DistillResult:
     artifact_id: str
     metrics: dict
     manifest: dict
+    evaluation: dict | None = None  # student vs teacher on the teacher's held-out rows (kept out of a DP manifest)
 
 
 def load_teacher(uri: str) -> DiffusionEngine:
@@ -108,12 +109,17 @@ def _finish(cfg: DistillConfig, teacher: DiffusionEngine, student: DiffusionEngi
         # post-processing of the teacher: trajectories come from the teacher alone
         privacy={**tm.get("privacy", {"dp": False}), "inherited_from_teacher": tm.get("artifact_id")},
     )
+    evaluation = None
     if cfg.evaluate is not None and "split" in tm:
         t = time.perf_counter()
-        manifest["evaluation"] = evaluate_pair(student, teacher, cfg)
+        evaluation = evaluate_pair(student, teacher, cfg)
         manifest["wall_s"]["evaluate_s"] = time.perf_counter() - t
+        # the evaluation reads real train/test rows: a private student's manifest states DP and must
+        # hold only DP outputs, so there it is shown to whoever runs the job and not stored
+        if not manifest["privacy"].get("dp"):
+            manifest["evaluation"] = evaluation
     artifact_id = save_engine(student, cfg.output, manifest)
-    return DistillResult(cfg.output, artifact_id, metrics, manifest)
+    return DistillResult(cfg.output, artifact_id, metrics, manifest, evaluation)
 
 
 def evaluate_pair(student: DiffusionEngine, teacher: DiffusionEngine, cfg: DistillConfig) -> dict[str, Any]:

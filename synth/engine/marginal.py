@@ -81,7 +81,7 @@ class MarginalEngine(OnePassEngine):
         """Cell of every value (atoms, bins, categories; null last when the column is nullable).
         Errors name the column and never a value (these are private rows)."""
         decl = self.config.declared[name]
-        cells, undeclared = cell_index(arr, decl, self.config.bins)
+        cells, undeclared = cell_index(arr, decl, self.config.bins, name)
         if undeclared.any():
             raise DataError(f"column {name!r} holds values outside its declared categories; add every possible "
                             f"value to privacy.schema.{name}.categories (a private run names no data value)")

@@ -9,6 +9,7 @@ import pyarrow as pa
 
 from synth.io.data import SplitConfig, load_splits
 from synth.errors import ConfigError
+from synth.evaluate.fidelity import KINDS as TABULAR_KINDS
 
 
 def evaluate_against_reference(synthetic: pa.Table, manifest: dict, *, data_uri: str | None = None,
@@ -27,11 +28,12 @@ def evaluate_against_reference(synthetic: pa.Table, manifest: dict, *, data_uri:
     missing = [c for c in kinds if c not in synthetic.schema.names]
     if missing:
         raise ConfigError(f"the synthetic table lacks columns {missing} that the model produces")
-    cols = [c for c, k in kinds.items() if k != "array"]  # array columns: synth.evaluate.arrays
+    # scored here: tabular columns; arrays in synth.evaluate.arrays; identifiers (kind id) are fresh, not modelled
+    cols = [c for c, k in kinds.items() if k in TABULAR_KINDS]
     if target is not None and target not in cols:
         raise ConfigError(f"target {target!r} is not a modelled tabular column; columns are {cols}")
     arrays = None
-    if len(cols) < len(kinds):
+    if "array" in kinds.values():
         from synth.evaluate.arrays import evaluate_arrays
 
         arrays = evaluate_arrays(train, test, synthetic, kinds, seed=seed)

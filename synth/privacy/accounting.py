@@ -116,9 +116,7 @@ def plan_privacy(pcfg: PrivacyConfig, tcfg: TrainConfig, rows: int) -> PrivacyPl
     if rows < 2 or tcfg.batch_size >= rows:
         raise ConfigError(f"train.batch_size {tcfg.batch_size} must be below the {rows} training rows for "
                           "Poisson sampling; lower it")
-    if pcfg.delta >= 1.0 / rows:
-        raise ConfigError(f"privacy.delta {pcfg.delta:g} is not below 1 / training rows = {1 / rows:.3g}; a delta that "
-                          f"large allows releasing a row outright: use at most {0.1 / rows:.1g}")
+    delta = run_delta(pcfg.delta, rows)
     q = sample_rate_for(rows, tcfg.batch_size)
     eps_pre = pcfg.preprocessing_share * pcfg.epsilon if pcfg.preprocessing == "dp" else 0.0
     steps = tcfg.steps
@@ -126,10 +124,10 @@ def plan_privacy(pcfg: PrivacyConfig, tcfg: TrainConfig, rows: int) -> PrivacyPl
 
     if pcfg.noise_multiplier is not None:
         sigma = pcfg.noise_multiplier
-        spent = accountant_epsilon(pcfg.accountant, sigma, q, steps, pcfg.delta)
+        spent = accountant_epsilon(pcfg.accountant, sigma, q, steps, delta)
         if budget_train is not None and spent > budget_train:
-            affordable = max_steps_within(pcfg.accountant, sigma, q, pcfg.delta, budget_train, steps)
-            need = _noise_for(budget_train, pcfg.delta, q, steps, pcfg.accountant)
+            affordable = max_steps_within(pcfg.accountant, sigma, q, delta, budget_train, steps)
+            need = _noise_for(budget_train, delta, q, steps, pcfg.accountant)
             raise ConfigError(
                 f"privacy budget exceeded before training: {steps} steps at noise_multiplier {sigma:g} and sample rate "
                 f"{q:.4g} (batch {tcfg.batch_size} of {rows} rows) spend epsilon {spent:.3f} on training"
@@ -137,12 +135,32 @@ def plan_privacy(pcfg: PrivacyConfig, tcfg: TrainConfig, rows: int) -> PrivacyPl
                 + f" > privacy.epsilon {pcfg.epsilon:g}. Lower train.steps to at most {affordable}, raise "
                 f"privacy.noise_multiplier to at least {need:.3f}, or raise privacy.epsilon")
     else:
-        sigma = _noise_for(budget_train, pcfg.delta, q, steps, pcfg.accountant)
-    return PrivacyPlan(epsilon_budget=pcfg.epsilon, delta=pcfg.delta, accountant=pcfg.accountant,
+        sigma = _noise_for(budget_train, delta, q, steps, pcfg.accountant)
+    return PrivacyPlan(epsilon_budget=pcfg.epsilon, delta=delta, accountant=pcfg.accountant,
                        noise_multiplier=float(sigma), sample_rate=q, steps=steps, max_grad_norm=pcfg.max_grad_norm,
                        expected_batch_size=q * rows, train_rows=rows, preprocessing=pcfg.preprocessing,
                        epsilon_preprocessing=eps_pre, bins=pcfg.bins,
                        grad_sample_mode=pcfg.grad_sample_mode)
+
+
+def max_delta(rows: int) -> float:
+    """The largest delta a run on `rows` rows may use: 1 / (n ln n). A mechanism that publishes each
+    row with probability delta is (0, delta)-DP, so delta must be far below 1/n; 1/(n ln n) also
+    bounds the chance that any of the n rows is released, n * delta, by 1/ln n."""
+    return 1.0 / (rows * math.log(rows))
+
+
+def run_delta(delta: float | None, rows: int) -> float:
+    """The run's delta: the configured one (refused above `max_delta`) or, when null, `max_delta`
+    rounded down to a power of ten."""
+    bound = max_delta(rows)
+    if delta is None:
+        return 10.0 ** math.floor(math.log10(bound))
+    if delta > bound:
+        raise ConfigError(f"privacy.delta {delta:g} is above 1 / (n ln n) = {bound:.3g} for the {rows} training rows; "
+                          "a larger delta allows releasing some rows outright. Use at most that (or leave "
+                          "privacy.delta unset: it then defaults to that bound rounded down to a power of ten)")
+    return delta
 
 
 def _noise_for(target: float, delta: float, q: float, steps: int, accountant: str) -> float:

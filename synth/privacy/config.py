@@ -18,7 +18,8 @@ class PrivacyConfig(BaseModel):
 
     enabled: bool = Field(False, description="train with differential privacy")
     epsilon: float | None = Field(None, gt=0, description="total budget: preprocessing + training")
-    delta: float = Field(1e-5, gt=0, lt=1, description="must be well below 1 / training rows")
+    delta: float | None = Field(None, gt=0, lt=1, description="at most 1 / (n ln n) for n training rows; null: "
+                                                               "that bound rounded down to a power of ten")
     noise_multiplier: float | None = Field(None, gt=0, description="fix sigma instead of deriving it from epsilon")
     max_grad_norm: float = Field(1.0, gt=0, description="per-sample gradient clipping bound C")
     grad_sample_mode: Literal["ghost", "hooks"] = Field(

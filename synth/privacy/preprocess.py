@@ -25,7 +25,7 @@ from synth.table.schema import cell_counts, check_declared, measurement_cells
 
 
 def exact_counts(batch: pa.Table | pa.RecordBatch, pcfg: PrivacyConfig, fields: list[str]) -> dict[str, np.ndarray]:
-    return {name: cell_counts(batch.column(name), pcfg.declared[name], pcfg.bins) for name in fields}
+    return {name: cell_counts(batch.column(name), pcfg.declared[name], pcfg.bins, name) for name in fields}
 
 
 def merge_counts(parts: Iterable[dict[str, np.ndarray]], pcfg: PrivacyConfig, fields: list[str]) -> dict[str, np.ndarray]:

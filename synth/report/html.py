@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from synth.io import storage
 from synth.errors import ConfigError
-from synth.evaluate.fidelity import NULL_LABEL, _categorical, _is_numeric, _numeric
+from synth.evaluate.fidelity import KINDS as TABULAR_KINDS, NULL_LABEL, _categorical, _is_numeric, _numeric
 from synth.io.manifest import base_manifest
 
 from synth.report import plots
@@ -220,7 +220,7 @@ def build_report(synthetic: pa.Table, manifest: dict, *, output: str, evaluation
         split = SplitConfig(**{k: manifest["split"][k] for k in ("train", "val", "test", "seed")})
         _, _, test = load_splits(data_uri or manifest["input"]["uri"], split)
     arrays = _arrays(test.slice(0, 200), synthetic.slice(0, 200), kinds, evaluation.get("arrays") or {})
-    kinds = {c: k for c, k in kinds.items() if k != "array"}
+    kinds = {c: k for c, k in kinds.items() if k in TABULAR_KINDS}  # not arrays, not identifiers
     cols = list(kinds)
     real = test.select(cols).to_pandas()
     syn = synthetic.select(cols).to_pandas()

@@ -17,10 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from synth.errors import ConfigError, DataError
 from synth.table.arrow_types import schema_from_b64, schema_to_b64
-from synth.table.columns import KINDS, ArrayColumn, CategoricalColumn, NumericColumn, column_from_dict
+from synth.table.columns import KINDS, ArrayColumn, CategoricalColumn, IdColumn, NumericColumn, column_from_dict
+from synth.table.protection import identifier_format, value_format
 from synth.table.stats import ColumnStats, TableStats
 
-Kind = Literal["continuous", "integer", "datetime", "categorical", "boolean"]
+Kind = Literal["continuous", "integer", "datetime", "categorical", "boolean", "id"]
 
 
 class CodecConfig(BaseModel):
@@ -31,6 +32,15 @@ class CodecConfig(BaseModel):
     ignore: list[str] = Field(default_factory=list, description="columns left out of the model")
     max_onehot: int = Field(100, ge=2, description="one-hot slots per categorical; rarer values share one")
     low_cardinality_int: int = Field(10, ge=0, description="integer columns with at most this many values are categorical")
+    value_protection: bool = Field(True, description="store no value seen fewer than rare_min_count times: identifiers "
+                                                     "come out fresh, rare categories as _RARE_, numerics as smoothed "
+                                                     "quantiles without their extremes (docs/protection.md)")
+    rare_min_count: int = Field(10, ge=1, description="k: values seen fewer times are never stored (value_protection)")
+
+    @property
+    def min_count(self) -> int | None:
+        """k when value protection is on, else None (the codec stores every value exactly)."""
+        return self.rare_min_count if self.value_protection else None
 
 
 def infer_kind(stats: ColumnStats, cfg: CodecConfig) -> str:
@@ -46,21 +56,37 @@ def infer_kind(stats: ColumnStats, cfg: CodecConfig) -> str:
     return "integer" if stats.integral else "continuous"
 
 
+def id_column(stats: ColumnStats, arrow_type: pa.DataType, fmt: str | None) -> IdColumn:
+    """The identifier column of `stats` (format detected, or from its values when the kind was set
+    by an override); its only statistics are the null share and, for digit strings, the usual length."""
+    if stats.family not in ("string", "numeric") or stats.family == "numeric" and not stats.integral:
+        raise ConfigError(f"column {stats.name!r} is {arrow_type}; only string and integer columns can be of kind id")
+    fmt = fmt or (value_format(list(stats.counts or [])) if stats.family == "string" else "integer")
+    length = 0
+    if fmt == "digits":
+        lengths: dict[int, int] = {}
+        for v, c in (stats.counts or {}).items():
+            lengths[len(v)] = lengths.get(len(v), 0) + c
+        length = max(lengths, key=lengths.get)
+    return IdColumn(stats.name, str(arrow_type), stats.nulls > 0, fmt, length, stats.nulls / max(stats.count, 1))
+
+
 class TableCodec:
     SCHEMA_VERSION = 1
 
-    def __init__(self, schema: pa.Schema, columns: list[CategoricalColumn | NumericColumn | ArrayColumn],
+    def __init__(self, schema: pa.Schema, columns: list[CategoricalColumn | NumericColumn | ArrayColumn | IdColumn],
                  num_rows: int):
-        self.schema = schema  # the modelled columns, in order, with their exact Arrow types
-        self.columns = columns
+        self.schema = schema  # the output columns, in order, with their exact Arrow types
+        self.columns = [c for c in columns if not isinstance(c, IdColumn)]  # the modelled ones (features)
+        self.ids = [c for c in columns if isinstance(c, IdColumn)]  # written fresh by decode, never modelled
         self.num_rows = num_rows
         self.slices: list[slice] = []
         start = 0
-        for c in columns:
+        for c in self.columns:
             self.slices.append(slice(start, start + c.width))
             start += c.width
         self.width = start
-        self.by_name = {c.name: c for c in columns}
+        self.by_name = {c.name: c for c in self.columns}
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -90,26 +116,33 @@ class TableCodec:
                 continue
             if s.nulls == s.count:
                 raise DataError(f"column {f.name!r} is entirely null; drop it or list it under `ignore`")
-            if s.inexact is not None:
-                raise DataError(f"column {f.name!r} holds the integer {s.inexact}, beyond the +-2**53 that synth's "
-                                "float64 statistics hold exactly (larger values would not round-trip); if it is an "
-                                "identifier list it under `ignore`, else cast it to float64 or to string")
+            k = cfg.min_count
+            id_format = identifier_format(s, k) if k and f.name not in cfg.overrides else None
+            kind = cfg.overrides.get(f.name) or ("id" if id_format else infer_kind(s, cfg))
+            if s.inexact is not None and kind != "id":
+                raise DataError(f"column {f.name!r} holds integers beyond the +-2**53 that synth's float64 "
+                                "statistics hold exactly (larger values would not round-trip); if it is an identifier "
+                                f"set data.codec.overrides {{{f.name}: id}} or list it under `ignore`, else cast it to "
+                                "float64 or to string")
             if s.nonfinite:
                 raise DataError(
                     f"column {f.name!r} has {s.nonfinite} NaN or infinite values; replace them with nulls "
                     "(missing values are modelled) or with finite numbers")
-            kind = cfg.overrides.get(f.name) or infer_kind(s, cfg)
             nullable = s.nulls > 0
-            if kind in ("categorical", "boolean"):
+            if kind == "id":
+                columns.append(id_column(s, f.type, id_format))
+            elif kind in ("categorical", "boolean"):
                 if s.counts is None and (s.sketch is None or not s.sketch.exact):
                     raise ConfigError(f"column {f.name!r} has too many distinct values to be categorical; "
                                       "model it as continuous or integer")
                 if kind == "boolean" and s.family != "bool":
                     raise ConfigError(f"column {f.name!r} is {f.type}, not boolean; declare it categorical")
                 if s.counts_overflow:
-                    raise DataError(f"column {f.name!r} has over {len(s.counts)} distinct values; "
-                                    "it looks like an identifier: list it under `ignore`")
-                columns.append(CategoricalColumn.fit(s, kind, f.type, nullable, cfg.max_onehot))
+                    raise DataError(f"column {f.name!r} has over {len(s.counts)} distinct values; if it is an "
+                                    f"identifier set data.codec.overrides {{{f.name}: id}} (fresh identifiers) or "
+                                    "list it under `ignore`")
+                columns.append(CategoricalColumn.fit(s, kind, f.type, nullable, cfg.max_onehot,
+                                                     None if kind == "boolean" else k))
             else:
                 if s.family == "string" or s.family == "bool":
                     raise ConfigError(f"column {f.name!r} holds {f.type} values and cannot be {kind}; "
@@ -118,7 +151,7 @@ class TableCodec:
                     raise ConfigError(f"column {f.name!r} is {f.type}, not a timestamp or date")
                 if kind != "datetime" and s.family == "temporal":
                     raise ConfigError(f"column {f.name!r} is a {f.type}; its kind must be datetime")
-                columns.append(NumericColumn.fit(s, kind, f.type, nullable))
+                columns.append(NumericColumn.fit(s, kind, f.type, nullable, k))
             fields.append(f)
         return cls(pa.schema(fields), columns, stats.num_rows)
 
@@ -169,8 +202,9 @@ class TableCodec:
 
     def decode(self, feats: np.ndarray, rng: np.random.Generator | None = None) -> pa.Table:
         feats = np.asarray(feats, dtype=np.float64)
-        arrays = [col.decode(feats[:, sl], rng) for col, sl in zip(self.columns, self.slices)]
-        return pa.Table.from_arrays(arrays, schema=self.schema)
+        arrays = {col.name: col.decode(feats[:, sl], rng) for col, sl in zip(self.columns, self.slices)}
+        arrays.update({col.name: col.decode(len(feats), rng) for col in self.ids})
+        return pa.Table.from_arrays([arrays[name] for name in self.schema.names], schema=self.schema)
 
     def feature_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Range every feature can take (denoised estimates are projected into it)."""
@@ -193,7 +227,9 @@ class TableCodec:
         return [c.name for c in self.columns if isinstance(c, CategoricalColumn)]
 
     def kinds(self) -> dict[str, str]:
-        return {c.name: c.kind for c in self.columns}
+        """Kind of every output column, in schema order (identifiers: "id")."""
+        kind = {c.name: c.kind for c in self.columns + self.ids}
+        return {name: kind[name] for name in self.schema.names}
 
     def slice_of(self, name: str) -> slice:
         return self.slices[[c.name for c in self.columns].index(name)]
@@ -201,7 +237,7 @@ class TableCodec:
     # -- state ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": self.SCHEMA_VERSION, "schema": schema_to_b64(self.schema),
-                "num_rows": self.num_rows, "columns": [c.to_dict() for c in self.columns]}
+                "num_rows": self.num_rows, "columns": [c.to_dict() for c in self.columns + self.ids]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TableCodec":

@@ -304,14 +304,16 @@ def _uniform_in(lo: np.ndarray, width: np.ndarray, rng: np.random.Generator) -> 
     return lo + rng.random(lo.shape) * width
 
 
-def _slots(arr: pa.Array, index: dict) -> np.ndarray:
+def _slots(arr: pa.Array, index: dict, col) -> np.ndarray:
+    """Slot of each value of a categorical column in the latent order `index` (values the codec's
+    protection folded away, as the codec stores them)."""
     import pyarrow.compute as pc
 
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
     enc = pc.dictionary_encode(arr)
     codes = np.asarray(enc.indices.fill_null(-1))
-    lut = np.asarray([index[v] for v in enc.dictionary.to_pylist()] + [index[None] if None in index else 0],
+    lut = np.asarray([index[v] for v in col.standin(enc.dictionary.to_pylist())] + [index[None] if None in index else 0],
                      dtype=np.int64)
     return lut[codes]  # -1 (null) reads the last entry
 
@@ -346,7 +348,7 @@ def _latent_pass(uri: str, batch_size: int, codec, columns: list[dict], d: int, 
                 arr = arr.combine_chunks()
             if isinstance(col, CategoricalColumn):
                 index, lo, probs = orders[col.name]
-                slots = slots_of[col.name] = _slots(arr, index)
+                slots = slots_of[col.name] = _slots(arr, index, col)
                 z[:, k] = ndtri(np.clip(_uniform_in(lo[slots], probs[slots], rng), 1e-9, 1 - 1e-9))
                 k += 1
                 continue
@@ -354,7 +356,7 @@ def _latent_pass(uri: str, batch_size: int, codec, columns: list[dict], d: int, 
             k += 1
             mask = np.asarray(arr.is_null().to_numpy(zero_copy_only=False)) if arr.null_count \
                 else np.zeros(len(arr), bool)
-            x = col._to_float(arr)[~mask]
+            x = np.clip(col._to_float(arr)[~mask], col.min, col.max)  # within the codec's (protected) range
             moments[col.name] = (x.size, float(x.sum()), float((x * x).sum()))
             if e["null_share"] > 0:
                 ns = e["null_share"]

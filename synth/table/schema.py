@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from synth.errors import ConfigError
+from synth.errors import ConfigError, DataError
 from synth.table.columns import CategoricalColumn, NumericColumn
 from synth.table.columns.numeric import HEAVY_SHARE
 from synth.table.stats import type_family
@@ -120,9 +120,10 @@ def measurement_cells(decl: ColumnSchema, default_bins: int) -> int:
     return NumericGrid.of(decl, default_bins).cells
 
 
-def cell_index(arr: pa.Array | pa.ChunkedArray, decl: ColumnSchema, default_bins: int) -> tuple[np.ndarray, np.ndarray]:
+def cell_index(arr: pa.Array | pa.ChunkedArray, decl: ColumnSchema, default_bins: int,
+               name: str) -> tuple[np.ndarray, np.ndarray]:
     """The declared cell of every value (atoms, bins, categories; null last) and a mask of the
-    values that are not declared categories (given the null cell)."""
+    values that are not declared categories (given the null cell). NaN is refused, naming the column."""
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     null = np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
@@ -139,15 +140,17 @@ def cell_index(arr: pa.Array | pa.ChunkedArray, decl: ColumnSchema, default_bins
         return cells, (cells == k) & ~null
     grid = NumericGrid.of(decl, default_bins)
     x = arr.cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
-    x = np.where(np.isfinite(x), x, 0.0)
+    if not np.isfinite(x).all():  # before: counted as 0, then encoded as the maximum
+        raise DataError(f"column {name!r} holds NaN or infinite values; replace them with nulls (declare the "
+                        "column nullable) or with finite numbers")
     return grid.cell_of(x, null), np.zeros(len(x), dtype=bool)
 
 
-def cell_counts(arr: pa.Array | pa.ChunkedArray, decl: ColumnSchema, default_bins: int) -> np.ndarray:
+def cell_counts(arr: pa.Array | pa.ChunkedArray, decl: ColumnSchema, default_bins: int, name: str) -> np.ndarray:
     """Exact counts of one column's values in the declared cells (the only data access of the DP
     preprocessing; its output is noised before anything else sees it). Undeclared values are
     counted in the null cell of the measurement (never published apart)."""
-    cells, _ = cell_index(arr, decl, default_bins)
+    cells, _ = cell_index(arr, decl, default_bins, name)
     return np.bincount(cells, minlength=measurement_cells(decl, default_bins)).astype(np.float64)
 
 

@@ -286,8 +286,10 @@ def _private_codec(train_ds, schema: pa.Schema, cfg: RunConfig, storage_path: st
 
 
 def _latest_checkpoint(storage_path: str, name: str) -> dict | None:
-    """The newest checkpoint of run `name`: its "path" and its "manifest", "engine" and "codec"
-    JSON, or None."""
+    """The newest readable checkpoint of run `name`: its "path" and its "manifest", "engine" and
+    "codec" JSON, or None when the run has none. A newer checkpoint cut short (a crash while it was
+    written) is skipped for an older one; when none can be read the run is refused: starting over
+    would silently spend a private run's preprocessing budget a second time."""
     import pyarrow.fs as pafs
 
     from synth.io.artifact import CODEC, ENGINE, MANIFEST
@@ -297,16 +299,21 @@ def _latest_checkpoint(storage_path: str, name: str) -> dict | None:
         return None
     ckpts = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(path))
                    if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_"))
-    if not ckpts:
-        return None
-    out = {"path": ckpts[-1]}
-    try:
-        for key, file in (("manifest", MANIFEST), ("engine", ENGINE), ("codec", CODEC)):
-            with fs.open_input_stream(f"{ckpts[-1]}/{file}") as f:
-                out[key] = json.loads(f.read())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return out
+    problems = []
+    for ckpt in reversed(ckpts):
+        out = {"path": ckpt}
+        try:
+            for key, file in (("manifest", MANIFEST), ("engine", ENGINE), ("codec", CODEC)):
+                with fs.open_input_stream(f"{ckpt}/{file}") as f:
+                    out[key] = json.loads(f.read())
+            return out
+        except (OSError, json.JSONDecodeError) as e:
+            problems.append(f"{ckpt}: {type(e).__name__}")
+    if problems:
+        raise ConfigError(f"run {name!r} under {storage_path} has checkpoints but none can be read ({'; '.join(problems)}"
+                          "); restore them, or use a new `name` or another scaling.storage_path to start over (a "
+                          "private run then spends its preprocessing budget again: count both in the total epsilon)")
+    return None
 
 
 def _root_message(e: BaseException) -> str:

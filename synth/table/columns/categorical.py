@@ -3,6 +3,9 @@
 Categories are ordered by frequency (ties by value). Past `max_onehot` categories the rarest
 share one "other" slot: decoding it draws a tail value by its reference frequency, so a
 50,000-category column costs `max_onehot` features, not 50,000. Null is a category of its own.
+With value protection (`min_count` k) a value seen fewer than k times is never stored: strings
+become `_RARE_`, numbers the nearest value seen at least k times (`synth.table.protection`), and
+encoding maps every value it does not know the same way.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from synth.errors import ConfigError
+from synth.table.protection import RARE, nearest, protected_counts
 from synth.table.stats import ColumnStats
 
 NULL = None
@@ -30,14 +34,22 @@ class CategoricalColumn:
     tail_values: list[Any] = field(default_factory=list)  # values behind the "other" slot
     tail_probs: list[float] = field(default_factory=list)
     arrow_value_type: str = "string"
+    protected: bool = False  # rare values were folded away: encode maps unknown values like them
 
     @classmethod
     def fit(cls, stats: ColumnStats, kind: str, arrow_type: pa.DataType, nullable: bool,
-            max_onehot: int) -> "CategoricalColumn":
+            max_onehot: int, min_count: int | None = None) -> "CategoricalColumn":
         counts = dict(stats.counts or {})
-        if stats.counts is None and stats.sketch is not None:  # numeric column declared categorical
+        numeric = stats.counts is None and stats.sketch is not None  # numeric column declared categorical
+        if numeric:
             counts = {(int(v) if stats.integral else float(v)): int(w)
                       for v, w in zip(stats.sketch.values, stats.sketch.weights)}
+        if min_count is not None:
+            counts = protected_counts(counts, min_count, numeric)
+            if not counts:
+                raise ConfigError(f"column {stats.name!r} has no value seen at least {min_count} times, so value "
+                                  "protection keeps none of its categories; model it as integer/continuous "
+                                  "(data.codec.overrides), list it under `ignore`, or lower data.codec.rare_min_count")
         if nullable and stats.nulls:
             counts[NULL] = stats.nulls
         items = sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))
@@ -52,7 +64,7 @@ class CategoricalColumn:
             probs.append(tail_total / total)
         vtype = arrow_type.value_type if pa.types.is_dictionary(arrow_type) else arrow_type
         return cls(stats.name, kind, str(arrow_type), nullable, cats, probs,
-                   [v for v, _ in tail], [c / tail_total for _, c in tail], str(vtype))
+                   [v for v, _ in tail], [c / tail_total for _, c in tail], str(vtype), min_count is not None)
 
     @property
     def width(self) -> int:
@@ -68,9 +80,10 @@ class CategoricalColumn:
             self._index.update({v: other for v in self.tail_values})
         return self._index
 
-    def codes(self, values: list[Any], strict: bool = True) -> np.ndarray:
-        """Slot index of each value. Unseen values raise an error naming the column, or with
-        strict=False (held-out rows for validation) go to the "other" slot or the most frequent."""
+    def codes(self, values: list[Any], strict: bool = True, data: bool = False) -> np.ndarray:
+        """Slot index of each value. Unseen values raise an error naming the column (and the value,
+        unless it comes from the `data`), or with strict=False (held-out rows for validation) go to
+        the "other" slot or the most frequent."""
         index = self.index_of()
         fallback = len(self.categories) if self.tail_values else 0
         out = np.empty(len(values), dtype=np.int64)
@@ -80,7 +93,7 @@ class CategoricalColumn:
             j = index.get(v, -1)
             if j < 0:
                 if strict:
-                    raise ConfigError(self.unseen_message(v))
+                    raise ConfigError(self.unseen_message(None if data else v))
                 j = fallback
             out[i] = j
         return out
@@ -101,10 +114,25 @@ class CategoricalColumn:
             raise ConfigError(f"column {self.name!r} holds {'boolean' if t == 'bool' else t} values but the value "
                               f"{bad!r} is a {type(bad).__name__}; give {want} (known values include {known})")
 
-    def unseen_message(self, v: Any) -> str:
+    def unseen_message(self, v: Any = None) -> str:
+        """The error for a value the codec does not know. A value given by a user (a condition) is
+        named; a value read from the data never is (it may be private, and errors reach job logs)."""
         known = [c for c in self.categories if c is not None][:20]
-        return (f"column {self.name!r} has no category {v!r} in the reference data; "
-                f"known values include {known}{' ...' if self.width > 20 else ''}")
+        what = f"has no category {v!r}" if v is not None else "holds a value that is not one of its categories"
+        return (f"column {self.name!r} {what} in the reference data (values are compared exactly, by type and "
+                f"case); known values include {known}{' ...' if self.width > 20 else ''}")
+
+    def standin(self, values: list[Any]) -> list[Any]:
+        """Data values as the codec stores them: with protection, a value it does not know (seen
+        fewer than k times) becomes _RARE_, or the nearest known number."""
+        index = self.index_of()
+        if not self.protected or all(v in index for v in values):
+            return values
+        if self.arrow_value_type in ("string", "large_string"):
+            return [v if v in index else RARE for v in values]
+        known = np.asarray(sorted(float(c) for c in index if c is not None))
+        by_float = {float(c): c for c in index if c is not None}
+        return [v if v in index or v is None else by_float[nearest(known, float(v))] for v in values]
 
     def encode(self, arr: pa.Array, rng: np.random.Generator | None = None, strict: bool = True) -> np.ndarray:
         if pa.types.is_dictionary(arr.type):
@@ -112,7 +140,7 @@ class CategoricalColumn:
         encoded = pc.dictionary_encode(arr)
         uniq, inverse = np.unique(np.asarray(encoded.indices.fill_null(-1)), return_inverse=True)
         dictionary = encoded.dictionary.to_pylist()
-        slot_of_code = self.codes([dictionary[c] if c >= 0 else None for c in uniq], strict)
+        slot_of_code = self.codes(self.standin([dictionary[c] if c >= 0 else None for c in uniq]), strict, data=True)
         slots = slot_of_code[inverse]
         out = np.full((len(arr), self.width), -1.0)
         out[np.arange(len(arr)), slots] = 1.0
@@ -163,13 +191,13 @@ class CategoricalColumn:
         return {
             "name": self.name, "kind": self.kind, "arrow_type": self.arrow_type, "nullable": self.nullable,
             "categories": self.categories, "probs": self.probs, "tail_values": self.tail_values,
-            "tail_probs": self.tail_probs, "arrow_value_type": self.arrow_value_type,
+            "tail_probs": self.tail_probs, "arrow_value_type": self.arrow_value_type, "protected": self.protected,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CategoricalColumn":
         return cls(d["name"], d["kind"], d["arrow_type"], d["nullable"], d["categories"], d["probs"],
-                   d["tail_values"], d["tail_probs"], d["arrow_value_type"])
+                   d["tail_values"], d["tail_probs"], d["arrow_value_type"], d.get("protected", False))
 
 
 def _dictionary_type(s: str, value_type: pa.DataType) -> pa.DataType:

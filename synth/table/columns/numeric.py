@@ -5,6 +5,9 @@ joined linearly through their mid-CDF, heavy points (point masses such as 0 in c
 become flat segments [F(v-), F(v)] so that every u in the segment decodes to exactly v.
 Then z = Phi^-1(u). Training can dequantise: a heavy value gets a random u in its segment, so
 the feature is continuous and close to N(0, 1). Nullable columns add a +/-1 missing flag.
+With value protection (`min_count` k) the support keeps exact points only for values seen at
+least k times, the rest as centroids of >= k rows, and the range ends at the k-th smallest and
+largest values (`synth.table.protection.protected_support`).
 """
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ import numpy as np
 import pyarrow as pa
 from scipy.special import ndtr, ndtri
 
+from synth.errors import DataError
+from synth.table.protection import protected_support
 from synth.table.stats import ColumnStats
 
 HEAVY_SHARE = 1e-3
@@ -36,22 +41,28 @@ class NumericColumn:
     origin: int = 0  # datetime: the minimum in the column's own unit (exact integer)
 
     @classmethod
-    def fit(cls, stats: ColumnStats, kind: str, arrow_type: pa.DataType, nullable: bool) -> "NumericColumn":
+    def fit(cls, stats: ColumnStats, kind: str, arrow_type: pa.DataType, nullable: bool,
+            min_count: int | None = None) -> "NumericColumn":
         sk = stats.sketch
-        w = sk.weights
+        x, w = sk.values.copy(), sk.weights
         share = w / w.sum()
-        f = np.concatenate([[0.0], np.cumsum(share)])
-        f[-1] = 1.0
         heavy = (w > 1) & (share >= HEAVY_SHARE) if sk.exact else share >= max(HEAVY_SHARE, 2.0 / sk.capacity)
+        lo, hi = stats.min, stats.max
+        if min_count is not None:
+            x, w, heavy, lo, hi = protected_support(x, w, heavy, min_count)
+        f = np.concatenate([[0.0], np.cumsum(w / w.sum())])
+        f[-1] = 1.0
         res = 0.0
+        origin = 0
         if kind == "datetime":
             from synth.table.stats import _unit_ns
 
-            res = stats.resolution * _unit_ns(arrow_type) / 1e9
+            unit_s = _unit_ns(arrow_type) / 1e9
+            res = stats.resolution * unit_s
+            origin = stats.imin + int(round((lo - stats.min) / unit_s))  # the (protected) minimum, in the unit
         elif kind == "integer":
             res = 1.0
-        return cls(stats.name, kind, str(arrow_type), nullable, sk.values.copy(), f, heavy,
-                   stats.min, stats.max, res, stats.imin if kind == "datetime" else 0)
+        return cls(stats.name, kind, str(arrow_type), nullable, x, f, heavy, lo, hi, res, origin)
 
     # -- the polyline used by both directions ---------------------------------------------
     def _polyline(self) -> tuple[np.ndarray, np.ndarray]:
@@ -87,6 +98,9 @@ class NumericColumn:
         n = len(arr)
         mask = np.asarray(arr.is_null().to_numpy(zero_copy_only=False)) if arr.null_count else np.zeros(n, bool)
         x = self._to_float(arr)
+        if not np.isfinite(x).all():
+            raise DataError(f"column {self.name!r} holds NaN or infinite values; replace them with nulls (missing "
+                            "values are modelled) or with finite numbers")
         xs, us = self._polyline()
         u = _interp_monotone(x, xs, us)
         # values sitting exactly on a heavy point: middle of its flat segment (or random in it)
