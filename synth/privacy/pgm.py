@@ -45,15 +45,32 @@ def _one_way(names, sizes, msizes, one_way, sigma) -> list:
 
 
 def estimate(sizes: list[int], msizes: list[int], names: list[str], one_way: list, sigma1: float,
-             two_way: list, sigma2: float, iters: int):
+             measured: list, iters: int, warm_start=None):
     """The graphical model (mbi.MarkovRandomField over the merged cells) that best explains the
-    noisy measurements: 1-way on the original cells (merged by `merge`), pairs on the merged cells."""
+    noisy measurements: 1-way on the original cells (merged by `merge`), and `measured`
+    (clique, noisy counts, noise std) on the merged cells; `warm_start` a previous model."""
     meas = _one_way(names, sizes, msizes, one_way, sigma1)
-    meas += [mbi.LinearMeasurement(np.asarray(y, dtype=np.float64).reshape(-1), clique, stddev=sigma2 or 1.0)
-             for clique, y in two_way]
+    meas += [mbi.LinearMeasurement(np.asarray(y, dtype=np.float64).reshape(-1), clique, stddev=sigma or 1.0)
+             for clique, y, sigma in measured]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return mbi.estimation.MirrorDescent().estimate(_domain(names, msizes), meas, iters=iters)
+        return mbi.estimation.MirrorDescent().estimate(_domain(names, msizes), meas, iters=iters,
+                                                       warm_start=warm_start)
+
+
+def model_size_mb(names: list[str], msizes: list[int], cliques: list[tuple[str, ...]]) -> float:
+    """Size of the junction tree the cliques would give (AIM's model-size limit), in MB."""
+    return junction_tree.hypothetical_model_size(_domain(names, msizes), cliques)
+
+
+def project(model, clique: tuple[str, ...]) -> np.ndarray:
+    """The model's counts on `clique` (its axes in that order): from a fitted clique's marginal, else
+    by variable elimination (mbi's `project` assumes the former)."""
+    if any(set(clique) <= set(cl) for cl in model.marginals.cliques):
+        f = model.marginals.project(clique)
+    else:
+        f = marginal_oracles.variable_elimination(model.potentials, clique, float(model.total))
+    return np.asarray(f.transpose(clique).datavector(flatten=False), dtype=np.float64)
 
 
 def independent_pairs_error(merged: np.ndarray, msizes, one_way, candidates) -> list[float]:
