@@ -39,7 +39,7 @@ class MarginalConfig(BaseModel):
         "aim", description="aim: adaptive rounds over all pairs and the target's triples (McKenna et al. 2022); "
                            "mst: a spanning tree of pairs (McKenna et al. 2021)")
     max_model_mb: float = Field(25.0, gt=0, description="AIM: the junction tree's size limit (MB of float64 cells)")
-    round_iters: int = Field(100, ge=10, le=10_000, description="AIM: Private-PGM iterations after each round "
+    round_iters: int = Field(200, ge=10, le=10_000, description="AIM: Private-PGM iterations after each round "
                                                                  "(warm started; `iters` for the final fit)")
     shares: tuple[float, float, float] = Field(
         (1 / 3, 1 / 3, 1 / 3), description="MST: shares of the budget (rho) for the 1-way measurements, the "

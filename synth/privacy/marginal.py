@@ -293,7 +293,7 @@ def aim_workload(d: int, target: int | None) -> dict[tuple[int, ...], float]:
 
 
 def run_aim(data: np.ndarray, sizes: list[int], names: list[str], plan: MarginalPlan, target: int | None = None,
-            iters: int = 1000, round_iters: int = 100, rng: np.random.Generator | None = None) -> Measured:
+            iters: int = 1000, round_iters: int = 200, rng: np.random.Generator | None = None) -> Measured:
     """AIM (McKenna, Mullins, Sheldon and Miklau 2022) on the discretised rows `data` (n, d): after
     the 1-way marginals, each round picks a workload clique by the exponential mechanism, scored by
     the weighted L1 error of the current model on it less the noise its measurement would carry
@@ -302,7 +302,7 @@ def run_aim(data: np.ndarray, sizes: list[int], names: list[str], plan: Marginal
     started). When a measurement moves the model less than its expected noise, the noise halves
     and the selection epsilon doubles; the last round spends what is left of rho. Every round is
     appended to `plan.rounds_log`, so the spend is recomputable. Exact and greedy without privacy."""
-    from synth.privacy.pgm import counts, estimate, model_size_mb, project
+    from synth.privacy.pgm import Marginals, counts, estimate, model_size_mb
 
     rng = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
     one_way, merge, merged, msizes, one_way_m = _one_way(data, sizes, names, plan, rng)
@@ -334,7 +334,8 @@ def run_aim(data: np.ndarray, sizes: list[int], names: list[str], plan: Marginal
                  or model_size_mb(names, msizes, [tuple(names[c] for c in x) for x in chosen + [cl]]) <= limit]
         t1 = time.perf_counter()
         bias = math.sqrt(2 / math.pi) * sigma
-        scores = np.asarray([weights[cl] * (np.abs(answers[cl] - project(model, _names(names, cl))).sum()
+        fitted = Marginals(model)
+        scores = np.asarray([weights[cl] * (np.abs(answers[cl] - fitted(_names(names, cl))).sum()
                                             - bias * answers[cl].size) for cl in small])
         t2 = time.perf_counter()
         cl = small[_exponential(scores, eps, rng, sensitivity)]
@@ -342,12 +343,12 @@ def run_aim(data: np.ndarray, sizes: list[int], names: list[str], plan: Marginal
         chosen.append(cl)
         measured.append((_names(names, cl), y, sigma))
         plan.rounds_log.append([eps, sigma, list(_names(names, cl))])
-        before = project(model, _names(names, cl))
+        before = fitted(_names(names, cl))
         model = estimate(sizes, msizes, names, one_way_m, plan.sigma_one_way, measured, round_iters,
                          warm_start=model)
         for k, dt in zip(seconds, (t1 - t0, t2 - t1, time.perf_counter() - t2)):
             seconds[k] += dt
-        if plan.private and np.abs(project(model, _names(names, cl)) - before).sum() <= bias * y.size:
+        if plan.private and np.abs(Marginals(model)(_names(names, cl)) - before).sum() <= bias * y.size:
             sigma, eps = sigma / 2, eps * 2  # budget annealing
         if last:
             break

@@ -52,10 +52,15 @@ def estimate(sizes: list[int], msizes: list[int], names: list[str], one_way: lis
     meas = _one_way(names, sizes, msizes, one_way, sigma1)
     meas += [mbi.LinearMeasurement(np.asarray(y, dtype=np.float64).reshape(-1), clique, stddev=sigma or 1.0)
              for clique, y, sigma in measured]
+    # the total: inverse-variance average of every measurement's noisy sum (mbi counts only the
+    # uncompressed ones, and a model fitted to the 1-way measurements alone would get total 1)
+    sums = [(float(np.sum(y)), (sigma1 or 1.0) ** 2 * np.size(y)) for _, y, _ in one_way]
+    sums += [(float(np.sum(y)), (sigma or 1.0) ** 2 * np.size(y)) for _, y, sigma in measured]
+    total = max(1.0, sum(t / v for t, v in sums) / sum(1 / v for _, v in sums))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return mbi.estimation.MirrorDescent().estimate(_domain(names, msizes), meas, iters=iters,
-                                                       warm_start=warm_start)
+        return mbi.estimation.MirrorDescent().estimate(_domain(names, msizes), meas, known_total=total,
+                                                       iters=iters, warm_start=warm_start)
 
 
 def model_size_mb(names: list[str], msizes: list[int], cliques: list[tuple[str, ...]]) -> float:
@@ -63,14 +68,27 @@ def model_size_mb(names: list[str], msizes: list[int], cliques: list[tuple[str, 
     return junction_tree.hypothetical_model_size(_domain(names, msizes), cliques)
 
 
-def project(model, clique: tuple[str, ...]) -> np.ndarray:
-    """The model's counts on `clique` (its axes in that order): from a fitted clique's marginal, else
-    by variable elimination (mbi's `project` assumes the former)."""
-    if any(set(clique) <= set(cl) for cl in model.marginals.cliques):
-        f = model.marginals.project(clique)
-    else:
-        f = marginal_oracles.variable_elimination(model.potentials, clique, float(model.total))
-    return np.asarray(f.transpose(clique).datavector(flatten=False), dtype=np.float64)
+class Marginals:
+    """A fitted model's counts on any clique, by variable elimination in numpy (einsum over the
+    exponentiated clique potentials): AIM scores every workload clique each round, and mbi's
+    eager JAX elimination costs a compilation per new clique shape."""
+
+    def __init__(self, model):
+        self.total = float(model.total)
+        self.factors, self.axes = [], []
+        for cl in model.potentials.cliques:
+            v = np.asarray(model.potentials[cl].values, dtype=np.float64)
+            self.factors.append(np.exp(v - v.max()))
+            self.axes.append(tuple(model.potentials[cl].domain.attributes))
+        names = sorted({a for ax in self.axes for a in ax})
+        self.letter = {a: i for i, a in enumerate(names)}
+
+    def __call__(self, clique: tuple[str, ...]) -> np.ndarray:
+        ops = []
+        for f, ax in zip(self.factors, self.axes):
+            ops += [f, [self.letter[a] for a in ax]]
+        out = np.einsum(*ops, [self.letter[a] for a in clique], optimize="greedy")
+        return out * (self.total / max(float(out.sum()), 1e-300))
 
 
 def independent_pairs_error(merged: np.ndarray, msizes, one_way, candidates) -> list[float]:
@@ -111,6 +129,8 @@ class Sampler:
                 factors[(n,)] = mbi.Factor.zeros(self.domain.project((n,)))
         self.potentials = mbi.CliqueVector(self.domain, cliques, factors)
         self.jtree, elim = junction_tree.make_junction_tree(self.domain, cliques)
+        # on the junction tree's maximal cliques (a cycle of measured cliques is triangulated into larger ones)
+        self.potentials = self.potentials.expand([tuple(cl) for cl in self.jtree.nodes])
         self.order = list(elim[::-1])
         self.maximal = [set(cl) for cl in self.jtree.nodes]
         self.parents = {}
