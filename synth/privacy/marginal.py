@@ -321,7 +321,7 @@ def run_aim(data: np.ndarray, sizes: list[int], names: list[str], plan: Marginal
         if plan.private:
             last = plan.rho - rho_used < 2 * (zcdp.gaussian_rho(sigma) + zcdp.exponential_rho(eps))
             if last:  # the remaining budget, split as every round's
-                remaining = plan.rho - rho_used
+                remaining = (plan.rho - rho_used) * (1 - 1e-9)  # never a rounding error over the budget
                 sigma = zcdp.gaussian_sigma(AIM_ALPHA * remaining)
                 eps = zcdp.exponential_epsilon((1 - AIM_ALPHA) * remaining)
             rho_used += zcdp.gaussian_rho(sigma) + zcdp.exponential_rho(eps)

@@ -50,8 +50,7 @@ def estimate(sizes: list[int], msizes: list[int], names: list[str], one_way: lis
     noisy measurements: 1-way on the original cells (merged by `merge`), and `measured`
     (clique, noisy counts, noise std) on the merged cells; `warm_start` a previous model."""
     meas = _one_way(names, sizes, msizes, one_way, sigma1)
-    meas += [mbi.LinearMeasurement(np.asarray(y, dtype=np.float64).reshape(-1), clique, stddev=sigma or 1.0)
-             for clique, y, sigma in measured]
+    meas += [mbi.LinearMeasurement(y.reshape(-1), clique, stddev=sigma) for clique, y, sigma in pooled(measured)]
     # the total: inverse-variance average of every measurement's noisy sum (mbi counts only the
     # uncompressed ones, and a model fitted to the 1-way measurements alone would get total 1)
     sums = [(float(np.sum(y)), (sigma1 or 1.0) ** 2 * np.size(y)) for _, y, _ in one_way]
@@ -61,6 +60,18 @@ def estimate(sizes: list[int], msizes: list[int], names: list[str], one_way: lis
         warnings.simplefilter("ignore")
         return mbi.estimation.MirrorDescent().estimate(_domain(names, msizes), meas, known_total=total,
                                                        iters=iters, warm_start=warm_start)
+
+
+def pooled(measured: list) -> list:
+    """Repeated measurements of one clique as one: their inverse-variance average, whose noise std is
+    (sum 1 / sigma^2)^(-1/2) (the Gaussian likelihood is the same, and mbi compiles one loss term per
+    measurement). Exact measurements (sigma 0) weigh as std 1."""
+    out: dict[tuple, list] = {}
+    for clique, y, sigma in measured:
+        w = 1.0 / (sigma or 1.0) ** 2
+        acc = out.setdefault(tuple(clique), [0.0, 0.0])
+        acc[0], acc[1] = acc[0] + w * np.asarray(y, dtype=np.float64), acc[1] + w
+    return [(clique, s / w, w ** -0.5) for clique, (s, w) in out.items()]
 
 
 def model_size_mb(names: list[str], msizes: list[int], cliques: list[tuple[str, ...]]) -> float:
