@@ -32,7 +32,8 @@ from synth.privacy.config import PrivacyConfig
 MERGE_BELOW = 3.0  # cells whose noisy 1-way count is below this many sigma_1 are merged (MST)
 MIN_SIGNAL = 10.0  # refuse a plan whose (first) measurement noise std exceeds rows / MIN_SIGNAL
 AIM_ALPHA = 0.9  # AIM: share of each round's rho that measures (the rest selects)
-AIM_ROUNDS_PER_COLUMN = 16  # AIM: the initial per-round budget is rho / (16 d)
+AIM_ROUNDS_PER_COLUMN = 2  # AIM: T = 2 d rounds' worth of budget at the start (the paper's 16 d makes
+# hundreds of Private-PGM refits, each a JAX compilation: over 15 minutes on Adult on 2 cores)
 MECHANISMS = {
     "mst": "MST: Gaussian 1-way marginals, exponential-mechanism spanning-tree selection, Gaussian pair marginals "
            "on the declared grid; Private-PGM (mbi) fit as post-processing",
@@ -132,7 +133,8 @@ class MarginalPlan:
 
 
 def plan_marginal(pcfg: PrivacyConfig, rows: int, columns: int, shares: tuple[float, float, float],
-                  sigma: float | None = None, method: str = "aim", max_model_mb: float = 25.0) -> MarginalPlan:
+                  sigma: float | None = None, method: str = "aim", max_model_mb: float = 25.0,
+                  rounds_per_column: int = AIM_ROUNDS_PER_COLUMN) -> MarginalPlan:
     """The budget of one run on `rows` rows of `columns` modelled columns. MST: the split `shares`
     of rho (with `sigma`, a fixed noise std for every measurement); AIM: the initial per-round
     noise and selection epsilon (later rounds are set by annealing, within rho). Refuses a plan
@@ -152,9 +154,9 @@ def plan_marginal(pcfg: PrivacyConfig, rows: int, columns: int, shares: tuple[fl
                           "remove model.sigma or set model.method: mst")
     rho = zcdp.cdp_rho(pcfg.epsilon, pcfg.delta)
     if method == "aim":
-        plan = _plan_aim(pcfg, rows, columns, rho, max_model_mb)
+        plan = _plan_aim(pcfg, rows, columns, rho, max_model_mb, rounds_per_column)
         noisiest, what = plan.sigma_one_way, "the marginals"
-        need_rho = AIM_ROUNDS_PER_COLUMN * columns * zcdp.gaussian_rho(rows / MIN_SIGNAL) / AIM_ALPHA
+        need_rho = rounds_per_column * columns * zcdp.gaussian_rho(rows / MIN_SIGNAL) / AIM_ALPHA
     else:
         rounds = max(columns - 1, 0)
         if sigma is not None:  # a fixed noise scale: what it spends, refused if over budget
@@ -178,10 +180,11 @@ def plan_marginal(pcfg: PrivacyConfig, rows: int, columns: int, shares: tuple[fl
     return plan
 
 
-def _plan_aim(pcfg: PrivacyConfig, rows: int, columns: int, rho: float, max_model_mb: float) -> MarginalPlan:
-    """AIM's start (McKenna et al. 2022): T = 16 d rounds' worth of budget per round, 90 % of it
-    measuring; the 1-way marginals are measured with the same noise."""
-    rounds = AIM_ROUNDS_PER_COLUMN * columns
+def _plan_aim(pcfg: PrivacyConfig, rows: int, columns: int, rho: float, max_model_mb: float,
+              rounds_per_column: int) -> MarginalPlan:
+    """AIM's start (McKenna et al. 2022): rho / T per round with T = rounds_per_column x d (the most
+    rounds it can make), 90 % of it measuring; the 1-way marginals are measured with the same noise."""
+    rounds = rounds_per_column * columns
     return MarginalPlan(epsilon_budget=pcfg.epsilon, delta=pcfg.delta, rho=rho, train_rows=rows, columns=columns,
                         share_one_way=columns / rounds * AIM_ALPHA, share_select=0.0, share_two_way=0.0,
                         rounds=rounds, sigma_one_way=zcdp.gaussian_sigma(AIM_ALPHA * rho / rounds),
