@@ -72,7 +72,7 @@ def test_aim_plans_its_first_round_and_weights_the_targets_triples():
 
     pcfg = PrivacyConfig(enabled=True, epsilon=1.0, delta=1e-5, schema=SCHEMA)
     plan = plan_marginal(pcfg, 20_000, 15, THIRDS)
-    assert plan.method == "aim" and plan.rounds == 2 * 15 and plan.rounds_log == []
+    assert plan.method == "aim" and plan.rounds == 8 * 15 and plan.rounds_log == []
     per_round = plan.rho / plan.rounds  # 90 % measures, 10 % selects; the 1-way marginals at the same noise
     assert zcdp.gaussian_rho(plan.sigma_one_way) == pytest.approx(0.9 * per_round)
     assert zcdp.exponential_rho(plan.epsilon_select) == pytest.approx(0.1 * per_round)

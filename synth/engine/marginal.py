@@ -39,7 +39,7 @@ class MarginalConfig(BaseModel):
         "aim", description="aim: adaptive rounds over all pairs and the target's triples (McKenna et al. 2022); "
                            "mst: a spanning tree of pairs (McKenna et al. 2021)")
     max_model_mb: float = Field(25.0, gt=0, description="AIM: the junction tree's size limit (MB of float64 cells)")
-    rounds_per_column: int = Field(2, ge=1, le=64, description="AIM: T = this x columns rounds' worth of budget "
+    rounds_per_column: int = Field(8, ge=1, le=64, description="AIM: T = this x columns rounds' worth of budget "
                                                                "at the start (the most rounds it makes)")
     round_iters: int = Field(200, ge=10, le=10_000, description="AIM: Private-PGM iterations after each round "
                                                                  "(warm started; `iters` for the final fit)")

@@ -32,8 +32,10 @@ from synth.privacy.config import PrivacyConfig
 MERGE_BELOW = 3.0  # cells whose noisy 1-way count is below this many sigma_1 are merged (MST)
 MIN_SIGNAL = 10.0  # refuse a plan whose (first) measurement noise std exceeds rows / MIN_SIGNAL
 AIM_ALPHA = 0.9  # AIM: share of each round's rho that measures (the rest selects)
-AIM_ROUNDS_PER_COLUMN = 2  # AIM: T = 2 d rounds' worth of budget at the start (the paper's 16 d makes
-# hundreds of Private-PGM refits, each a JAX compilation: over 15 minutes on Adult on 2 cores)
+# AIM: T = 8 d rounds' worth of budget at the start. The paper's 16 d makes too many Private-PGM refits
+# (each a JAX compilation) for minutes on 2 cores; at 2 d the 1-way marginals take 45 % of rho and
+# annealing leaves 4 rounds on Adult at epsilon 1
+AIM_ROUNDS_PER_COLUMN = 8
 MECHANISMS = {
     "mst": "MST: Gaussian 1-way marginals, exponential-mechanism spanning-tree selection, Gaussian pair marginals "
            "on the declared grid; Private-PGM (mbi) fit as post-processing",
