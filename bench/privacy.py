@@ -234,6 +234,7 @@ def plot(out: dict, path: Path) -> None:
     fig, axes = plt.subplots(len(datasets), len(panels), figsize=(17, 3.8 * len(datasets)), squeeze=False)
     finite = [e for k in out["runs"] if (e := _order(k)[2]) != float("inf")]
     right = max(finite or [8]) * 2
+    colour = {m: f"C{i}" for i, m in enumerate(sorted({_order(k)[1] for k in out["runs"]}))}
     for row, dataset in zip(axes, datasets):
         models = sorted({_order(k)[1] for k in out["runs"] if _order(k)[0] == dataset})
         for model in models:
@@ -241,7 +242,7 @@ def plot(out: dict, path: Path) -> None:
             xs = [min(_order(k)[2], right) for k in keys]
             runs = [out["runs"][k] for k in keys]
             for ax, (label, get) in zip(row, panels):
-                ax.plot(xs, [get(r) for r in runs], marker="o", label=model)
+                ax.plot(xs, [get(r) for r in runs], marker="o", label=model, color=colour[model])
                 ax.set_xscale("log")
                 ax.set_title(f"{dataset}: {label}", fontsize=9)
                 ax.set_xlabel(f"epsilon (no DP drawn at {right:g})")
