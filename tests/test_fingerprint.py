@@ -282,3 +282,56 @@ def test_sampling_service_serves_every_one_pass_family(family, adult_model, tmp_
     job = service.validate(SampleRequest(rows=2, guidance=3.0, conditions={"sex": "Male"}))
     assert job.steps == 1 and job.nfe == 1  # one pass: no steps chosen from steps_candidates
     assert service.headers(job)["X-Synth-Steps"] == "1" and service.headers(job)["X-Synth-NFE"] == "1"
+
+
+def test_private_fingerprint_states_a_recomputable_guarantee_and_fits_a_model(tmp_path):
+    """`synth fingerprint --epsilon`: noisy histograms on the declared grid and a noisy correlation
+    of clipped normal scores; epsilon re-derived from the recorded noise; the copula family fits from
+    it; an undeclared value is refused naming the column, never the value."""
+    from typer.testing import CliRunner
+
+    from synth.cli import app
+    from synth.privacy import zcdp
+    from synth.privacy.fingerprint import clipped_normal_variance
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    age = rng.normal(45, 12, n)
+    income = np.where(rng.random(n) < 0.05, np.nan, 20_000 + 800 * age + rng.normal(0, 4000, n))
+    sex = np.where(age + rng.normal(0, 8, n) > 45, "M", "F")
+    pq.write_table(pa.table({"age": np.clip(age, 18, 90).round().astype(np.int64),
+                             "income": pa.array(income, from_pandas=True), "sex": sex}),
+                   tmp_path / "d.parquet")
+    schema = {"age": {"kind": "integer", "min": 18, "max": 90},
+              "income": {"kind": "continuous", "min": 0, "max": 200_000, "nullable": True},
+              "sex": {"kind": "categorical", "categories": ["F", "M", "X"]}}
+    (tmp_path / "schema.json").write_text(json.dumps(schema))
+    r = CliRunner().invoke(app, ["fingerprint", str(tmp_path / "d.parquet"), "-o", str(tmp_path / "fp.json"),
+                                 "--epsilon", "2", "--schema", str(tmp_path / "schema.json")])
+    assert r.exit_code == 0, r.output
+    fp = json.loads((tmp_path / "fp.json").read_text())
+    p = fp["privacy"]
+    rho = p["histograms"] / (2 * p["noise_std_histogram"] ** 2) + p["sensitivity_correlation"] ** 2 / (
+        2 * p["noise_std_correlation"] ** 2)
+    assert rho == pytest.approx(p["rho"], rel=1e-9) and p["sensitivity_correlation"] == pytest.approx(
+        p["dims"] * p["clip"] ** 2 / np.sqrt(2))
+    assert zcdp.cdp_epsilon(rho, p["delta"]) == pytest.approx(p["epsilon"]) and 1.99 < p["epsilon"] <= 2.0
+    assert "withheld" in fp["source"]["sha256"] and 0.02 < fp["columns"][1]["null_share"] < 0.08
+    assert [d for d in fp["correlation"]["dims"]] == [["age", "value"], ["income", "value"], ["income", "null"],
+                                                      ["sex", "value"]]
+    corr = np.asarray(fp["correlation"]["matrix"])
+    assert corr[0, 1] > 0.5  # age and income, through the noise
+    assert clipped_normal_variance(50.0) == pytest.approx(1.0) and clipped_normal_variance(1.0) < 1.0
+    r = CliRunner().invoke(app, ["fit-fingerprint", str(tmp_path / "fp.json"), "-o", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    model = load_engine(str(tmp_path / "m"))
+    assert model.manifest["privacy"]["dp"] is True and model.manifest["privacy"]["epsilon"] == p["epsilon"]
+    rows = model.sample(2000, seed=1).to_pandas()
+    assert np.corrcoef(rows["age"], rows["income"].fillna(rows["income"].mean()))[0, 1] > 0.4
+    pq.write_table(pa.table({"age": [30] * 50, "income": [1.0] * 50, "sex": ["PERSONAL-VALUE-7"] * 50}),
+                   tmp_path / "bad.parquet")
+    for args, named in ((["--epsilon", "1", "--schema", str(tmp_path / "schema.json")], "'sex'"),
+                        (["--epsilon", "1"], "--schema")):
+        r = CliRunner().invoke(app, ["fingerprint", str(tmp_path / "bad.parquet"), "-o", str(tmp_path / "b.json"),
+                                     *args])
+        assert r.exit_code == 2 and named in r.output and "PERSONAL-VALUE-7" not in r.output

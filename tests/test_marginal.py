@@ -50,17 +50,36 @@ def test_zcdp_conversion_round_trips_and_beats_the_classic_bound():
 
 def test_plan_spends_exactly_the_budget_and_refuses_what_exceeds_it():
     pcfg = PrivacyConfig(enabled=True, epsilon=1.0, delta=1e-5, schema=SCHEMA)
-    plan = plan_marginal(pcfg, 20_000, 15, THIRDS)
+    plan = plan_marginal(pcfg, 20_000, 15, THIRDS, method="mst")
     assert plan.total_epsilon() == pytest.approx(1.0, rel=1e-6) and plan.rounds == 14
     with pytest.raises(ConfigError, match=r"model.sigma 5 .* raise model.sigma to at least"):
-        plan_marginal(pcfg, 20_000, 15, THIRDS, sigma=5.0)
-    assert plan_marginal(pcfg, 20_000, 15, THIRDS, sigma=60.0).total_epsilon() < 1.0
-    with pytest.raises(ConfigError, match=r"privacy.epsilon 0.01 is too small for 500 training rows.*at least"):
-        plan_marginal(PrivacyConfig(enabled=True, epsilon=0.01, delta=1e-5, schema=SCHEMA), 500, 15, THIRDS)
+        plan_marginal(pcfg, 20_000, 15, THIRDS, sigma=5.0, method="mst")
+    assert plan_marginal(pcfg, 20_000, 15, THIRDS, sigma=60.0, method="mst").total_epsilon() < 1.0
+    with pytest.raises(ConfigError, match="model.sigma fixes MST's noise"):
+        plan_marginal(pcfg, 20_000, 15, THIRDS, sigma=60.0)
+    for method in ("mst", "aim"):
+        with pytest.raises(ConfigError, match=r"privacy.epsilon 0.01 is too small for 500 training rows.*at least"):
+            plan_marginal(PrivacyConfig(enabled=True, epsilon=0.01, delta=1e-5, schema=SCHEMA), 500, 15, THIRDS,
+                          method=method)
     with pytest.raises(ConfigError, match="privacy.noise_multiplier is a DP-SGD setting"):
         plan_marginal(PrivacyConfig(enabled=True, noise_multiplier=1.0, schema=SCHEMA), 20_000, 15, THIRDS)
     with pytest.raises(ConfigError, match="privacy.delta"):
         plan_marginal(PrivacyConfig(enabled=True, epsilon=1.0, delta=1e-3, schema=SCHEMA), 5_000, 15, THIRDS)
+
+
+def test_aim_plans_its_first_round_and_weights_the_targets_triples():
+    from synth.privacy.marginal import aim_workload
+
+    pcfg = PrivacyConfig(enabled=True, epsilon=1.0, delta=1e-5, schema=SCHEMA)
+    plan = plan_marginal(pcfg, 20_000, 15, THIRDS)
+    assert plan.method == "aim" and plan.rounds == 8 * 15 and plan.rounds_log == []
+    per_round = plan.rho / plan.rounds  # 90 % measures, 10 % selects; the 1-way marginals at the same noise
+    assert zcdp.gaussian_rho(plan.sigma_one_way) == pytest.approx(0.9 * per_round)
+    assert zcdp.exponential_rho(plan.epsilon_select) == pytest.approx(0.1 * per_round)
+    w = aim_workload(4, target=3)
+    assert (0, 1, 3) in w and (0, 1, 2) not in w and (0, 1) in w and (2,) in w
+    assert w[(0, 3)] > w[(0, 1)]  # a pair with the target sits in more of the workload's triples
+    assert aim_workload(4, None) == {cl: v for cl, v in aim_workload(4, None).items() if len(cl) <= 2}
 
 
 def test_a_private_run_defaults_to_the_marginal_family_and_dp_sgd_stays_available():
@@ -81,8 +100,9 @@ def test_fit_publishes_an_epsilon_recomputable_from_its_parameters(tmp_path):
     engine = load_engine(str(tmp_path / "run" / "model"))
     p = engine.manifest["privacy"]
     # an officer's recomputation from the recorded mechanism parameters alone
-    rho = (p["columns"] / (2 * p["noise_std_one_way"] ** 2) + p["rounds"] * p["epsilon_select_per_round"] ** 2 / 8
-           + p["rounds"] / (2 * p["noise_std_two_way"] ** 2))
+    rho = p["columns"] / (2 * p["noise_std_one_way"] ** 2) + sum(e ** 2 / 8 + 1 / (2 * s ** 2)
+                                                                 for e, s, _ in p["rounds_log"])
+    assert p["rounds"] == len(p["rounds_log"]) > 0 and "AIM" in p["mechanism"]
     assert rho == pytest.approx(p["rho"], rel=1e-9) and rho == pytest.approx(sum(p["rho_parts"].values()))
     assert zcdp.cdp_epsilon(rho, p["delta"]) == pytest.approx(p["epsilon"], rel=1e-9)
     assert p["epsilon"] <= p["epsilon_budget"] == 2.0 and p["epsilon"] > 1.99

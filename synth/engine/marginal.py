@@ -1,5 +1,5 @@
 """The marginal engine (family "marginal"): a graphical model fitted to noisy low-order marginals
-(MST on Private-PGM, `synth.privacy.marginal`), the private family of choice for tables.
+(AIM or MST on Private-PGM, `synth.privacy.marginal`), the private family of choice for tables.
 
 Every modelled column is discretised on the cells its declaration in `privacy.schema` fixes
 (`synth.table.schema.NumericGrid`: atoms, equal-width bins, categories, a null cell when
@@ -35,11 +35,20 @@ from synth.table.schema import ColumnSchema, NumericGrid, cell_index
 class MarginalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     family: Literal["marginal"] = "marginal"
+    method: Literal["aim", "mst"] = Field(
+        "aim", description="aim: adaptive rounds over all pairs and the target's triples (McKenna et al. 2022); "
+                           "mst: a spanning tree of pairs (McKenna et al. 2021)")
+    max_model_mb: float = Field(25.0, gt=0, description="AIM: the junction tree's size limit (MB of float64 cells)")
+    rounds_per_column: int = Field(8, ge=1, le=64, description="AIM: T = this x columns rounds' worth of budget "
+                                                               "at the start (the most rounds it makes)")
+    round_iters: int = Field(200, ge=10, le=10_000, description="AIM: Private-PGM iterations after each round "
+                                                                 "(warm started; `iters` for the final fit)")
     shares: tuple[float, float, float] = Field(
-        (1 / 3, 1 / 3, 1 / 3), description="shares of the budget (rho) for the 1-way measurements, the pair "
-                                           "selection and the pair measurements")
-    sigma: float | None = Field(None, gt=0, description="fix the noise std of every measurement (counts) instead "
-                                                        "of deriving it from privacy.epsilon; refused if over budget")
+        (1 / 3, 1 / 3, 1 / 3), description="MST: shares of the budget (rho) for the 1-way measurements, the "
+                                           "pair selection and the pair measurements")
+    sigma: float | None = Field(None, gt=0, description="MST: fix the noise std of every measurement (counts) "
+                                                        "instead of deriving it from privacy.epsilon; refused if over "
+                                                        "budget")
     iters: int = Field(1000, ge=50, le=100_000, description="Private-PGM mirror-descent iterations")
     bins: int = Field(32, ge=2, le=10_000, description="cells per numeric column unless declared (privacy.bins "
                                                        "is used when privacy is enabled)")
@@ -230,20 +239,18 @@ def plan(cfg, rows: int):
     """The privacy plan of a private run of this family (before any row is read)."""
     from synth.privacy.marginal import plan_marginal
 
-    return plan_marginal(cfg.privacy, rows, len(_modelled(cfg)), cfg.model.shares, cfg.model.sigma)
+    m = cfg.model
+    return plan_marginal(cfg.privacy, rows, len(_modelled(cfg)), m.shares, m.sigma, m.method, m.max_model_mb,
+                         m.rounds_per_column)
 
 
 def _modelled(cfg) -> list[str]:
     return [n for n in cfg.privacy.declared if n not in cfg.data.codec.ignore]
 
 
-def fit_marginal(engine: MarginalEngine, cfg, rows: pa.Table, privacy) -> dict:
-    """Fit `engine` on the training rows with the run's privacy plan (None: exact, not private).
-    Returns the fit's metrics (`step`: selection rounds made; `epsilon`: what the parts spend)."""
-    from synth.privacy import pgm
-    from synth.privacy.marginal import no_privacy_plan, run_mst
-
-    t0 = time.perf_counter()
+def use_declared_grid(engine: MarginalEngine, cfg) -> list[str]:
+    """Set `engine`'s cells from the declared schema (the run's bins); returns the modelled columns.
+    Nothing is read from the data."""
     declared = cfg.privacy.declared
     names = [c.name for c in engine.codec.columns]
     if not declared or any(n not in declared for n in names):
@@ -259,9 +266,26 @@ def fit_marginal(engine: MarginalEngine, cfg, rows: pa.Table, privacy) -> dict:
     c.declared, c.columns, c.sizes, c.bins = {n: declared[n] for n in names}, names, sizes, bins
     engine.cond_columns = [n for n in engine.codec.categorical_names() if n in names]
     engine.cond_cards = [sizes[names.index(n)] for n in engine.cond_columns]
+    return names
+
+
+def fit_marginal(engine: MarginalEngine, cfg, rows: pa.Table, privacy) -> dict:
+    """Fit `engine` on the training rows with the run's privacy plan (None: exact, not private).
+    Returns the fit's metrics (`step`: selection rounds made; `epsilon`: what the parts spend)."""
+    from synth.privacy import pgm
+    from synth.privacy.marginal import no_privacy_plan, run_aim, run_mst
+
+    t0 = time.perf_counter()
+    names = use_declared_grid(engine, cfg)
+    sizes, c = engine.config.sizes, engine.config
     data = engine.discretise(rows)
-    plan_ = privacy if privacy is not None else no_privacy_plan(rows.num_rows, len(names), c.shares)
-    measured = run_mst(data, sizes, names, plan_, iters=c.iters)
+    plan_ = privacy if privacy is not None else no_privacy_plan(rows.num_rows, len(names), c.shares, c.method,
+                                                                c.max_model_mb)
+    if c.method == "aim":
+        target = names.index(cfg.data.target) if cfg.data.target in names else None
+        measured = run_aim(data, sizes, names, plan_, target, iters=c.iters, round_iters=c.round_iters)
+    else:
+        measured = run_mst(data, sizes, names, plan_, iters=c.iters)
     pots = pgm.potentials(measured.model)
     c.merged = [int(m.max()) + 1 for m in measured.merge]
     c.cliques = [list(cl) for cl, _ in pots]
@@ -270,8 +294,8 @@ def fit_marginal(engine: MarginalEngine, cfg, rows: pa.Table, privacy) -> dict:
         tensors[f"merge/{j}"] = torch.from_numpy(measured.merge[j].astype(np.int64))
         tensors[f"within/{j}"] = torch.from_numpy(np.asarray(measured.one_way[j], dtype=np.float64))
     engine.tensors, engine._sampler = tensors, None
-    metrics = {"step": plan_.rounds, "fit_s": time.perf_counter() - t0, "pairs": len(measured.pairs),
-               "merged_cells": measured.log["merged_cells"]}
+    metrics = {"step": len(plan_.rounds_log), "fit_s": time.perf_counter() - t0, "cliques": len(measured.cliques),
+               **{k: v for k, v in measured.log.items() if k != "iters"}}
     if plan_.private:
         metrics["epsilon"] = plan_.total_epsilon()
     return metrics

@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 import secrets
+import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -29,7 +30,20 @@ from synth.privacy import zcdp
 from synth.privacy.config import PrivacyConfig
 
 MERGE_BELOW = 3.0  # cells whose noisy 1-way count is below this many sigma_1 are merged (MST)
-MIN_SIGNAL = 10.0  # refuse a plan whose pair-marginal noise std exceeds rows / MIN_SIGNAL
+MIN_SIGNAL = 10.0  # refuse a plan whose (first) measurement noise std exceeds rows / MIN_SIGNAL
+AIM_ALPHA = 0.9  # AIM: share of each round's rho that measures (the rest selects)
+# AIM: T = 8 d rounds' worth of budget at the start. The paper's 16 d makes too many Private-PGM refits
+# (each a JAX compilation) for minutes on 2 cores; at 2 d the 1-way marginals take 45 % of rho and
+# annealing leaves 4 rounds on Adult at epsilon 1
+AIM_ROUNDS_PER_COLUMN = 8
+MECHANISMS = {
+    "mst": "MST: Gaussian 1-way marginals, exponential-mechanism spanning-tree selection, Gaussian pair marginals "
+           "on the declared grid; Private-PGM (mbi) fit as post-processing",
+    "aim": "AIM: Gaussian 1-way marginals, then rounds of exponential-mechanism selection of a workload marginal "
+           "(pairs, and triples with the target) scored by the current model's error less the expected noise, under "
+           "a growing model-size limit, and its Gaussian measurement; noise halves when a round changes the model "
+           "less than its noise (budget annealing) until rho is spent; Private-PGM (mbi) fit as post-processing",
+}
 
 
 @dataclass
@@ -46,7 +60,12 @@ class MarginalPlan:
     rounds: int  # exponential-mechanism selections (spanning-tree edges)
     sigma_one_way: float  # Gaussian noise std per cell of each 1-way marginal
     sigma_two_way: float  # ... of each selected pair's marginal
-    epsilon_select: float  # epsilon of each exponential-mechanism round
+    epsilon_select: float  # epsilon of each exponential-mechanism round (AIM: of the first)
+    method: str = "mst"  # "mst" or "aim"
+    max_model_mb: float = 0.0  # AIM: the junction tree's size limit at the end (MB)
+    # every selection round as [epsilon of its exponential-mechanism draw, noise std of its measurement,
+    # the measured clique]: fixed by the plan for MST, written round by round by AIM (budget annealing)
+    rounds_log: list = field(default_factory=list)
     preprocessing: str = "schema"  # the codec comes from the declared schema alone (no spend)
     epsilon_preprocessing: float = 0.0
 
@@ -55,12 +74,16 @@ class MarginalPlan:
         return self.rho > 0
 
     def parts(self) -> dict[str, float]:
-        """rho of each part, recomputed from the recorded noise scales."""
+        """rho of each part, recomputed from the recorded noise scales and selection epsilons."""
         if not self.private:
-            return {"one_way": 0.0, "select": 0.0, "two_way": 0.0}
+            return {"one_way": 0.0, "select": 0.0, "measure": 0.0}
         return {"one_way": self.columns * zcdp.gaussian_rho(self.sigma_one_way),
-                "select": self.rounds * zcdp.exponential_rho(self.epsilon_select),
-                "two_way": self.rounds * zcdp.gaussian_rho(self.sigma_two_way)}
+                "select": sum(zcdp.exponential_rho(e) for e, _, _ in self.rounds_log),
+                "measure": sum(zcdp.gaussian_rho(s) for _, s, _ in self.rounds_log)}
+
+    def committed_rho(self) -> float:
+        """The most this plan may spend: MST's fixed parts; AIM spends its whole budget."""
+        return self.rho if self.method == "aim" else self.spent_rho()
 
     def spent_rho(self) -> float:
         return sum(self.parts().values())
@@ -79,8 +102,8 @@ class MarginalPlan:
         """The manifest's `privacy` block (the same shape as DP-SGD's: dp, epsilon, delta, budget,
         accountant, mechanism, parts). `steps` are the selection rounds made; `accountant_epsilon`
         what the fit reported, which must agree with the recomputation."""
-        if steps != self.rounds:
-            raise RuntimeError(f"the mechanism made {steps} selection rounds but the plan has {self.rounds}")
+        if steps != len(self.rounds_log) or (self.method == "mst" and steps != self.rounds):
+            raise RuntimeError(f"the mechanism made {steps} selection rounds but its log has {len(self.rounds_log)}")
         parts, rho = self.parts(), self.spent_rho()
         eps = zcdp.cdp_epsilon(rho, self.delta)
         if accountant_epsilon is not None and not math.isclose(eps, accountant_epsilon, rel_tol=1e-9):
@@ -93,32 +116,31 @@ class MarginalPlan:
             "delta": self.delta,
             "epsilon_budget": self.epsilon_budget,
             "accountant": "zCDP (rho adds up; (epsilon, delta) by Canonne-Kamath-Steinke 2020)",
-            "mechanism": "MST: Gaussian 1-way marginals, exponential-mechanism spanning-tree selection, Gaussian "
-                         "pair marginals on the declared grid; Private-PGM (mbi) fit as post-processing",
+            "mechanism": MECHANISMS[self.method],
             "rho": rho,
             "rho_parts": parts,
             "epsilon_parts": {k: zcdp.cdp_epsilon(v, self.delta) for k, v in parts.items()},
             "noise_std_one_way": self.sigma_one_way,
-            "noise_std_two_way": self.sigma_two_way,
-            "epsilon_select_per_round": self.epsilon_select,
-            "rounds": self.rounds,
             "columns": self.columns,
+            "rounds": len(self.rounds_log),
+            "rounds_log": [[e, s, list(cl)] for e, s, cl in self.rounds_log],
             "sensitivity": "1 per marginal (L1 and L2) and per selection score (L1)",
             "epsilon_preprocessing": 0.0,
             "preprocessing": {"mode": "schema", "mechanism": "declared schema only (no statistic read from the data)"},
-            "composition": "zCDP: rho_one_way + rho_select + rho_two_way, converted once at delta",
+            "composition": "zCDP: columns / (2 noise_std_one_way^2) + the sum over rounds_log of "
+                           "epsilon_select^2 / 8 + 1 / (2 noise_std^2), converted once at delta",
             "train_rows": self.train_rows,
             "unit": "one row (add/remove adjacency); the number of training rows is treated as public",
         }
 
 
 def plan_marginal(pcfg: PrivacyConfig, rows: int, columns: int, shares: tuple[float, float, float],
-                  sigma: float | None = None) -> MarginalPlan:
-    """The budget split of one MST run on `rows` rows of `columns` modelled columns; refuses a plan
-    that would exceed privacy.epsilon (with `sigma`, a fixed noise std for every measurement) or
-    whose noise would drown the counts. Reads no row."""
-    rounds = max(columns - 1, 0)
-    s1, ss, s2 = shares
+                  sigma: float | None = None, method: str = "aim", max_model_mb: float = 25.0,
+                  rounds_per_column: int = AIM_ROUNDS_PER_COLUMN) -> MarginalPlan:
+    """The budget of one run on `rows` rows of `columns` modelled columns. MST: the split `shares`
+    of rho (with `sigma`, a fixed noise std for every measurement); AIM: the initial per-round
+    noise and selection epsilon (later rounds are set by annealing, within rho). Refuses a plan
+    that would exceed privacy.epsilon or whose (first) noise would drown the counts. Reads no row."""
     if pcfg.noise_multiplier is not None:
         raise ConfigError("privacy.noise_multiplier is a DP-SGD setting; the marginal family derives its noise from "
                           "privacy.epsilon: remove privacy.noise_multiplier (or set model.family: diffusion)")
@@ -129,24 +151,47 @@ def plan_marginal(pcfg: PrivacyConfig, rows: int, columns: int, shares: tuple[fl
                           f"lower privacy.delta to at most {0.1 / max(rows, 1):.1g}")
     if columns < 1:
         raise ConfigError("no modelled column: declare the columns under privacy.schema")
+    if sigma is not None and method != "mst":
+        raise ConfigError("model.sigma fixes MST's noise; AIM sets its noise round by round from privacy.epsilon: "
+                          "remove model.sigma or set model.method: mst")
     rho = zcdp.cdp_rho(pcfg.epsilon, pcfg.delta)
-    if sigma is not None:  # a fixed noise scale: what it spends, refused if over budget
-        plan = _plan(pcfg, rows, columns, rounds, shares, rho=rho, sigma=sigma)
-        spent = plan.total_epsilon()
-        if spent > pcfg.epsilon * (1 + 1e-9):
-            need = _sigma_within(rho, columns, rounds, shares)
-            raise ConfigError(f"privacy budget exceeded before any row is read: model.sigma {sigma:g} over {columns} "
-                              f"1-way and {rounds} pair measurements spends epsilon {spent:.3f} > privacy.epsilon "
-                              f"{pcfg.epsilon:g}; raise model.sigma to at least {need:.3f}, remove it, or raise "
-                              "privacy.epsilon")
+    if method == "aim":
+        plan = _plan_aim(pcfg, rows, columns, rho, max_model_mb, rounds_per_column)
+        noisiest, what = plan.sigma_one_way, "the marginals"
+        need_rho = rounds_per_column * columns * zcdp.gaussian_rho(rows / MIN_SIGNAL) / AIM_ALPHA
     else:
-        plan = _plan(pcfg, rows, columns, rounds, shares, rho=rho)
-    if plan.sigma_two_way * MIN_SIGNAL > rows:
-        need = _epsilon_for_sigma(rows / MIN_SIGNAL, pcfg.delta, columns, rounds, shares)
-        raise ConfigError(f"privacy.epsilon {pcfg.epsilon:g} is too small for {rows} training rows: the pair "
-                          f"marginals would get noise of std {plan.sigma_two_way:.0f} rows per cell (more than a "
-                          f"tenth of the rows); raise privacy.epsilon to at least {need:.3g} or train on more rows")
+        rounds = max(columns - 1, 0)
+        if sigma is not None:  # a fixed noise scale: what it spends, refused if over budget
+            plan = _plan(pcfg, rows, columns, rounds, shares, rho=rho, sigma=sigma)
+            spent = plan.total_epsilon()
+            if spent > pcfg.epsilon * (1 + 1e-9):
+                need = _sigma_within(rho, columns, rounds, shares)
+                raise ConfigError(f"privacy budget exceeded before any row is read: model.sigma {sigma:g} over "
+                                  f"{columns} 1-way and {rounds} pair measurements spends epsilon {spent:.3f} > "
+                                  f"privacy.epsilon {pcfg.epsilon:g}; raise model.sigma to at least {need:.3f}, "
+                                  "remove it, or raise privacy.epsilon")
+        else:
+            plan = _plan(pcfg, rows, columns, rounds, shares, rho=rho)
+        noisiest, what = plan.sigma_two_way, "the pair marginals"
+        need_rho = rounds * zcdp.gaussian_rho(rows / MIN_SIGNAL) / shares[2]
+    if noisiest * MIN_SIGNAL > rows:
+        need = zcdp.cdp_epsilon(need_rho, pcfg.delta)
+        raise ConfigError(f"privacy.epsilon {pcfg.epsilon:g} is too small for {rows} training rows: {what} "
+                          f"would get noise of std {noisiest:.0f} rows per cell (more than a tenth of the rows); "
+                          f"raise privacy.epsilon to at least {need:.3g} or train on more rows")
     return plan
+
+
+def _plan_aim(pcfg: PrivacyConfig, rows: int, columns: int, rho: float, max_model_mb: float,
+              rounds_per_column: int) -> MarginalPlan:
+    """AIM's start (McKenna et al. 2022): rho / T per round with T = rounds_per_column x d (the most
+    rounds it can make), 90 % of it measuring; the 1-way marginals are measured with the same noise."""
+    rounds = rounds_per_column * columns
+    return MarginalPlan(epsilon_budget=pcfg.epsilon, delta=pcfg.delta, rho=rho, train_rows=rows, columns=columns,
+                        share_one_way=columns / rounds * AIM_ALPHA, share_select=0.0, share_two_way=0.0,
+                        rounds=rounds, sigma_one_way=zcdp.gaussian_sigma(AIM_ALPHA * rho / rounds),
+                        sigma_two_way=0.0, epsilon_select=zcdp.exponential_epsilon((1 - AIM_ALPHA) * rho / rounds),
+                        method="aim", max_model_mb=max_model_mb)
 
 
 def _plan(pcfg: PrivacyConfig, rows: int, columns: int, rounds: int, shares, rho: float,
@@ -154,14 +199,14 @@ def _plan(pcfg: PrivacyConfig, rows: int, columns: int, rounds: int, shares, rho
     s1, ss, s2 = shares
     if sigma is not None:
         sig1 = sig2 = sigma
-        eps_sel = zcdp.exponential_epsilon(rho * ss / rounds) if rounds else 0.0
     else:
         sig1 = zcdp.gaussian_sigma(rho * s1 / columns)
         sig2 = zcdp.gaussian_sigma(rho * s2 / rounds) if rounds else 0.0
-        eps_sel = zcdp.exponential_epsilon(rho * ss / rounds) if rounds else 0.0
+    eps_sel = zcdp.exponential_epsilon(rho * ss / rounds) if rounds else 0.0
     return MarginalPlan(epsilon_budget=pcfg.epsilon, delta=pcfg.delta, rho=rho, train_rows=rows, columns=columns,
                         share_one_way=s1, share_select=ss, share_two_way=s2, rounds=rounds, sigma_one_way=sig1,
-                        sigma_two_way=sig2, epsilon_select=eps_sel)
+                        sigma_two_way=sig2, epsilon_select=eps_sel, method="mst",
+                        rounds_log=[[eps_sel, sig2, []] for _ in range(rounds)])
 
 
 def _sigma_within(rho: float, columns: int, rounds: int, shares) -> float:
@@ -170,29 +215,41 @@ def _sigma_within(rho: float, columns: int, rounds: int, shares) -> float:
     return zcdp.gaussian_sigma(rho * (s1 + s2) / (columns + rounds))
 
 
-def _epsilon_for_sigma(target: float, delta: float, columns: int, rounds: int, shares) -> float:
-    rho = rounds * zcdp.gaussian_rho(target) / shares[2]  # rho whose pair share gives noise `target`
-    return zcdp.cdp_epsilon(rho, delta)
-
-
-def no_privacy_plan(rows: int, columns: int, shares) -> MarginalPlan:
-    """Exact measurements and greedy selection (a non-private run of the same algorithm)."""
+def no_privacy_plan(rows: int, columns: int, shares, method: str = "aim", max_model_mb: float = 25.0) -> MarginalPlan:
+    """Exact measurements and greedy selection (a non-private run of the same algorithm; AIM makes
+    2 d rounds)."""
+    rounds = max(columns - 1, 0) if method == "mst" else 2 * columns
     return MarginalPlan(epsilon_budget=None, delta=0.0, rho=0.0, train_rows=rows, columns=columns,
                         share_one_way=shares[0], share_select=shares[1], share_two_way=shares[2],
-                        rounds=max(columns - 1, 0), sigma_one_way=0.0, sigma_two_way=0.0, epsilon_select=math.inf)
+                        rounds=rounds, sigma_one_way=0.0, sigma_two_way=0.0, epsilon_select=math.inf,
+                        method=method, max_model_mb=max_model_mb,
+                        rounds_log=[[math.inf, 0.0, []] for _ in range(rounds)] if method == "mst" else [])
 
 
-# -- the mechanism -----------------------------------------------------------------------------
+# -- the mechanisms ----------------------------------------------------------------------------
 @dataclass
 class Measured:
-    """What the mechanism releases: noisy 1-way counts (original cells), the merge of rare cells,
-    the selected pairs and their noisy marginals on the merged cells, and the fitted model."""
+    """What a mechanism releases: noisy 1-way counts (original cells), the merge of rare cells, the
+    selected cliques and their noisy marginals on the merged cells, and the fitted model."""
     one_way: list[np.ndarray]
     merge: list[np.ndarray]  # column -> merged cell of each original cell
-    pairs: list[tuple[int, int]]
-    two_way: list[np.ndarray]
+    cliques: list[tuple[int, ...]]
+    marginals: list[np.ndarray]
     model: object  # mbi.MarkovRandomField over the merged cells
     log: dict = field(default_factory=dict)
+
+
+def _one_way(data, sizes, names, plan, rng):
+    """Every column's noisy counts, the merge of its rare cells, and the rows on the merged cells."""
+    from synth.privacy.pgm import counts
+
+    d = len(sizes)
+    one_way = [counts(data, (c,), sizes) + rng.normal(0, plan.sigma_one_way, sizes[c]) if plan.private
+               else counts(data, (c,), sizes) for c in range(d)]
+    merge = [_merge_map(y, plan.sigma_one_way) for y in one_way]
+    merged = np.stack([merge[c][data[:, c]] for c in range(d)], axis=1) if d else data
+    msizes = [int(m.max()) + 1 for m in merge]
+    return one_way, merge, merged, msizes, [((names[c],), one_way[c], merge[c]) for c in range(d)]
 
 
 def run_mst(data: np.ndarray, sizes: list[int], names: list[str], plan: MarginalPlan, iters: int = 1000,
@@ -204,12 +261,7 @@ def run_mst(data: np.ndarray, sizes: list[int], names: list[str], plan: Marginal
 
     rng = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
     d = len(sizes)
-    one_way = [counts(data, (c,), sizes) + rng.normal(0, plan.sigma_one_way, sizes[c]) if plan.private
-               else counts(data, (c,), sizes) for c in range(d)]
-    merge = [_merge_map(y, plan.sigma_one_way) for y in one_way]
-    merged = np.stack([merge[c][data[:, c]] for c in range(d)], axis=1) if d else data
-    msizes = [int(m.max()) + 1 for m in merge]
-    one_way_m = [((names[c],), one_way[c], merge[c]) for c in range(d)]
+    one_way, merge, merged, msizes, one_way_m = _one_way(data, sizes, names, plan, rng)
 
     # selection: the 1-way model's L1 error on each pair (sensitivity 1), a spanning tree by the
     # exponential mechanism (Kruskal: each round picks among pairs joining two components)
@@ -217,20 +269,103 @@ def run_mst(data: np.ndarray, sizes: list[int], names: list[str], plan: Marginal
     errors = independent_pairs_error(merged, msizes, one_way_m, candidates)
     component = list(range(d))
     pairs = []
-    for _ in range(plan.rounds):
+    for r in range(plan.rounds):
         open_ = [k for k, (a, b) in enumerate(candidates) if component[a] != component[b]]
         scores = np.asarray([errors[k] for k in open_])
         k = open_[_exponential(scores, plan.epsilon_select, rng)]
         a, b = candidates[k]
         pairs.append((a, b))
+        plan.rounds_log[r][2] = [names[a], names[b]]
         old, new = component[b], component[a]
         component = [new if x == old else x for x in component]
     two_way = [counts(merged, p, msizes) + (rng.normal(0, plan.sigma_two_way, (msizes[p[0]], msizes[p[1]]))
                                             if plan.private else 0.0) for p in pairs]
     model = estimate(sizes, msizes, names, one_way_m, plan.sigma_one_way,
-                     [((names[a], names[b]), y) for (a, b), y in zip(pairs, two_way)], plan.sigma_two_way, iters)
+                     [((names[a], names[b]), y, plan.sigma_two_way) for (a, b), y in zip(pairs, two_way)], iters)
     return Measured(one_way, merge, pairs, two_way, model,
                     {"merged_cells": int(sum(sizes) - sum(msizes)), "iters": iters})
+
+
+def aim_workload(d: int, target: int | None) -> dict[tuple[int, ...], float]:
+    """AIM's candidates and their weights: every pair, plus every triple that holds the target
+    column (the downward closure, each clique weighted by its overlap with the workload)."""
+    workload = list(itertools.combinations(range(d), 2))
+    if target is not None:
+        others = [c for c in range(d) if c != target]
+        workload += [tuple(sorted((a, b, target))) for a, b in itertools.combinations(others, 2)]
+    closure = {sub for w in workload for k in range(1, len(w) + 1) for sub in itertools.combinations(w, k)}
+    return {cl: float(sum(len(set(cl) & set(w)) for w in workload)) for cl in sorted(closure)}
+
+
+def run_aim(data: np.ndarray, sizes: list[int], names: list[str], plan: MarginalPlan, target: int | None = None,
+            iters: int = 1000, round_iters: int = 200, rng: np.random.Generator | None = None) -> Measured:
+    """AIM (McKenna, Mullins, Sheldon and Miklau 2022) on the discretised rows `data` (n, d): after
+    the 1-way marginals, each round picks a workload clique by the exponential mechanism, scored by
+    the weighted L1 error of the current model on it less the noise its measurement would carry
+    (sensitivity: the largest weight), among the cliques that keep the junction tree under a size
+    limit growing with the budget spent; measures it with Gaussian noise and refits the model (warm
+    started). When a measurement moves the model less than its expected noise, the noise halves
+    and the selection epsilon doubles; the last round spends what is left of rho. Every round is
+    appended to `plan.rounds_log`, so the spend is recomputable. Exact and greedy without privacy."""
+    from synth.privacy.pgm import Marginals, counts, estimate, model_size_mb
+
+    rng = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
+    one_way, merge, merged, msizes, one_way_m = _one_way(data, sizes, names, plan, rng)
+    weights = aim_workload(len(sizes), target)
+    candidates = [cl for cl in weights if len(cl) > 1]
+    answers = {cl: counts(merged, cl, msizes) for cl in candidates}  # the only data access besides 1-way
+    sensitivity = max(weights[cl] for cl in candidates) if candidates else 1.0
+    model = estimate(sizes, msizes, names, one_way_m, plan.sigma_one_way, [], round_iters)
+    sigma, eps = plan.sigma_one_way, plan.epsilon_select
+    rho_used = plan.columns * zcdp.gaussian_rho(sigma) if plan.private else 0.0
+    plan.rounds_log = []
+    chosen: list[tuple[int, ...]] = []
+    measured: list = []
+    seconds = {"size_check_s": 0.0, "score_s": 0.0, "estimate_s": 0.0}
+    while candidates:
+        if plan.private:
+            last = plan.rho - rho_used < 2 * (zcdp.gaussian_rho(sigma) + zcdp.exponential_rho(eps))
+            if last:  # the remaining budget, split as every round's
+                remaining = (plan.rho - rho_used) * (1 - 1e-9)  # never a rounding error over the budget
+                sigma = zcdp.gaussian_sigma(AIM_ALPHA * remaining)
+                eps = zcdp.exponential_epsilon((1 - AIM_ALPHA) * remaining)
+            rho_used += zcdp.gaussian_rho(sigma) + zcdp.exponential_rho(eps)
+            limit = plan.max_model_mb * rho_used / plan.rho
+        else:
+            last, limit = len(plan.rounds_log) + 1 >= plan.rounds, plan.max_model_mb
+        t0 = time.perf_counter()
+        held = [set(c) for c in chosen]
+        small = [cl for cl in candidates if any(set(cl) <= h for h in held)
+                 or model_size_mb(names, msizes, [tuple(names[c] for c in x) for x in chosen + [cl]]) <= limit]
+        t1 = time.perf_counter()
+        bias = math.sqrt(2 / math.pi) * sigma
+        fitted = Marginals(model)
+        scores = np.asarray([weights[cl] * (np.abs(answers[cl] - fitted(_names(names, cl))).sum()
+                                            - bias * answers[cl].size) for cl in small])
+        t2 = time.perf_counter()
+        cl = small[_exponential(scores, eps, rng, sensitivity)]
+        y = answers[cl] + (rng.normal(0, sigma, answers[cl].shape) if plan.private else 0.0)
+        chosen.append(cl)
+        measured.append((_names(names, cl), y, sigma))
+        plan.rounds_log.append([eps, sigma, list(_names(names, cl))])
+        before = fitted(_names(names, cl))
+        model = estimate(sizes, msizes, names, one_way_m, plan.sigma_one_way, measured, round_iters,
+                         warm_start=model)
+        for k, dt in zip(seconds, (t1 - t0, t2 - t1, time.perf_counter() - t2)):
+            seconds[k] += dt
+        if plan.private and np.abs(Marginals(model)(_names(names, cl)) - before).sum() <= bias * y.size:
+            sigma, eps = sigma / 2, eps * 2  # budget annealing
+        if last:
+            break
+    if plan.private and rho_used > plan.rho * (1 + 1e-9):
+        raise RuntimeError(f"AIM spent rho {rho_used} over its budget {plan.rho}")
+    model = estimate(sizes, msizes, names, one_way_m, plan.sigma_one_way, measured, iters, warm_start=model)
+    return Measured(one_way, merge, chosen, [y for _, y, _ in measured], model,
+                    {"merged_cells": int(sum(sizes) - sum(msizes)), "iters": iters, **seconds})
+
+
+def _names(names: list[str], cl: tuple[int, ...]) -> tuple[str, ...]:
+    return tuple(names[c] for c in cl)
 
 
 def _merge_map(noisy: np.ndarray, sigma: float) -> np.ndarray:

@@ -45,15 +45,61 @@ def _one_way(names, sizes, msizes, one_way, sigma) -> list:
 
 
 def estimate(sizes: list[int], msizes: list[int], names: list[str], one_way: list, sigma1: float,
-             two_way: list, sigma2: float, iters: int):
+             measured: list, iters: int, warm_start=None):
     """The graphical model (mbi.MarkovRandomField over the merged cells) that best explains the
-    noisy measurements: 1-way on the original cells (merged by `merge`), pairs on the merged cells."""
+    noisy measurements: 1-way on the original cells (merged by `merge`), and `measured`
+    (clique, noisy counts, noise std) on the merged cells; `warm_start` a previous model."""
     meas = _one_way(names, sizes, msizes, one_way, sigma1)
-    meas += [mbi.LinearMeasurement(np.asarray(y, dtype=np.float64).reshape(-1), clique, stddev=sigma2 or 1.0)
-             for clique, y in two_way]
+    meas += [mbi.LinearMeasurement(y.reshape(-1), clique, stddev=sigma) for clique, y, sigma in pooled(measured)]
+    # the total: inverse-variance average of every measurement's noisy sum (mbi counts only the
+    # uncompressed ones, and a model fitted to the 1-way measurements alone would get total 1)
+    sums = [(float(np.sum(y)), (sigma1 or 1.0) ** 2 * np.size(y)) for _, y, _ in one_way]
+    sums += [(float(np.sum(y)), (sigma or 1.0) ** 2 * np.size(y)) for _, y, sigma in measured]
+    total = max(1.0, sum(t / v for t, v in sums) / sum(1 / v for _, v in sums))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return mbi.estimation.MirrorDescent().estimate(_domain(names, msizes), meas, iters=iters)
+        return mbi.estimation.MirrorDescent().estimate(_domain(names, msizes), meas, known_total=total,
+                                                       iters=iters, warm_start=warm_start)
+
+
+def pooled(measured: list) -> list:
+    """Repeated measurements of one clique as one: their inverse-variance average, whose noise std is
+    (sum 1 / sigma^2)^(-1/2) (the Gaussian likelihood is the same, and mbi compiles one loss term per
+    measurement). Exact measurements (sigma 0) weigh as std 1."""
+    out: dict[tuple, list] = {}
+    for clique, y, sigma in measured:
+        w = 1.0 / (sigma or 1.0) ** 2
+        acc = out.setdefault(tuple(clique), [0.0, 0.0])
+        acc[0], acc[1] = acc[0] + w * np.asarray(y, dtype=np.float64), acc[1] + w
+    return [(clique, s / w, w ** -0.5) for clique, (s, w) in out.items()]
+
+
+def model_size_mb(names: list[str], msizes: list[int], cliques: list[tuple[str, ...]]) -> float:
+    """Size of the junction tree the cliques would give (AIM's model-size limit), in MB."""
+    return junction_tree.hypothetical_model_size(_domain(names, msizes), cliques)
+
+
+class Marginals:
+    """A fitted model's counts on any clique, by variable elimination in numpy (einsum over the
+    exponentiated clique potentials): AIM scores every workload clique each round, and mbi's
+    eager JAX elimination costs a compilation per new clique shape."""
+
+    def __init__(self, model):
+        self.total = float(model.total)
+        self.factors, self.axes = [], []
+        for cl in model.potentials.cliques:
+            v = np.asarray(model.potentials[cl].values, dtype=np.float64)
+            self.factors.append(np.exp(v - v.max()))
+            self.axes.append(tuple(model.potentials[cl].domain.attributes))
+        names = sorted({a for ax in self.axes for a in ax})
+        self.letter = {a: i for i, a in enumerate(names)}
+
+    def __call__(self, clique: tuple[str, ...]) -> np.ndarray:
+        ops = []
+        for f, ax in zip(self.factors, self.axes):
+            ops += [f, [self.letter[a] for a in ax]]
+        out = np.einsum(*ops, [self.letter[a] for a in clique], optimize="greedy")
+        return out * (self.total / max(float(out.sum()), 1e-300))
 
 
 def independent_pairs_error(merged: np.ndarray, msizes, one_way, candidates) -> list[float]:
@@ -94,6 +140,8 @@ class Sampler:
                 factors[(n,)] = mbi.Factor.zeros(self.domain.project((n,)))
         self.potentials = mbi.CliqueVector(self.domain, cliques, factors)
         self.jtree, elim = junction_tree.make_junction_tree(self.domain, cliques)
+        # on the junction tree's maximal cliques (a cycle of measured cliques is triangulated into larger ones)
+        self.potentials = self.potentials.expand([tuple(cl) for cl in self.jtree.nodes])
         self.order = list(elim[::-1])
         self.maximal = [set(cl) for cl in self.jtree.nodes]
         self.parents = {}

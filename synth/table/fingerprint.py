@@ -135,6 +135,7 @@ class Fingerprint(BaseModel):
     source: dict[str, Any] | None = None
     columns: list[ColumnFingerprint] = Field(min_length=1)
     correlation: CorrelationFingerprint | None = None
+    privacy: dict[str, Any] | None = None  # a differentially private fingerprint's guarantee (synth.privacy.fingerprint)
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -366,6 +367,41 @@ def _latent_pass(uri: str, batch_size: int, codec, columns: list[dict], d: int, 
         visit(z, slots_of, moments)
 
 
+def codec_entries(codec, quantiles: int, null_shares: dict[str, float]) -> list[dict]:
+    """The fingerprint's column entries from a codec's per-column CDFs and category frequencies."""
+    from synth.table.columns import CategoricalColumn
+
+    columns: list[dict] = []
+    for col in codec.columns:
+        entry: dict[str, Any] = {"name": col.name, "kind": col.kind, "arrow_type": col.arrow_type,
+                                 "null_share": null_shares[col.name]}
+        if isinstance(col, CategoricalColumn):
+            freqs = [[v, p] for v, p in zip(col.categories, col.probs) if v is not None]
+            total = sum(p for _, p in freqs)
+            entry["frequencies"] = [[v, p / total] for v, p in freqs]
+        else:
+            xs, us = col._polyline()
+            p = quantile_probs(quantiles)
+            q = np.interp(p, us, xs)
+            q[0], q[-1] = col.min, col.max
+            q = np.maximum.accumulate(q)
+            entry.update(min=col.min, max=col.max, quantiles=[[float(a), float(b)] for a, b in zip(p, q)])
+            if col.kind == "datetime":
+                entry.update(resolution_s=col.resolution, origin=int(col.origin))
+        columns.append(entry)
+    return columns
+
+
+def latent_dims(columns: list[dict]) -> list[tuple[str, str]]:
+    """The copula's latent dimensions in column order (a nullable numeric column adds "null")."""
+    dims = []
+    for e in columns:
+        dims.append((e["name"], "value"))
+        if e["kind"] in NUMERIC_KINDS and e["null_share"] > 0:
+            dims.append((e["name"], "null"))
+    return dims
+
+
 def build_fingerprint(uri: str, codec_cfg=None, quantiles: int = 201, seed: int = 0,
                       batch_size: int = 65_536, order_categories: bool = True) -> dict:
     """Fingerprint of the Parquet data at `uri` in streaming passes (statistics; category
@@ -378,7 +414,6 @@ def build_fingerprint(uri: str, codec_cfg=None, quantiles: int = 201, seed: int 
     from synth.io.data import input_digest
     from synth.io.data import iter_batches
     from synth.table import CodecConfig, TableCodec
-    from synth.table.columns import CategoricalColumn
     from synth.table.stats import TableStats
 
     if quantiles < 3:
@@ -394,32 +429,8 @@ def build_fingerprint(uri: str, codec_cfg=None, quantiles: int = 201, seed: int 
     codec = TableCodec.from_stats(stats, cfg.model_copy(update={"max_onehot": 10**9}))
     n_rows = codec.num_rows
 
-    columns: list[dict] = []
-    for col in codec.columns:
-        s = stats.columns[col.name]
-        null_share = s.nulls / n_rows
-        entry: dict[str, Any] = {"name": col.name, "kind": col.kind, "arrow_type": col.arrow_type,
-                                 "null_share": null_share}
-        if isinstance(col, CategoricalColumn):
-            freqs = [[v, p] for v, p in zip(col.categories, col.probs) if v is not None]
-            total = sum(p for _, p in freqs)
-            entry["frequencies"] = [[v, p / total] for v, p in freqs]
-        else:
-            xs, us = col._polyline()
-            p = quantile_probs(quantiles)
-            q = np.interp(p, us, xs)
-            q[0], q[-1] = col.min, col.max
-            q = np.maximum.accumulate(q)
-            entry.update(min=col.min, max=col.max, quantiles=[[float(a), float(b)] for a, b in zip(p, q)])
-            if col.kind == "datetime":
-                entry.update(resolution_s=col.resolution, origin=int(col.origin))
-        columns.append(entry)
-
-    dims = []  # latent dimensions in column order
-    for e in columns:
-        dims.append((e["name"], "value"))
-        if e["kind"] in NUMERIC_KINDS and e["null_share"] > 0:
-            dims.append((e["name"], "null"))
+    columns = codec_entries(codec, quantiles, {c: s.nulls / n_rows for c, s in stats.columns.items()})
+    dims = latent_dims(columns)
     d = len(dims)
     rng = np.random.default_rng(seed)
     cat_cols = [e for e in columns if "frequencies" in e and len(e["frequencies"]) > 2]

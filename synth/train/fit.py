@@ -134,5 +134,6 @@ def fit_fingerprint(fp_uri: str, output: str, on_invalid: Literal["repair", "ref
                "rows": fp.rows, "source": fp.source},
         columns=engine.codec.kinds(), seeds={}, **engine.describe(),
         correlation=report, metrics={}, wall_s={"total_s": time.perf_counter() - t0},
-        privacy={"dp": False, "raw_rows": False, "note": "fitted from aggregate statistics only"})
+        privacy={**fp.privacy, "raw_rows": False, "note": "fitted from a private fingerprint (post-processing)"}
+        if fp.privacy else {"dp": False, "raw_rows": False, "note": "fitted from aggregate statistics only"})
     return save_engine(engine, output, manifest), report
