@@ -61,7 +61,7 @@ def build_private_fingerprint(uri: str, declared: dict[str, ColumnSchema], epsil
             counts = {c: np.zeros(measurement_cells(declared[c], bins)) for c in fields}
         n += b.num_rows
         for c in fields:
-            cells, undeclared = cell_index(b.column(c), declared[c], bins)
+            cells, undeclared = cell_index(b.column(c), declared[c], bins, c)
             if undeclared.any():
                 raise DataError(f"column {c!r} holds values outside its declared categories; add every possible "
                                 f"value to its categories in the schema (a private fingerprint names no data value)")
