@@ -93,7 +93,7 @@ def fit_cmd(config: Optional[str] = typer.Option(None, "--config", "-c", help="r
     console.print(f"model artifact: [bold]{result.artifact_uri}[/] (id {result.artifact_id}), "
                   f"val loss {result.metrics.get('val_loss', float('nan')):.4f}"
                   + (f", training epsilon {result.metrics['epsilon']:.3f} (total in the manifest's privacy block)"
-                     if "epsilon" in result.metrics else ""))
+                     if "epsilon" in result.metrics else ""), soft_wrap=True)
     _report_check(result.check)
 
 
@@ -537,7 +537,7 @@ def fit_fingerprint_cmd(fingerprint: str = typer.Argument(..., help="fingerprint
                 console.print(f"[bold yellow]warning:[/] {w.message}", highlight=False)
     except SynthError as e:
         _fail(e)
-    console.print(f"model artifact: [bold]{output}[/] (id {artifact_id}, family fingerprint)")
+    console.print(f"model artifact: [bold]{output}[/] (id {artifact_id}, family fingerprint)", soft_wrap=True)
 
 
 # -- hybrid blending (issue 9) ---------------------------------------------------------------------
