@@ -92,3 +92,15 @@ def test_early_stopping_keeps_the_best_weights():
     assert stop.should_stop({"step": 3, "val_loss": 1.2})
     assert stop.restore() == {"best_step": 1, "best_val_loss": 1.0}
     assert torch.equal(net.weight, best)
+
+
+def test_eval_every_epoch_is_one_pass_over_the_training_rows():
+    from synth.config import RunConfig
+    from synth.train.config import TrainConfig, resolve_eval_every
+
+    assert RunConfig.parse({}).train.eval_every == "epoch"  # the default family's cadence
+    assert resolve_eval_every(TrainConfig(eval_every="epoch", batch_size=512), 3083).eval_every == 7
+    assert resolve_eval_every(TrainConfig(eval_every="epoch", batch_size=512), 100).eval_every == 1
+    assert resolve_eval_every(TrainConfig(eval_every=200), 10).eval_every == 200
+    with pytest.raises(ValueError):
+        TrainConfig(eval_every=0)

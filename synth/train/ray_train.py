@@ -27,7 +27,7 @@ from synth.errors import ConfigError, SynthError
 from synth.table import TableCodec, TableStats
 from synth.families import FAMILIES, load_engine
 from synth.privacy import PrivacyPlan
-from synth.train.config import TrainConfig
+from synth.train.config import TrainConfig, resolve_eval_every
 from synth.train.prepare import Prepared
 from synth.train.session import RaySession, TrainingData
 
