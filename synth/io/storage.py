@@ -108,7 +108,7 @@ def write_bytes(uri: str, data: bytes) -> None:
 
 def create_exclusive(uri: str, data: bytes) -> bool:
     """Create the file only if it does not exist; False when it did (then nothing is written).
-    Locally this is atomic (O_EXCL, then fsync). pyarrow offers object stores no conditional PUT, so
+    Locally this is atomic (a complete temporary file hard-linked into place). pyarrow offers object stores no conditional PUT, so
     there two writers racing within one round trip could both create it: there, give each run its
     own folder (the nightly job does)."""
     fs, path = resolve(uri)
@@ -121,14 +121,19 @@ def create_exclusive(uri: str, data: bytes) -> bool:
             with fs.open_output_stream(path) as f:
                 f.write(data)
             return True
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "wb") as f:
+        # written whole under a temporary name, then hard-linked into place: the link fails if the
+        # file exists, and a reader never sees it half-written (O_EXCL alone would expose it empty)
+        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{path.rsplit('/', 1)[1]}"
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
         return True
 
 
