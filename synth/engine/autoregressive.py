@@ -105,7 +105,6 @@ class AutoregressiveEngine(EMAWeights, OnePassEngine):
         for j, (_, part) in enumerate(self.tokens):
             if part == "fine":
                 self.fine_view[j, j - 1] = True
-        self.is_fine = self.fine_view.any(dim=1)
         hidden = config.hidden or max(64, min(256, 6144 // max(n_tok, 1)))
         self.net = ColumnHeads(cards, dim, hidden, config.depth, config.dropout, fixed_view=self.fine_view)
         self.ema = copy.deepcopy(self.net).requires_grad_(False)
@@ -197,13 +196,10 @@ class AutoregressiveEngine(EMAWeights, OnePassEngine):
             tokens[:, j] = torch.where(g, cond[:, c].to(dev), 0)
             given[:, j] = g
         u = x[:, :n_tok].to(dev)
-        before = torch.zeros(n_tok, dtype=torch.bool, device=dev)
         for j in range(n_tok):
             todo = ~given[:, j]
             if todo.any():
-                seen = self.fine_view[j].to(dev).expand(n, -1) if self.is_fine[j] else given | before
-                probs = torch.softmax(self.ema.head(j, tokens, seen).double(), dim=1)
+                probs = torch.softmax(self.ema.head(j, tokens, self.ema.seen_by(j, given)).double(), dim=1)
                 draw = (probs.cumsum(dim=1) < u[:, j:j + 1]).sum(dim=1).clamp(max=self.cards[j] - 1)
                 tokens[:, j] = torch.where(todo, draw, tokens[:, j])
-            before[j] = True
         return torch.from_numpy(self.to_features(tokens.cpu(), x[:, n_tok:].cpu()))

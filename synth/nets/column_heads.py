@@ -84,6 +84,10 @@ class ColumnHeads(nn.Module):
         out = torch.baddbmm(self.b_out[:, None], self.drop(h), self.w_out)  # (J, B, C)
         return out.transpose(0, 1) + self.logit_mask
 
+    def seen_by(self, j: int, given: Tensor) -> Tensor:
+        """(B, J) mask of the tokens head j sees in rows whose `given` (B, J) tokens are revealed."""
+        return self.sees[:, j].bool() | (given & self.sees_given[:, j].bool())
+
     def head(self, j: int, tokens: Tensor, seen: Tensor) -> Tensor:
         """Logits (B, card_j) of head j alone, seeing the tokens `seen` (B, J) marks (sampling)."""
         delta, base = self._delta(tokens)
