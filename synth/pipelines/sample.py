@@ -61,23 +61,23 @@ def sample_to_file(engine, artifact: str, rows: int, output: str | None, conditi
     return table, seconds
 
 
-def read_record(uri: str) -> dict:
-    """The `synth sample` record of a Parquet file, or a clear error."""
+def read_record(uri: str) -> tuple[dict, pa.Table]:
+    """The `synth sample` record of a Parquet file and its rows, or a clear error."""
     if not storage.exists(uri):
         raise ConfigError(f"no file at {uri!r}; give a Parquet file written by `synth sample`")
     try:
-        meta = pq.read_schema(pa.BufferReader(storage.read_bytes(uri))).metadata or {}
+        table = pq.read_table(pa.BufferReader(storage.read_bytes(uri)))
     except (pa.ArrowInvalid, OSError) as e:
         raise ConfigError(f"{uri} is not a Parquet file ({e})") from None
     try:
-        record = json.loads(meta[GENERATION_KEY])
+        record = json.loads((table.schema.metadata or {})[GENERATION_KEY])
     except (KeyError, ValueError):
         record = None
     if not isinstance(record, dict) or record.get("kind") != "sample":
         raise ConfigError(f"{uri} carries no `synth sample` record (schema metadata {GENERATION_KEY.decode()!r}); "
                           "`synth replay` re-runs files written by `synth sample` and folders written by "
                           "`synth synthesize`")
-    return record
+    return record, table
 
 
 def replay_sample(uri: str, output: str | None = None) -> dict:
@@ -87,7 +87,7 @@ def replay_sample(uri: str, output: str | None = None) -> dict:
     from synth.families import load_engine
     from synth.io.manifest import library_versions
 
-    r = read_record(uri)
+    r, in_file = read_record(uri)
     engine = load_engine(r["artifact_uri"])
     if engine.manifest.get("artifact_id") != r["artifact_id"]:
         raise ConfigError(f"the artifact at {r['artifact_uri']!r} is {engine.manifest.get('artifact_id')}, the rows "
@@ -97,6 +97,5 @@ def replay_sample(uri: str, output: str | None = None) -> dict:
                               steps=asked["steps"], guidance=asked["guidance"], seed=r["seed"])
     versions = library_versions()
     differ = {k: [v, versions.get(k)] for k, v in r.get("versions", {}).items() if versions.get(k) != v}
-    in_file = pq.read_table(pa.BufferReader(storage.read_bytes(uri)))
     return {"rows": r["rows"], "matched": table_digest(table) == r["content_sha256"] == table_digest(in_file),
             "versions_differ": differ}
