@@ -369,7 +369,9 @@ def main(argv=None) -> None:
         print(f"[{ds}] train {len(judge.train):,} rows, test {len(judge.test):,} rows, target {target}", flush=True)
 
         def synth_runs(engine, fit_s, base_settings, base_key, fit_note, prefix, sampler_list):
-            judge.kinds = judge.kinds or engine.codec.kinds()
+            from synth.evaluate.fidelity import KINDS  # tabular columns; identifiers are fresh ids, not modelled
+
+            judge.kinds = judge.kinds or {c: k for c, k in engine.codec.kinds().items() if k in KINDS}
             for sampler, steps in sampler_list:
                 key = {**base_key, "sampler": sampler, "steps": steps}
                 sampler = sampler or engine.manifest["sampling"]["sampler"]
@@ -415,8 +417,11 @@ def main(argv=None) -> None:
             from synth.config import DataConfig
             from synth.table import TableCodec
 
-            judge.kinds = TableCodec.fit([judge.train_table], DataConfig().codec,
-                                         schema=judge.train_table.schema).kinds()
+            from synth.evaluate.fidelity import KINDS
+
+            judge.kinds = {c: k for c, k in TableCodec.fit([judge.train_table], DataConfig().codec,
+                                                           schema=judge.train_table.schema).kinds().items()
+                           if k in KINDS}
         if "tabularargn" in args.peers.split(","):
             entry = {"dataset": ds, "model": "TabularARGN", "family": "mostlyai",
                      "settings": {"package": "mostlyai-engine", "defaults": True}, "settings_key": {"kind": "argn"}}

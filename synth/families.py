@@ -61,7 +61,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     # horizon longer than training would average in the undertrained start (flatter marginals)
     Family("autoregressive", AutoregressiveConfig, AutoregressiveEngine, AutoregressiveEngine.from_artifact,
            train_denoising, train_defaults={"steps": 5000, "eval_every": "epoch", "patience": 6, "ema_decay": 0.99,
-                                            "warmup_steps": 50}),
+                                            "warmup_steps": 50, "lr_schedule": "plateau"}),
     Family("fingerprint", CopulaConfig, CopulaEngine, CopulaEngine.from_artifact, None),
     # measured marginals under zCDP + a graphical model (MST on Private-PGM): the private family for tables
     Family("marginal", marginal.MarginalConfig, marginal.build, marginal.MarginalEngine.from_artifact, None,
