@@ -83,7 +83,7 @@ def test_training_lowers_the_likelihood_and_conditions_are_exact(tmp_path):
     from synth.train.fit import fit
 
     cfg = RunConfig.parse({"output": str(tmp_path), "model": {"family": "autoregressive", "hidden": 64},
-                           "train": {"steps": 300, "eval_every": 100, "batch_size": 256}})
+                           "train": {"steps": 800, "eval_every": 200, "batch_size": 256}})
     result = fit(cfg)
     history = load_engine(result.artifact_uri).manifest["history"]
     assert history[-1]["val_loss"] < history[0]["val_loss"] - 1.0

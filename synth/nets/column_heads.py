@@ -23,7 +23,8 @@ from torch import Tensor, nn
 
 
 class ColumnHeads(nn.Module):
-    def __init__(self, cards: list[int], dim: int, hidden: int, depth: int, dropout: float = 0.0):
+    def __init__(self, cards: list[int], dim: int, hidden: int, depth: int, dropout: float = 0.0,
+                 token_dropout: float = 0.0):
         super().__init__()
         j = len(cards)
         self.cards = list(cards)
@@ -50,6 +51,7 @@ class ColumnHeads(nn.Module):
         invalid = torch.arange(cmax)[None, :] >= torch.tensor(cards)[:, None]
         self.register_buffer("logit_mask", torch.where(invalid, float("-inf"), 0.0), persistent=False)
         self.drop = nn.Dropout(dropout)
+        self.token_dropout = token_dropout
         self.act = nn.SiLU()
 
     def _delta(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
@@ -68,7 +70,11 @@ class ColumnHeads(nn.Module):
         are revealed first; padded classes are -inf."""
         n, j = tokens.shape
         delta, base = self._delta(tokens)
-        pre = torch.addmm(self.b_in.view(-1) + base @ self.w_in, delta, self._masked(self.sees))  # (B, J * hidden)
+        seen = delta
+        if self.training and self.token_dropout > 0:  # show an earlier token as "not seen" at random (a
+            keep = torch.rand(n, j, device=delta.device) >= self.token_dropout  # regulariser); conditions stay
+            seen = delta * keep.repeat_interleave(self.dim, dim=1).to(delta.dtype)
+        pre = torch.addmm(self.b_in.view(-1) + base @ self.w_in, seen, self._masked(self.sees))  # (B, J * hidden)
         if given is not None and given.any():
             rows = given.any(dim=1).nonzero()[:, 0]
             shown = given[rows].repeat_interleave(self.dim, dim=1).to(delta.dtype) * delta[rows]
