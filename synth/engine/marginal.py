@@ -41,6 +41,9 @@ class MarginalConfig(BaseModel):
     max_model_mb: float = Field(25.0, gt=0, description="AIM: the junction tree's size limit (MB of float64 cells)")
     rounds_per_column: int = Field(8, ge=1, le=64, description="AIM: T = this x columns rounds' worth of budget "
                                                                "at the start (the most rounds it makes)")
+    per_round: int = Field(3, ge=1, le=64, description="AIM: cliques selected and measured per round, before "
+                                                        "one refit of the model (each selection and measurement "
+                                                        "is charged; the refits are the fit's time)")
     round_iters: int = Field(200, ge=10, le=10_000, description="AIM: Private-PGM iterations after each round "
                                                                  "(warm started; `iters` for the final fit)")
     shares: tuple[float, float, float] = Field(
@@ -283,7 +286,8 @@ def fit_marginal(engine: MarginalEngine, cfg, rows: pa.Table, privacy) -> dict:
                                                                 c.max_model_mb)
     if c.method == "aim":
         target = names.index(cfg.data.target) if cfg.data.target in names else None
-        measured = run_aim(data, sizes, names, plan_, target, iters=c.iters, round_iters=c.round_iters)
+        measured = run_aim(data, sizes, names, plan_, target, iters=c.iters, round_iters=c.round_iters,
+                           per_round=c.per_round)
     else:
         measured = run_mst(data, sizes, names, plan_, iters=c.iters)
     pots = pgm.potentials(measured.model)
