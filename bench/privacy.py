@@ -4,6 +4,8 @@
     python bench/privacy.py --set model.method='"mst"'        # the spanning tree (MST) instead
     python bench/privacy.py --dataset credit --eps 1 --eps 3 --eps none   # modeldata credit_data (nulls)
     python bench/privacy.py --peer smartnoise-mst --peer smartnoise-aim --eps 1 --eps 3   # smartnoise-synth
+    python bench/privacy.py --peer ours --peer smartnoise-mst --peer tabularargn-dp --peer smartnoise-aim \
+        --eps 1 --eps 3 --peer-timeout 900                    # ours and its peers in one run
     python bench/privacy.py --config configs/adult-dp.yaml --eps 1 --eps 3 --eps 8 --eps none --steps 3000
                                                               # DP-SGD diffusion, ~2-3 min per run on 2 cores
 
@@ -13,7 +15,9 @@ selection). configs/adult-dp.yaml: residual MLP 128 x 2, expected batch 1024, dp
 of epsilon) and DP-SGD for the rest; its no-DP run fits its codec on the data. `--peer` runs
 smartnoise-synth's MST or AIM (bench/smartnoise_peer.py, in its own venv bench/.venv-smartnoise) on
 the same cells of the same declared grid at the same (epsilon, delta), decoded to values the way
-the marginal family does. Each model draws 10,000 rows, judged on the held-out test split by
+the marginal family does (its own sample() and, from the same fit, `-iid` rows drawn i.i.d. from its
+model); `--peer tabularargn-dp` runs mostlyai-engine's TabularARGN with its DP-SGD option at the same
+(epsilon, delta) on the values. Each model draws 10,000 rows, judged on the held-out test split by
 SDMetrics (QualityReport, all pairs) and by synth.evaluate (C2ST, ML efficacy F1 and AUC, DCR,
 membership inference: training rows as members against test rows as non-members).
 
@@ -100,22 +104,22 @@ def run_one(eps: float | None, args, label: str) -> dict:
     return judge(cfg, syn, engine.codec.kinds(), result.prepared.test, engine.manifest, fit_s, sample_s, args)
 
 
-SMARTNOISE = ("smartnoise-mst", "smartnoise-aim", "smartnoise-mst-iid", "smartnoise-aim-iid")
-PEERS = ("ours",) + SMARTNOISE + ("tabularargn-dp",)
+PEERS = ("ours", "smartnoise-mst", "smartnoise-aim", "tabularargn-dp")
 
 
-def run_peer(eps: float, args, peer: str) -> dict:
+def run_peer(eps: float, args, peer: str) -> dict[str, dict]:
+    """The peer's result (and, for smartnoise, its `-iid` twin), by label."""
     if peer == "tabularargn-dp":
-        return run_tabularargn(eps, args)
+        return {peer: run_tabularargn(eps, args)}
     return run_smartnoise(eps, args, peer)
 
 
-def run_smartnoise(eps: float, args, peer: str) -> dict:
+def run_smartnoise(eps: float, args, peer: str) -> dict[str, dict]:
     """smartnoise-synth's MST or AIM on the training rows' cells of the declared grid (a subprocess in
-    its own venv), decoded to values like the marginal family's samples. `-iid` draws its rows i.i.d.
-    from the fitted model (mbi's `synthetic_data(method="sample")`) instead of smartnoise's default
-    randomized rounding, which gives the columns sampled from one parent group the same ranks within
-    the group (they come out comonotone: the C2ST sees it)."""
+    its own venv), decoded to values like the marginal family's samples. Two results from one fit:
+    `peer`, rows from smartnoise's own sample() (mbi's randomized rounding, which gives the columns
+    sampled from one parent group the same ranks within the group: they come out comonotone, and the
+    C2ST sees it), and `peer-iid`, rows drawn i.i.d. from the same fitted model."""
     import subprocess
     import tempfile
 
@@ -147,23 +151,29 @@ def run_smartnoise(eps: float, args, peer: str) -> dict:
                                    "--epsilon", str(eps), "--delta", str(cfg.privacy.delta),
                                    "--sizes", json.dumps(engine.config.sizes), "--input", f"{tmp}/cells.csv",
                                    "--rows", str(args.rows), "--output", f"{tmp}/syn.csv",
-                                   "--sampling", "sample" if peer.endswith("-iid") else "round"],
+                                   "--iid-output", f"{tmp}/syn-iid.csv"],
                                   capture_output=True, text=True, timeout=args.peer_timeout)
         except subprocess.TimeoutExpired:
-            return {"status": f"timeout: no model after {args.peer_timeout} s", "fit_s": args.peer_timeout,
-                    "privacy": {"dp": True, "epsilon": eps, "delta": cfg.privacy.delta,
-                                "mechanism": f"smartnoise-synth {method} on the declared grid"}}
+            return {peer: {"status": f"timeout: no model after {args.peer_timeout} s", "fit_s": args.peer_timeout,
+                           "privacy": {"dp": True, "epsilon": eps, "delta": cfg.privacy.delta,
+                                       "mechanism": f"smartnoise-synth {method} on the declared grid"}}}
         if done.returncode:
             raise SystemExit(f"{peer} failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
         times = json.loads(done.stderr.strip().splitlines()[-1])
-        cells = pd.read_csv(f"{tmp}/syn.csv")[names].to_numpy()
-    within = np.random.default_rng(0).random(cells.shape)
-    syn = engine.decode(torch.from_numpy(np.concatenate([cells, within], axis=1).astype(np.float64)), {}, seed=0)
-    manifest = {"split": cfg.data.split.model_dump(), "input": {"uri": cfg.data.uri}, "columns": codec.kinds(),
-                "privacy": {"dp": True, "epsilon": eps, "delta": cfg.privacy.delta,
-                            "mechanism": f"smartnoise-synth {method} on the declared grid" +
-                                         (", rows drawn i.i.d." if peer.endswith("-iid") else "")}}
-    return judge(cfg, syn, codec.kinds(), test, manifest, times["fit_s"], times["sample_s"], args)
+        samples = {peer: pd.read_csv(f"{tmp}/syn.csv")[names].to_numpy(),
+                   f"{peer}-iid": pd.read_csv(f"{tmp}/syn-iid.csv")[names].to_numpy()}
+    out = {}
+    for label, cells in samples.items():
+        within = np.random.default_rng(0).random(cells.shape)
+        syn = engine.decode(torch.from_numpy(np.concatenate([cells, within], axis=1).astype(np.float64)), {},
+                            seed=0)
+        manifest = {"split": cfg.data.split.model_dump(), "input": {"uri": cfg.data.uri}, "columns": codec.kinds(),
+                    "privacy": {"dp": True, "epsilon": eps, "delta": cfg.privacy.delta,
+                                "mechanism": f"smartnoise-synth {method} on the declared grid" +
+                                             (", rows drawn i.i.d. from its model" if label.endswith("-iid")
+                                              else ", its own sample() (randomized rounding)")}}
+        out[label] = judge(cfg, syn, codec.kinds(), test, manifest, times["fit_s"], times["sample_s"], args)
+    return out
 
 
 def run_tabularargn(eps: float, args) -> dict:
@@ -176,6 +186,7 @@ def run_tabularargn(eps: float, args) -> dict:
 
     import pandas as pd
     from mostlyai.engine import TabularARGN
+    from mostlyai.engine.domain import DifferentialPrivacyConfig
 
     from synth.io.data import load_splits
     from synth.table import TableCodec
@@ -190,7 +201,8 @@ def run_tabularargn(eps: float, args) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     dp = {"max_epsilon": eps, "delta": cfg.privacy.delta, "value_protection_epsilon": 0.1 * eps}
     t0 = time.perf_counter()
-    model = TabularARGN(random_state=0, device="cpu", workspace_dir=str(work), differential_privacy=dp,
+    model = TabularARGN(random_state=0, device="cpu", workspace_dir=str(work),
+                        differential_privacy=DifferentialPrivacyConfig(**dp),
                         max_training_time=args.peer_timeout / 60)
     model.fit(frame)
     fit_s = time.perf_counter() - t0
@@ -262,22 +274,24 @@ def main() -> None:
         for eps in settings:
             if eps is None and label != ours:
                 continue
-            key = f"{args.dataset}/{label}/" + ("none" if eps is None else f"{eps:g}")
-            print(f"== {key}", flush=True)
-            out["runs"][key] = run_one(eps, args, label) if label == ours else run_peer(eps, args, label)
-            r = out["runs"][key]
-            r["load_average"] = os.getloadavg()
-            if "status" in r:
-                print(f"   {r['status']}", flush=True)
+            tail = "none" if eps is None else f"{eps:g}"
+            print(f"== {args.dataset}/{label}/{tail}", flush=True)
+            results = {label: run_one(eps, args, label)} if label == ours else run_peer(eps, args, label)
+            for name, r in results.items():
+                key = f"{args.dataset}/{name}/{tail}"
+                out["runs"][key] = r
+                r["load_average"] = os.getloadavg()
+                out["machine"] = {"cpus": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0))}
+                RESULTS.parent.mkdir(parents=True, exist_ok=True)
                 RESULTS.write_text(json.dumps(out, indent=1, default=str))
-                continue
-            print(f"   spent {r['privacy'].get('epsilon', float('inf')):.3f} | SDMetrics {r['sdmetrics']['overall']:.4f} "
-                  f"| C2ST {r['c2st_auc']:.3f} | F1 syn {r['ml_efficacy_f1']['synthetic']} | AUC syn "
-                  f"{r['ml_efficacy_auc']['synthetic']} | MIA AUC {r['mia']['auc']:.3f} | DCR share "
-                  f"{r['dcr']['dcr_share']:.3f} | fit {r['fit_s']:.0f} s", flush=True)
-            out["machine"] = {"cpus": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0))}
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            RESULTS.write_text(json.dumps(out, indent=1, default=str))
+                if "status" in r:
+                    print(f"   {name}: {r['status']}", flush=True)
+                    continue
+                print(f"   {name}: spent {r['privacy'].get('epsilon', float('inf')):.3f} | SDMetrics "
+                      f"{r['sdmetrics']['overall']:.4f} | C2ST {r['c2st_auc']:.3f} | F1 syn "
+                      f"{r['ml_efficacy_f1']['synthetic']} | AUC syn {r['ml_efficacy_auc']['synthetic']} | MIA AUC "
+                      f"{r['mia']['auc']:.3f} | DCR share {r['dcr']['dcr_share']:.3f} | fit {r['fit_s']:.0f} s",
+                      flush=True)
     plot(out, RESULTS.with_suffix(".png"))
     print(f"\n{'run':>30} {'spent':>6} {'shapes':>7} {'pairs':>7} {'C2ST':>6} {'F1syn':>6} {'AUCsyn':>6} "
           f"{'MIA':>6} {'fit s':>6}")
