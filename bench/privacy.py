@@ -101,7 +101,9 @@ def run_one(eps: float | None, args, label: str) -> dict:
     t1 = time.perf_counter()
     syn = engine.sample(args.rows, seed=0)
     sample_s = time.perf_counter() - t1
-    return judge(cfg, syn, engine.codec.kinds(), result.prepared.test, engine.manifest, fit_s, sample_s, args)
+    out = judge(cfg, syn, engine.codec.kinds(), result.prepared.test, engine.manifest, fit_s, sample_s, args)
+    out["fit_metrics"] = engine.manifest.get("metrics")  # the marginal family's refits, cpu_s, phase seconds
+    return out
 
 
 PEERS = ("ours", "smartnoise-mst", "smartnoise-aim", "tabularargn-dp")

@@ -348,6 +348,7 @@ def run_aim(data: np.ndarray, sizes: list[int], names: list[str], plan: Marginal
         bias = math.sqrt(2 / math.pi) * sigma
         fitted = Marginals(model)
         picked: list[tuple[int, ...]] = []
+        score: dict[tuple[int, ...], float] = {}  # this round's (the model does not change within it)
         for _ in range(k):
             t0 = time.perf_counter()
             pool = [cl for cl in candidates if not any(set(cl) <= set(p) or set(p) <= set(cl) for p in picked)
@@ -355,11 +356,13 @@ def run_aim(data: np.ndarray, sizes: list[int], names: list[str], plan: Marginal
             t1 = time.perf_counter()
             if not pool:
                 break
-            scores = np.asarray([weights[cl] * (np.abs(answers[cl] - fitted(_names(names, cl))).sum()
-                                                - bias * answers[cl].size) for cl in pool])
+            for cl in pool:
+                if cl not in score:
+                    score[cl] = weights[cl] * (np.abs(answers[cl] - fitted(_names(names, cl))).sum()
+                                               - bias * answers[cl].size)
             seconds["size_check_s"] += t1 - t0
             seconds["score_s"] += time.perf_counter() - t1
-            cl = pool[_exponential(scores, eps, rng, sensitivity)]
+            cl = pool[_exponential(np.asarray([score[c] for c in pool]), eps, rng, sensitivity)]
             if plan.private:
                 rho_used += zcdp.gaussian_rho(sigma) + zcdp.exponential_rho(eps)
             y = answers[cl] + (rng.normal(0, sigma, answers[cl].shape) if plan.private else 0.0)
