@@ -4,6 +4,8 @@
     python bench/privacy.py --set model.method='"mst"'        # the spanning tree (MST) instead
     python bench/privacy.py --dataset credit --eps 1 --eps 3 --eps none   # modeldata credit_data (nulls)
     python bench/privacy.py --peer smartnoise-mst --peer smartnoise-aim --eps 1 --eps 3   # smartnoise-synth
+    python bench/privacy.py --peer ours --peer smartnoise-mst --peer tabularargn-dp --peer smartnoise-aim \
+        --eps 1 --eps 3 --peer-timeout 900                    # ours and its peers in one run
     python bench/privacy.py --config configs/adult-dp.yaml --eps 1 --eps 3 --eps 8 --eps none --steps 3000
                                                               # DP-SGD diffusion, ~2-3 min per run on 2 cores
 
@@ -13,7 +15,9 @@ selection). configs/adult-dp.yaml: residual MLP 128 x 2, expected batch 1024, dp
 of epsilon) and DP-SGD for the rest; its no-DP run fits its codec on the data. `--peer` runs
 smartnoise-synth's MST or AIM (bench/smartnoise_peer.py, in its own venv bench/.venv-smartnoise) on
 the same cells of the same declared grid at the same (epsilon, delta), decoded to values the way
-the marginal family does. Each model draws 10,000 rows, judged on the held-out test split by
+the marginal family does (its own sample() and, from the same fit, `-iid` rows drawn i.i.d. from its
+model); `--peer tabularargn-dp` runs mostlyai-engine's TabularARGN with its DP-SGD option at the same
+(epsilon, delta) on the values. Each model draws 10,000 rows, judged on the held-out test split by
 SDMetrics (QualityReport, all pairs) and by synth.evaluate (C2ST, ML efficacy F1 and AUC, DCR,
 membership inference: training rows as members against test rows as non-members).
 
@@ -97,12 +101,27 @@ def run_one(eps: float | None, args, label: str) -> dict:
     t1 = time.perf_counter()
     syn = engine.sample(args.rows, seed=0)
     sample_s = time.perf_counter() - t1
-    return judge(cfg, syn, engine.codec.kinds(), result.prepared.test, engine.manifest, fit_s, sample_s, args)
+    out = judge(cfg, syn, engine.codec.kinds(), result.prepared.test, engine.manifest, fit_s, sample_s, args)
+    out["fit_metrics"] = engine.manifest.get("metrics")  # the marginal family's refits, cpu_s, phase seconds
+    return out
 
 
-def run_peer(eps: float, args, peer: str) -> dict:
+PEERS = ("ours", "smartnoise-mst", "smartnoise-aim", "tabularargn-dp")
+
+
+def run_peer(eps: float, args, peer: str) -> dict[str, dict]:
+    """The peer's result (and, for smartnoise, its `-iid` twin), by label."""
+    if peer == "tabularargn-dp":
+        return {peer: run_tabularargn(eps, args)}
+    return run_smartnoise(eps, args, peer)
+
+
+def run_smartnoise(eps: float, args, peer: str) -> dict[str, dict]:
     """smartnoise-synth's MST or AIM on the training rows' cells of the declared grid (a subprocess in
-    its own venv), decoded to values like the marginal family's samples."""
+    its own venv), decoded to values like the marginal family's samples. Two results from one fit:
+    `peer`, rows from smartnoise's own sample() (mbi's randomized rounding, which gives the columns
+    sampled from one parent group the same ranks within the group: they come out comonotone, and the
+    C2ST sees it), and `peer-iid`, rows drawn i.i.d. from the same fitted model."""
     import subprocess
     import tempfile
 
@@ -128,21 +147,86 @@ def run_peer(eps: float, args, peer: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         pd.DataFrame(engine.discretise(train), columns=names).to_csv(f"{tmp}/cells.csv", index=False)
         t0 = time.perf_counter()
-        done = subprocess.run([str(python), "bench/smartnoise_peer.py", "--method", peer.rsplit("-", 1)[1],
-                               "--epsilon", str(eps), "--delta", str(cfg.privacy.delta),
-                               "--sizes", json.dumps(engine.config.sizes), "--input", f"{tmp}/cells.csv",
-                               "--rows", str(args.rows), "--output", f"{tmp}/syn.csv"],
-                              capture_output=True, text=True)
+        method = peer.split("-")[1]
+        try:
+            done = subprocess.run([str(python), "bench/smartnoise_peer.py", "--method", method,
+                                   "--epsilon", str(eps), "--delta", str(cfg.privacy.delta),
+                                   "--sizes", json.dumps(engine.config.sizes), "--input", f"{tmp}/cells.csv",
+                                   "--rows", str(args.rows), "--output", f"{tmp}/syn.csv",
+                                   "--iid-output", f"{tmp}/syn-iid.csv"],
+                                  capture_output=True, text=True, timeout=args.peer_timeout)
+        except subprocess.TimeoutExpired:
+            return {peer: {"status": f"timeout: no model after {args.peer_timeout} s", "fit_s": args.peer_timeout,
+                           "privacy": {"dp": True, "epsilon": eps, "delta": cfg.privacy.delta,
+                                       "mechanism": f"smartnoise-synth {method} on the declared grid"}}}
         if done.returncode:
             raise SystemExit(f"{peer} failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
         times = json.loads(done.stderr.strip().splitlines()[-1])
-        cells = pd.read_csv(f"{tmp}/syn.csv")[names].to_numpy()
-    within = np.random.default_rng(0).random(cells.shape)
-    syn = engine.decode(torch.from_numpy(np.concatenate([cells, within], axis=1).astype(np.float64)), {}, seed=0)
+        samples = {peer: pd.read_csv(f"{tmp}/syn.csv")[names].to_numpy(),
+                   f"{peer}-iid": pd.read_csv(f"{tmp}/syn-iid.csv")[names].to_numpy()}
+    out = {}
+    for label, cells in samples.items():
+        within = np.random.default_rng(0).random(cells.shape)
+        syn = engine.decode(torch.from_numpy(np.concatenate([cells, within], axis=1).astype(np.float64)), {},
+                            seed=0)
+        manifest = {"split": cfg.data.split.model_dump(), "input": {"uri": cfg.data.uri}, "columns": codec.kinds(),
+                    "privacy": {"dp": True, "epsilon": eps, "delta": cfg.privacy.delta,
+                                "mechanism": f"smartnoise-synth {method} on the declared grid" +
+                                             (", rows drawn i.i.d. from its model" if label.endswith("-iid")
+                                              else ", its own sample() (randomized rounding)")}}
+        out[label] = judge(cfg, syn, codec.kinds(), test, manifest, times["fit_s"], times["sample_s"], args)
+    return out
+
+
+def run_tabularargn(eps: float, args) -> dict:
+    """TabularARGN (mostlyai-engine) with its differential-privacy option on the training rows' values:
+    DP-SGD (Opacus, RDP accountant; noise multiplier 1.5 and clipping 1.0, its defaults) that stops at
+    the epoch whose total epsilon, value protection's (its DP value ranges and rare-category threshold:
+    10 % of the budget here) included, would pass `eps`; delta as the config's, which it splits
+    between value protection and training. The checkpoint it keeps is the best one within the budget."""
+    import shutil
+
+    import pandas as pd
+    from mostlyai.engine import TabularARGN
+    from mostlyai.engine.domain import DifferentialPrivacyConfig
+
+    from synth.io.data import load_splits
+    from synth.table import TableCodec
+
+    cfg = load_config(args, eps, "tabularargn-dp")
+    train, _, test = load_splits(cfg.data.uri, cfg.data.split)
+    codec = TableCodec.from_schema(train.schema, cfg.privacy.declared, cfg.data.codec, num_rows=train.num_rows,
+                                   bins=cfg.privacy.bins)
+    cols = list(codec.kinds())
+    frame = train.to_pandas()[cols]
+    work = Path(args.output) / f"{args.dataset}-tabularargn-dp-eps-{eps:g}"
+    shutil.rmtree(work, ignore_errors=True)
+    dp = {"max_epsilon": eps, "delta": cfg.privacy.delta, "value_protection_epsilon": 0.1 * eps}
+    t0 = time.perf_counter()
+    model = TabularARGN(random_state=0, device="cpu", workspace_dir=str(work),
+                        differential_privacy=DifferentialPrivacyConfig(**dp),
+                        max_training_time=args.peer_timeout / 60)
+    model.fit(frame)
+    fit_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    syn = model.sample(n_samples=args.rows)[cols]
+    sample_s = time.perf_counter() - t1
+    syn = syn.astype({c: frame[c].dtype for c in cols}, errors="ignore")
+    import pyarrow as pa
+
+    syn = pa.Table.from_pandas(syn, schema=pa.schema([train.schema.field(c) for c in cols]), preserve_index=False)
+    progress = pd.read_csv(work / "ModelStore" / "model-data" / "progress-messages.csv") \
+        if (work / "ModelStore" / "model-data" / "progress-messages.csv").exists() else None
+    spent = None
+    if progress is not None and "is_checkpoint" in progress:
+        kept = progress[progress["is_checkpoint"] == 1]
+        spent = float(kept["dp_eps"].iloc[-1]) if len(kept) else None
     manifest = {"split": cfg.data.split.model_dump(), "input": {"uri": cfg.data.uri}, "columns": codec.kinds(),
-                "privacy": {"dp": True, "epsilon": eps, "delta": cfg.privacy.delta,
-                            "mechanism": f"smartnoise-synth {peer.rsplit('-', 1)[1]} on the declared grid"}}
-    return judge(cfg, syn, codec.kinds(), test, manifest, times["fit_s"], times["sample_s"], args)
+                "privacy": {"dp": True, "epsilon": spent if spent is not None else eps, "epsilon_budget": eps,
+                            "delta": cfg.privacy.delta, "settings": dp,
+                            "epochs": None if progress is None else float(progress["epoch"].max()),
+                            "mechanism": "mostlyai-engine TabularARGN, DP-SGD (Opacus) + DP value protection"}}
+    return judge(cfg, syn, codec.kinds(), test, manifest, fit_s, sample_s, args)
 
 
 def judge(cfg, syn, kinds: dict, test, manifest: dict, fit_s: float, sample_s: float, args) -> dict:
@@ -172,8 +256,11 @@ def main() -> None:
     ap.add_argument("--config", default=None, help="a run config (default: the dataset's marginal config; "
                                                    "configs/adult-dp.yaml for DP-SGD diffusion)")
     ap.add_argument("--eps", action="append", help="epsilon to run, or 'none' (repeatable; default 0.5 1 3 8 none)")
-    ap.add_argument("--peer", action="append", choices=["smartnoise-mst", "smartnoise-aim"],
-                    help="run this peer instead of the config's family (repeatable; private epsilons only)")
+    ap.add_argument("--peer", action="append", choices=list(PEERS),
+                    help="run this peer instead of the config's family (repeatable; private epsilons only; "
+                         "`ours`: the config's family, so one run can hold it and its peers)")
+    ap.add_argument("--peer-timeout", type=int, default=1800, help="seconds a peer may fit before it is recorded "
+                                                                    "as a timeout")
     ap.add_argument("--steps", type=int, default=None, help="train.steps (DP-SGD runs; the config's otherwise)")
     ap.add_argument("--set", action="append", default=[], help="dotted.key=json-value overrides of the config")
     ap.add_argument("--rows", type=int, default=10_000)
@@ -184,26 +271,37 @@ def main() -> None:
 
     out = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     out.setdefault("runs", {})
-    for label in args.peer or [label_of(args.config, args.set)]:
+    ours = label_of(args.config, args.set)
+    for label in [ours if p == "ours" else p for p in (args.peer or ["ours"])]:
         for eps in settings:
-            if eps is None and args.peer:
+            if eps is None and label != ours:
                 continue
-            key = f"{args.dataset}/{label}/" + ("none" if eps is None else f"{eps:g}")
-            print(f"== {key}", flush=True)
-            out["runs"][key] = run_peer(eps, args, label) if args.peer else run_one(eps, args, label)
-            r = out["runs"][key]
-            print(f"   spent {r['privacy'].get('epsilon', float('inf')):.3f} | SDMetrics {r['sdmetrics']['overall']:.4f} "
-                  f"| C2ST {r['c2st_auc']:.3f} | F1 syn {r['ml_efficacy_f1']['synthetic']} | AUC syn "
-                  f"{r['ml_efficacy_auc']['synthetic']} | MIA AUC {r['mia']['auc']:.3f} | DCR share "
-                  f"{r['dcr']['dcr_share']:.3f} | fit {r['fit_s']:.0f} s", flush=True)
-            out["machine"] = {"cpus": os.cpu_count()}
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            RESULTS.write_text(json.dumps(out, indent=1, default=str))
+            tail = "none" if eps is None else f"{eps:g}"
+            print(f"== {args.dataset}/{label}/{tail}", flush=True)
+            results = {label: run_one(eps, args, label)} if label == ours else run_peer(eps, args, label)
+            for name, r in results.items():
+                key = f"{args.dataset}/{name}/{tail}"
+                out["runs"][key] = r
+                r["load_average"] = os.getloadavg()
+                out["machine"] = {"cpus": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0))}
+                RESULTS.parent.mkdir(parents=True, exist_ok=True)
+                RESULTS.write_text(json.dumps(out, indent=1, default=str))
+                if "status" in r:
+                    print(f"   {name}: {r['status']}", flush=True)
+                    continue
+                print(f"   {name}: spent {r['privacy'].get('epsilon', float('inf')):.3f} | SDMetrics "
+                      f"{r['sdmetrics']['overall']:.4f} | C2ST {r['c2st_auc']:.3f} | F1 syn "
+                      f"{r['ml_efficacy_f1']['synthetic']} | AUC syn {r['ml_efficacy_auc']['synthetic']} | MIA AUC "
+                      f"{r['mia']['auc']:.3f} | DCR share {r['dcr']['dcr_share']:.3f} | fit {r['fit_s']:.0f} s",
+                      flush=True)
     plot(out, RESULTS.with_suffix(".png"))
     print(f"\n{'run':>30} {'spent':>6} {'shapes':>7} {'pairs':>7} {'C2ST':>6} {'F1syn':>6} {'AUCsyn':>6} "
           f"{'MIA':>6} {'fit s':>6}")
     for k in sorted(out["runs"], key=_order):
         r = out["runs"][k]
+        if "status" in r:
+            print(f"{k:>30} {r['status']}")
+            continue
         spent = r["privacy"].get("epsilon")
         auc = (r.get("ml_efficacy_auc") or {}).get("synthetic")
         print(f"{k:>30} {spent if spent is None else round(spent, 3)!s:>6} {r['sdmetrics']['column_shapes']:7.4f} "
@@ -238,7 +336,8 @@ def plot(out: dict, path: Path) -> None:
     for row, dataset in zip(axes, datasets):
         models = sorted({_order(k)[1] for k in out["runs"] if _order(k)[0] == dataset})
         for model in models:
-            keys = sorted((k for k in out["runs"] if _order(k)[:2] == (dataset, model)), key=_order)
+            keys = sorted((k for k in out["runs"] if _order(k)[:2] == (dataset, model)
+                           and "status" not in out["runs"][k]), key=_order)
             xs = [min(_order(k)[2], right) for k in keys]
             runs = [out["runs"][k] for k in keys]
             for ax, (label, get) in zip(row, panels):

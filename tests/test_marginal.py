@@ -112,6 +112,35 @@ def test_fit_publishes_an_epsilon_recomputable_from_its_parameters(tmp_path):
     assert t.schema == engine.codec.schema and engine.sample(500, seed=3).num_rows == 500
 
 
+@pytest.mark.parametrize("per_round", [1, 3])
+def test_aim_rounds_charge_every_selection_and_measurement_and_refit_once_per_round(per_round):
+    from synth.privacy.marginal import run_aim
+
+    rng = np.random.default_rng(0)
+    n, sizes = 4000, [6, 3, 4, 2]
+    data = np.stack([rng.integers(0, s, n) for s in sizes], axis=1)
+    data[:, 3] = (data[:, 0] + data[:, 1] > 4).astype(int)  # the target depends on a pair
+    names = ["a", "b", "c", "y"]
+    pcfg = PrivacyConfig(enabled=True, epsilon=2.0, delta=1e-5, schema=SCHEMA)
+    plan = plan_marginal(pcfg, n, len(sizes), THIRDS, rounds_per_column=2)
+    m = run_aim(data, sizes, names, plan, target=3, iters=50, round_iters=20, per_round=per_round,
+                rng=np.random.default_rng(1))
+    log = plan.rounds_log
+    assert len(log) == len(m.cliques) == len(m.marginals) > per_round
+    # the accountant's parts are the recorded measurements: every draw and measurement counted
+    rho = len(sizes) * zcdp.gaussian_rho(plan.sigma_one_way) + sum(zcdp.exponential_rho(e) + zcdp.gaussian_rho(s)
+                                                                   for e, s, _ in log)
+    assert rho == pytest.approx(plan.spent_rho(), rel=1e-12) and rho <= plan.rho * (1 + 1e-9)
+    assert plan.total_epsilon() == pytest.approx(2.0, rel=1e-3)  # AIM spends its whole budget
+    # one refit per round (plus the 1-way model and the final fit): the rounds are what cost time
+    assert m.log["refits"] <= -(-len(log) // per_round) + 2 + (per_round > 1)
+    rounds = [log[i:i + per_round] for i in range(0, len(log), per_round)] if per_round > 1 else []
+    for r in rounds[:-1]:  # a round's picks share its noise, and none holds another
+        assert len({(e, s) for e, s, _ in r}) == 1
+        assert not any(set(x[2]) < set(y[2]) for x in r for y in r)
+    assert plan.manifest(len(log), plan.total_epsilon())["rounds"] == len(log)
+
+
 def test_bad_input_names_the_field_and_no_data_value(tmp_path):
     from synth.cli import app
 

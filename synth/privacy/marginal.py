@@ -298,16 +298,20 @@ def aim_workload(d: int, target: int | None) -> dict[tuple[int, ...], float]:
 
 
 def run_aim(data: np.ndarray, sizes: list[int], names: list[str], plan: MarginalPlan, target: int | None = None,
-            iters: int = 1000, round_iters: int = 200, rng: np.random.Generator | None = None) -> Measured:
+            iters: int = 1000, round_iters: int = 200, per_round: int = 1,
+            rng: np.random.Generator | None = None) -> Measured:
     """AIM (McKenna, Mullins, Sheldon and Miklau 2022) on the discretised rows `data` (n, d): after
-    the 1-way marginals, each round picks a workload clique by the exponential mechanism, scored by
-    the weighted L1 error of the current model on it less the noise its measurement would carry
-    (sensitivity: the largest weight), among the cliques that keep the junction tree under a size
-    limit growing with the budget spent; measures it with Gaussian noise and refits the model (warm
-    started). When a measurement moves the model less than its expected noise, the noise halves
-    and the selection epsilon doubles; the last round spends what is left of rho. Every round is
-    appended to `plan.rounds_log`, so the spend is recomputable. Exact and greedy without privacy."""
-    from synth.privacy.pgm import Marginals, counts, estimate, model_size_mb
+    the 1-way marginals, each round picks `per_round` workload cliques by the exponential mechanism
+    (one draw each, charged each), scored by the weighted L1 error of the current model on them less
+    the noise their measurement would carry (sensitivity: the largest weight), among the cliques
+    that keep the junction tree under a size limit growing with the budget spent; measures them with
+    Gaussian noise and refits the model once (warm started: the refits, one mbi compilation each,
+    are the cost). A round's later draws leave out the sub- and super-cliques of its earlier picks
+    (the current model's errors on them overlap). When the round's measurements move the model less
+    than their expected noise, the noise halves and the selection epsilon doubles; the last round
+    spends what is left of rho. Every measurement is appended to `plan.rounds_log`, so the spend is
+    recomputable. Exact and greedy without privacy."""
+    from synth.privacy.pgm import Estimator, Marginals, counts, model_size_mb
 
     rng = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
     one_way, merge, merged, msizes, one_way_m = _one_way(data, sizes, names, plan, rng)
@@ -315,53 +319,74 @@ def run_aim(data: np.ndarray, sizes: list[int], names: list[str], plan: Marginal
     candidates = [cl for cl in weights if len(cl) > 1]
     answers = {cl: counts(merged, cl, msizes) for cl in candidates}  # the only data access besides 1-way
     sensitivity = max(weights[cl] for cl in candidates) if candidates else 1.0
-    model = estimate(sizes, msizes, names, one_way_m, plan.sigma_one_way, [], round_iters)
+    fit = Estimator(sizes, msizes, names, one_way_m, plan.sigma_one_way)
+    model = fit([], round_iters)
     sigma, eps = plan.sigma_one_way, plan.epsilon_select
     rho_used = plan.columns * zcdp.gaussian_rho(sigma) if plan.private else 0.0
     plan.rounds_log = []
     chosen: list[tuple[int, ...]] = []
     measured: list = []
     seconds = {"size_check_s": 0.0, "score_s": 0.0, "estimate_s": 0.0}
+    def fits(cl, limit):  # within the model-size limit with the chosen cliques
+        return any(set(cl) <= set(h) for h in chosen) or \
+            model_size_mb(names, msizes, [_names(names, x) for x in chosen + [cl]]) <= limit
+
     while candidates:
+        k = max(1, per_round)
         if plan.private:
-            last = plan.rho - rho_used < 2 * (zcdp.gaussian_rho(sigma) + zcdp.exponential_rho(eps))
-            if last:  # the remaining budget, split as every round's
+            cost = zcdp.gaussian_rho(sigma) + zcdp.exponential_rho(eps)
+            last = plan.rho - rho_used < (k + 1) * cost
+            if last:  # what remains, split as every round's over as many measurements as it affords (>= 1)
                 remaining = (plan.rho - rho_used) * (1 - 1e-9)  # never a rounding error over the budget
-                sigma = zcdp.gaussian_sigma(AIM_ALPHA * remaining)
-                eps = zcdp.exponential_epsilon((1 - AIM_ALPHA) * remaining)
-            rho_used += zcdp.gaussian_rho(sigma) + zcdp.exponential_rho(eps)
-            limit = plan.max_model_mb * rho_used / plan.rho
+                k = max(1, min(k, int(remaining / cost)))
+                sigma = zcdp.gaussian_sigma(AIM_ALPHA * remaining / k)
+                eps = zcdp.exponential_epsilon((1 - AIM_ALPHA) * remaining / k)
+            limit = plan.max_model_mb * (rho_used + k * (zcdp.gaussian_rho(sigma) + zcdp.exponential_rho(eps))) / plan.rho
         else:
-            last, limit = len(plan.rounds_log) + 1 >= plan.rounds, plan.max_model_mb
-        t0 = time.perf_counter()
-        held = [set(c) for c in chosen]
-        small = [cl for cl in candidates if any(set(cl) <= h for h in held)
-                 or model_size_mb(names, msizes, [tuple(names[c] for c in x) for x in chosen + [cl]]) <= limit]
-        t1 = time.perf_counter()
+            k = min(k, plan.rounds - len(plan.rounds_log))
+            last, limit = len(plan.rounds_log) + k >= plan.rounds, plan.max_model_mb
         bias = math.sqrt(2 / math.pi) * sigma
         fitted = Marginals(model)
-        scores = np.asarray([weights[cl] * (np.abs(answers[cl] - fitted(_names(names, cl))).sum()
-                                            - bias * answers[cl].size) for cl in small])
+        picked: list[tuple[int, ...]] = []
+        score: dict[tuple[int, ...], float] = {}  # this round's (the model does not change within it)
+        for _ in range(k):
+            t0 = time.perf_counter()
+            pool = [cl for cl in candidates if not any(set(cl) <= set(p) or set(p) <= set(cl) for p in picked)
+                    and fits(cl, limit)]
+            t1 = time.perf_counter()
+            if not pool:
+                break
+            for cl in pool:
+                if cl not in score:
+                    score[cl] = weights[cl] * (np.abs(answers[cl] - fitted(_names(names, cl))).sum()
+                                               - bias * answers[cl].size)
+            seconds["size_check_s"] += t1 - t0
+            seconds["score_s"] += time.perf_counter() - t1
+            cl = pool[_exponential(np.asarray([score[c] for c in pool]), eps, rng, sensitivity)]
+            if plan.private:
+                rho_used += zcdp.gaussian_rho(sigma) + zcdp.exponential_rho(eps)
+            y = answers[cl] + (rng.normal(0, sigma, answers[cl].shape) if plan.private else 0.0)
+            picked.append(cl)
+            chosen.append(cl)
+            measured.append((_names(names, cl), y, sigma))
+            plan.rounds_log.append([eps, sigma, list(_names(names, cl))])
         t2 = time.perf_counter()
-        cl = small[_exponential(scores, eps, rng, sensitivity)]
-        y = answers[cl] + (rng.normal(0, sigma, answers[cl].shape) if plan.private else 0.0)
-        chosen.append(cl)
-        measured.append((_names(names, cl), y, sigma))
-        plan.rounds_log.append([eps, sigma, list(_names(names, cl))])
-        before = fitted(_names(names, cl))
-        model = estimate(sizes, msizes, names, one_way_m, plan.sigma_one_way, measured, round_iters,
-                         warm_start=model)
-        for k, dt in zip(seconds, (t1 - t0, t2 - t1, time.perf_counter() - t2)):
-            seconds[k] += dt
-        if plan.private and np.abs(Marginals(model)(_names(names, cl)) - before).sum() <= bias * y.size:
-            sigma, eps = sigma / 2, eps * 2  # budget annealing
-        if last:
+        model = fit(measured, round_iters, warm_start=model)
+        seconds["estimate_s"] += time.perf_counter() - t2
+        if plan.private:
+            now = Marginals(model)
+            moved = sum(np.abs(now(_names(names, cl)) - fitted(_names(names, cl))).sum() for cl in picked)
+            if moved <= bias * sum(answers[cl].size for cl in picked):
+                sigma, eps = sigma / 2, eps * 2  # budget annealing
+        if last or not picked:
             break
     if plan.private and rho_used > plan.rho * (1 + 1e-9):
         raise RuntimeError(f"AIM spent rho {rho_used} over its budget {plan.rho}")
-    model = estimate(sizes, msizes, names, one_way_m, plan.sigma_one_way, measured, iters, warm_start=model)
+    t2 = time.perf_counter()
+    model = fit(measured, iters, warm_start=model)
+    seconds["estimate_s"] += time.perf_counter() - t2
     return Measured(one_way, merge, chosen, [y for _, y, _ in measured], model,
-                    {"merged_cells": int(sum(sizes) - sum(msizes)), "iters": iters, **seconds})
+                    {"merged_cells": int(sum(sizes) - sum(msizes)), "iters": iters, "refits": fit.fits, **seconds})
 
 
 def _names(names: list[str], cl: tuple[int, ...]) -> tuple[str, ...]:
