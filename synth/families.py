@@ -27,7 +27,7 @@ from synth.engine.diffusion import DiffusionConfig, DiffusionEngine
 from synth.engine.copula import CopulaConfig, CopulaEngine
 from synth.engine.gan import GANConfig, GANEngine
 from synth.engine import marginal
-from synth.errors import ArtifactError
+from synth.errors import ArtifactError, ConfigError
 from synth.train import gan as gan_training
 from synth.train.loop import train_denoising
 
@@ -74,6 +74,18 @@ PRIVATE_DEFAULT = "marginal"  # ... of a private run (privacy.enabled): docs/pri
 def trainable() -> list[Family]:
     """The families `synth fit` trains or fits (the run config's `model` union)."""
     return [f for f in FAMILIES.values() if f.trainer is not None or f.fit is not None]
+
+
+def likelihood_families() -> list[str]:
+    """Families whose generator scores rows (`log_prob(rows)`: `synth score`, the held-out likelihood)."""
+    return sorted(f.name for f in FAMILIES.values() if callable(getattr(f.build, "log_prob", None)))
+
+
+def require_likelihood(engine: Engine) -> None:
+    """Refuse, naming the families that have one, a model without a likelihood."""
+    if not callable(getattr(engine, "log_prob", None)):
+        raise ConfigError(f"a {engine.family!r} model has no likelihood to score rows with; the families with one "
+                          f"are {likelihood_families()}: fit one of them (model.family) and score with it")
 
 
 def load_engine(uri: str, *, require_signature: bool = False, public_key: str | None = None) -> Engine:

@@ -203,3 +203,31 @@ class AutoregressiveEngine(EMAWeights, OnePassEngine):
                 draw = (probs.cumsum(dim=1) < u[:, j:j + 1]).sum(dim=1).clamp(max=self.cards[j] - 1)
                 tokens[:, j] = torch.where(todo, draw, tokens[:, j])
         return torch.from_numpy(self.to_features(tokens.cpu(), x[:, n_tok:].cpu()))
+
+    # -- likelihood (synth.engine.likelihood) ----------------------------------------------
+    likelihood_kind = ("exact: the tokens' likelihood in canonical order, each numeric's density uniform "
+                       "inside its fine bin (how it samples): + log(coarse x fine bins) per non-null numeric")
+
+    @torch.no_grad()
+    def log_prob(self, rows, *, seed: int = 0, batch_size: int = 4096):
+        """log p(row) in nats for every row of `rows` (an Arrow table with the model's columns), in
+        the space of `synth.engine.likelihood`: the token NLL of the validation loss, plus the
+        discretisation term log(k1 * k2) that turns a fine bin's probability into the density of u
+        inside it (the generator draws u uniformly there). `seed` is unused (the value is exact)."""
+        import math
+
+        from synth.engine.likelihood import log_prob_rows
+
+        k1, k2 = self.config.numeric_bins
+        dev = next(self.ema.parameters()).device
+        nullable = [self.codec.slices[i].start + 1 for i, p in self.tokens
+                    if p == "fine" and self.codec.columns[i].nullable]
+        numeric = self.n_numeric_tokens
+
+        def score(x: Tensor, _gen) -> Tensor:
+            self.ema.eval()
+            x = x.to(dev)
+            values = numeric - (x[:, nullable] > 0).sum(dim=1) if nullable else torch.full((x.shape[0],), numeric,
+                                                                                            device=dev)
+            return -self.loss(self.ema, x, None, reduce=False).double() + values.double() * math.log(k1 * k2)
+        return log_prob_rows(self, rows, score, batch_size, seed)
