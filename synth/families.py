@@ -25,11 +25,13 @@ from synth.engine.autoregressive import AutoregressiveConfig, AutoregressiveEngi
 from synth.engine.base import Engine
 from synth.engine.diffusion import DiffusionConfig, DiffusionEngine
 from synth.engine.copula import CopulaConfig, CopulaEngine
+from synth.engine.flow import FlowConfig, FlowEngine
 from synth.engine.gan import GANConfig, GANEngine
 from synth.engine import marginal
 from synth.errors import ArtifactError, ConfigError
 from synth.train import gan as gan_training
 from synth.train.loop import train_denoising
+from synth.train.monitored import train_monitored
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,11 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("autoregressive", AutoregressiveConfig, AutoregressiveEngine, AutoregressiveEngine.from_artifact,
            train_denoising, train_defaults={"steps": 5000, "eval_every": "epoch", "patience": 6, "ema_decay": 0.99,
                                             "warmup_steps": 50}),
+    # a neural spline flow (zuko) on dequantised features: exact numeric likelihood, monitored invertibility;
+    # fp32 (a spline's bin search and log-Jacobian are not bf16-safe)
+    Family("flow", FlowConfig, FlowEngine, FlowEngine.from_artifact, train_monitored,
+           train_defaults={"steps": 5000, "eval_every": "epoch", "patience": 6, "ema_decay": 0.99, "warmup_steps": 50,
+                           "lr": 1e-3, "precision": "fp32"}),
     Family("fingerprint", CopulaConfig, CopulaEngine, CopulaEngine.from_artifact, None),
     # measured marginals under zCDP + a graphical model (MST on Private-PGM): the private family for tables
     Family("marginal", marginal.MarginalConfig, marginal.build, marginal.MarginalEngine.from_artifact, None,

@@ -1,0 +1,36 @@
+"""A trainer that adds a family's own monitoring to every evaluation report.
+
+`train_monitored(measure)` is `train_denoising` (the loop, EMA, early stopping on the validation
+loss, checkpoints, Ray Train) whose every report also carries `engine.monitor(x_val, seed)`: the
+flow's invertibility error and bpd, the VAE's ELBO, reconstruction and posterior-collapse rate.
+They are computed on the weights the report checkpoints (the EMA; after early stopping, the best),
+so the last report, the run's metrics and the manifest hold the measures of the published model,
+in this process and on Ray Train alike.
+"""
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+from synth.train.loop import train_denoising
+from synth.train.session import Outcome, Save, Session, TrainingData
+
+T = TypeVar("T")
+
+
+class MonitoredSession:
+    def __init__(self, inner: Session, measure: Callable[[], dict]):
+        self.inner, self.measure = inner, measure
+
+    def report(self, metrics: dict, save: Save | None = None) -> None:
+        metrics.update(self.measure())  # in place: the loop's history and final metrics hold them too
+        self.inner.report(metrics, save)
+
+    def restore(self, load: Callable[[str], T]) -> T | None:
+        return self.inner.restore(load)
+
+
+def train_monitored(engine, cfg, data: TrainingData, session: Session) -> Outcome:
+    """The trainer of families whose generator has `monitor(x_val, seed) -> dict`."""
+    def measure() -> dict:
+        return engine.monitor(data.x_val, cfg.train.seed) if data.x_val is not None and len(data.x_val) else {}
+    return train_denoising(engine, cfg, data, MonitoredSession(session, measure))
