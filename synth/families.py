@@ -27,6 +27,7 @@ from synth.engine.diffusion import DiffusionConfig, DiffusionEngine
 from synth.engine.copula import CopulaConfig, CopulaEngine
 from synth.engine.flow import FlowConfig, FlowEngine
 from synth.engine.gan import GANConfig, GANEngine
+from synth.engine.vae import VAEConfig, VAEEngine
 from synth.engine import marginal
 from synth.errors import ArtifactError, ConfigError
 from synth.train import gan as gan_training
@@ -68,6 +69,11 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     # fp32 (a spline's bin search and log-Jacobian are not bf16-safe)
     Family("flow", FlowConfig, FlowEngine, FlowEngine.from_artifact, train_monitored,
            train_defaults={"steps": 5000, "eval_every": "epoch", "patience": 6, "ema_decay": 0.99, "warmup_steps": 50,
+                           "lr": 1e-3, "precision": "fp32"}),
+    # a conditional VAE with per-kind likelihoods: beta-ELBO, KL annealing, free bits; stopped early on the
+    # validation ELBO (the loop's val_loss is -ELBO_val) with its reconstruction and posterior collapse monitored
+    Family("vae", VAEConfig, VAEEngine, VAEEngine.from_artifact, train_monitored,
+           train_defaults={"steps": 8000, "eval_every": "epoch", "patience": 8, "ema_decay": 0.99, "warmup_steps": 50,
                            "lr": 1e-3, "precision": "fp32"}),
     Family("fingerprint", CopulaConfig, CopulaEngine, CopulaEngine.from_artifact, None),
     # measured marginals under zCDP + a graphical model (MST on Private-PGM): the private family for tables
