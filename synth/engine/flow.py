@@ -232,7 +232,7 @@ class FlowEngine(EMAWeights, OnePassEngine):
         feats = torch.full((n, self.codec.width), -1.0, dtype=torch.float64)
         feats[:, self.num_feats] = y[:, self.num_dims].clamp(-Z_MAX, Z_MAX)
         if len(self.null_dims):
-            feats[:, self.null_feats] = torch.where(torch.special.ndtr(y[:, self.null_dims]) >= 0.5, 1.0, -1.0)
+            feats[:, self.null_feats] = torch.where(torch.special.ndtr(y[:, self.null_dims]) >= 0.5, 1.0, -1.0).double()
         for dim, i, cut in zip(self.cat_dims, self.cat_cols, self.cuts):
             u = torch.special.ndtr(y[:, dim])
             slot = torch.searchsorted(cut[1:-1].contiguous(), u.contiguous(), right=True)

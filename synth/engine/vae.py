@@ -285,7 +285,7 @@ class VAEEngine(EMAWeights, OnePassEngine):
             feats[torch.arange(n), sl_in.start + slot] = 1.0
         if len(self.null_feat):
             p_null = torch.sigmoid(raw[:, self.null_out])
-            feats[:, self.null_feat] = torch.where(u[:, m + len(self.cats):] < p_null, 1.0, -1.0)
+            feats[:, self.null_feat] = torch.where(u[:, m + len(self.cats):] < p_null, 1.0, -1.0).double()
         return feats
 
     def describe(self) -> dict:
