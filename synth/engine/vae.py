@@ -17,8 +17,9 @@ values, which are written into the output exactly.
 
 Objective: loss = -E_q[log p(x | z, c)] + beta_t * sum_d max(free_bits, KL_d), KL_d the batch-mean
 KL of latent dimension d, beta_t rising linearly from 0 to `beta` over `kl_warmup` training
-batches. In eval mode the loss is the plain negative ELBO (beta 1, no free bits) in nats per row:
-`val_loss` is -ELBO_val, early stopping keeps the best. Every evaluation also reports
+batches (early stopping counts its patience after them: `synth.train.monitored`). In eval mode
+the loss is the plain negative ELBO (beta 1, no free bits) in nats per row: `val_loss` is
+-ELBO_val, early stopping keeps the best. Every evaluation also reports
 (`monitor`) `elbo_val`, `elbo_val_gain` (over the first evaluation), `reconstruction` (share of
 validation cells reconstructed from the posterior mean: the category, the null flag, a numeric's
 rank within 0.05) and `posterior_collapse_rate` (share of latent dimensions whose mean KL on
@@ -61,7 +62,8 @@ class VAEConfig(BaseModel):
     numeric: Literal["gaussian", "mixture"] = Field("mixture", description="a numeric column's likelihood")
     mixture_components: int = Field(5, ge=2, description="Gaussians per numeric column (numeric: mixture)")
     beta: float = Field(1.0, gt=0, description="weight of the KL term once annealed")
-    kl_warmup: int = Field(1000, ge=0, description="training batches over which beta rises from 0 (0: no annealing)")
+    kl_warmup: int = Field(500, ge=0, description="training batches over which beta rises from 0 (0: no annealing); "
+                                                  "early stopping waits them out")
     free_bits: float = Field(0.0, ge=0, description="nats per latent dimension below which its KL is not "
                                                     "penalised (batch mean)")
     collapse_threshold: float = Field(0.01, gt=0, description="a latent dimension whose mean KL (nats) is below "
@@ -188,6 +190,10 @@ class VAEEngine(EMAWeights, OnePassEngine):
         if reduce:
             return -recon.mean() + beta * kl.mean(dim=0).clamp(min=c.free_bits).sum()
         return -recon + beta * kl.clamp(min=c.free_bits).sum(dim=1)
+
+    def warmup_batches(self) -> int:
+        """Training batches of the KL annealing (early stopping waits them out: synth.train.monitored)."""
+        return self.config.kl_warmup
 
     # -- likelihood and monitoring ------------------------------------------------------------
     @torch.no_grad()

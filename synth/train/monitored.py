@@ -30,7 +30,16 @@ class MonitoredSession:
 
 
 def train_monitored(engine, cfg, data: TrainingData, session: Session) -> Outcome:
-    """The trainer of families whose generator has `monitor(x_val, seed) -> dict`."""
+    """The trainer of families whose generator has `monitor(x_val, seed) -> dict`. A generator with
+    `warmup_batches()` (the VAE's KL annealing, during which ELBO_val first gets worse as the latent
+    comes into use) gets train.patience plus the evaluations inside its warm-up, so early stopping
+    always waits `patience` evaluations after the objective is the final one."""
+    warmup = getattr(engine, "warmup_batches", None)
+    t = cfg.train
+    if warmup is not None and t.patience:
+        held = -(-warmup() * t.grad_accum // t.eval_every)  # evaluations inside the warm-up (rounded up)
+        cfg = cfg.model_copy(update={"train": t.model_copy(update={"patience": t.patience + held})})
+
     def measure() -> dict:
         return engine.monitor(data.x_val, cfg.train.seed) if data.x_val is not None and len(data.x_val) else {}
     return train_denoising(engine, cfg, data, MonitoredSession(session, measure))
