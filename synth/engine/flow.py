@@ -193,12 +193,11 @@ class FlowEngine(EMAWeights, OnePassEngine):
         dev = next(self.ema.parameters()).device
 
         def score(x: Tensor, gen: torch.Generator) -> Tensor:
-            x = x.to(dev)
-            cond = self.condition_mask(x, False, None)
+            cond = self.condition_mask(x, False, None).to(dev)
             draws = []
-            for _ in range(k):
-                y, corr = self.dequantise(x, gen if dev.type == "cpu" else None)
-                draws.append(self.ema(y.float(), cond).double() + corr)
+            for _ in range(k):  # draws on the CPU from `gen`: the same scores on any device
+                y, corr = self.dequantise(x, gen)
+                draws.append(self.ema(y.float().to(dev), cond).double().cpu() + corr)
             return torch.logsumexp(torch.stack(draws), dim=0) - math.log(k)
         return log_prob_rows(self, rows, score, batch_size, seed)
 
