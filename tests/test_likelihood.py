@@ -118,6 +118,24 @@ def test_vae_importance_weighting_tightens_its_elbo(models, tables):
     assert all("posterior_collapse_rate" in h for h in hist)
 
 
+def test_vae_early_stopping_waits_out_the_kl_warm_up():
+    from synth.engine.flow import FlowConfig, FlowEngine
+    from synth.engine.vae import VAEConfig, VAEEngine
+    from synth.table import TableCodec
+    from synth.train.config import TrainConfig
+    from synth.train.monitored import waiting_out_warmup
+
+    codec = TableCodec.fit([dependent_table(200, 0)])
+    vae = VAEEngine(VAEConfig(kl_warmup=450, latent=2, hidden=8), codec)
+    assert waiting_out_warmup(vae, TrainConfig(patience=6, eval_every=45)).patience == 6 + 10
+    assert waiting_out_warmup(vae, TrainConfig(patience=6, eval_every=45, grad_accum=2)).patience == 6 + 5
+    assert waiting_out_warmup(vae, TrainConfig(patience=None, eval_every=45)).patience is None
+    no_warmup = VAEEngine(VAEConfig(kl_warmup=0, latent=2, hidden=8), codec)
+    assert waiting_out_warmup(no_warmup, TrainConfig(patience=6, eval_every=45)).patience == 6
+    flow = FlowEngine(FlowConfig(hidden=8, transforms=1), codec)
+    assert waiting_out_warmup(flow, TrainConfig(patience=6, eval_every=45)).patience == 6
+
+
 def test_flow_manifest_records_the_invertibility_error(models):
     engine = load_engine(models["flow", "real"])
     m = engine.manifest["metrics"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Callable, TypeVar
 
+from synth.train.config import TrainConfig
 from synth.train.loop import train_denoising
 from synth.train.session import Outcome, Save, Session, TrainingData
 
@@ -29,16 +30,22 @@ class MonitoredSession:
         return self.inner.restore(load)
 
 
+def waiting_out_warmup(engine, train: TrainConfig) -> TrainConfig:
+    """train.patience plus the evaluations inside the generator's warm-up (`warmup_batches()`,
+    counted in micro-batches; none for a generator without one or a run without early stopping)."""
+    warmup = getattr(engine, "warmup_batches", None)
+    if warmup is None or not train.patience or not warmup():
+        return train
+    held = -(-warmup() // (train.grad_accum * train.eval_every))  # evaluations inside the warm-up, rounded up
+    return train.model_copy(update={"patience": train.patience + held})
+
+
 def train_monitored(engine, cfg, data: TrainingData, session: Session) -> Outcome:
     """The trainer of families whose generator has `monitor(x_val, seed) -> dict`. A generator with
     `warmup_batches()` (the VAE's KL annealing, during which ELBO_val first gets worse as the latent
     comes into use) gets train.patience plus the evaluations inside its warm-up, so early stopping
     always waits `patience` evaluations after the objective is the final one."""
-    warmup = getattr(engine, "warmup_batches", None)
-    t = cfg.train
-    if warmup is not None and t.patience:
-        held = -(-warmup() * t.grad_accum // t.eval_every)  # evaluations inside the warm-up (rounded up)
-        cfg = cfg.model_copy(update={"train": t.model_copy(update={"patience": t.patience + held})})
+    cfg = cfg.model_copy(update={"train": waiting_out_warmup(engine, cfg.train)})
 
     def measure() -> dict:
         return engine.monitor(data.x_val, cfg.train.seed) if data.x_val is not None and len(data.x_val) else {}
