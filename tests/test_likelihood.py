@@ -241,3 +241,14 @@ def test_evaluate_report_and_contract_show_the_held_out_likelihood(models, tmp_p
     r = CliRunner().invoke(app, ["report", str(syn), "--artifact", artifact, "-o", str(html)], terminal_width=200)
     assert r.exit_code == 0, r.output
     assert "Held-out NLL (nats/row" in html.read_text() and engine.family == "vae"
+
+
+def test_the_vae_contract_loads_with_its_likelihood_section():
+    from pathlib import Path
+
+    from synth.evaluate.contract import load_contract, threshold_names
+
+    c = load_contract(str(Path(__file__).resolve().parents[1] / "contracts" / "adult-vae.yaml"))
+    names = {t[0] for t in c.thresholds()}
+    assert {"likelihood.bpd_max", "likelihood.posterior_collapse_rate_max", "likelihood.reconstruction_min",
+            "likelihood.elbo_val_gain_min"} <= names <= set(threshold_names())
