@@ -131,6 +131,8 @@ class Judge:
             "sdmetrics": quality_report(self.test[cols], syn, self.kinds),
             "c2st_holdout": holdout,
             "c2st_auc": ours["detection"]["c2st_auc"],
+            "logistic_detection": ours["detection"].get("logistic_detection"),  # SDMetrics' (1 = indistinguishable)
+            "precision_recall": {k: ours["precision_recall"].get(k) for k in ("alpha_precision", "beta_recall")},
             "efficacy": {"task": eff.get("task"), "metric": key, "synthetic": eff["synthetic"][key],
                          "real": eff["real"][key], "ratio": eff["ratio"][key],
                          "auc_synthetic": eff["synthetic"].get("auc"), "auc_real": eff["real"].get("auc")},
@@ -380,7 +382,9 @@ def main(argv=None) -> None:
         print(f"[{ds}] train {len(judge.train):,} rows, test {len(judge.test):,} rows, target {target}", flush=True)
 
         def synth_runs(engine, fit_s, base_settings, base_key, fit_note, prefix, sampler_list):
-            judge.kinds = judge.kinds or engine.codec.kinds()
+            from synth.evaluate.fidelity import KINDS  # tabular columns; identifiers are fresh ids, not modelled
+
+            judge.kinds = judge.kinds or {c: k for c, k in engine.codec.kinds().items() if k in KINDS}
             for sampler, steps in sampler_list:
                 key = {**base_key, "sampler": sampler, "steps": steps}
                 sampler = sampler or engine.manifest["sampling"]["sampler"]
@@ -426,8 +430,11 @@ def main(argv=None) -> None:
             from synth.config import DataConfig
             from synth.table import TableCodec
 
-            judge.kinds = TableCodec.fit([judge.train_table], DataConfig().codec,
-                                         schema=judge.train_table.schema).kinds()
+            from synth.evaluate.fidelity import KINDS
+
+            judge.kinds = {c: k for c, k in TableCodec.fit([judge.train_table], DataConfig().codec,
+                                                           schema=judge.train_table.schema).kinds().items()
+                           if k in KINDS}
         if "tabularargn" in args.peers.split(","):
             entry = {"dataset": ds, "model": "TabularARGN", "family": "mostlyai",
                      "settings": {"package": "mostlyai-engine", "defaults": True}, "settings_key": {"kind": "argn"}}
@@ -506,7 +513,10 @@ def render_markdown(result: dict) -> str:
         "rows score about 0.986 on Adult: the ceiling.",
         "- **C2ST held-out** (the headline): a gradient-boosting classifier (5-fold HistGradientBoosting) telling "
         "synthetic rows from real *held-out test* rows (0.5 = indistinguishable, 1 = fully separable); "
-        "**C2ST train**: the same against real training rows (a model that copies rows looks better here).",
+        "**C2ST train**: the same against real training rows (a model that copies rows looks better here). "
+        "**LogisticDetection**: SDMetrics' logistic-regression detection score against training rows (1 = "
+        "indistinguishable), and **α-precision / β-recall** (synthcity's definitions), as published tables "
+        "(TabSyn, TabDiff, TabPC) report them.",
         "- **ML efficacy**: train on synthetic, test on the real test rows (macro F1 for a categorical target, "
         "R^2 for a numeric one), with train-on-real in brackets.",
         "- **DCR share**: share of synthetic rows closer to a training row than to a holdout row (0.5 ideal, "
@@ -538,17 +548,20 @@ def render_markdown(result: dict) -> str:
             continue
         lines += [f"## {ds}", "", f"{info['about']}; ML-efficacy target `{info['target']}`.", "",
                   "| model | fit s | sample s | SDMetrics | shapes | pair trends | C2ST held-out | C2ST train "
-                  "| ML efficacy (real) | ML AUC (real) | DCR share | copies | held-out NLL nats/row (bpd) |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| LogisticDetection | α-precision / β-recall | ML efficacy (real) | ML AUC (real) | DCR share "
+                  "| copies | held-out NLL nats/row (bpd) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
             if r.get("status") != "ok":
-                lines.append(f"| {r['model']} | failed: {r.get('error', '')[:80]} ||||||||||||")
+                lines.append(f"| {r['model']} | failed: {r.get('error', '')[:80]} ||||||||||||||")
                 continue
             s, e, p = r["sdmetrics"], r["efficacy"], r["privacy"]
             lines.append(
                 f"| {r['model']} | {_f(r['fit_s'], '.1f')} | {_f(r['sample_s'], '.2f')} | {_f(s['overall'])} | "
                 f"{_f(s['column_shapes'])} | {_f(s['column_pair_trends'])} | {_f(r.get('c2st_holdout'))} | "
-                f"{_f(r['c2st_auc'])} | "
+                f"{_f(r['c2st_auc'])} | {_f(r.get('logistic_detection'))} | "
+                f"{_f((r.get('precision_recall') or {}).get('alpha_precision'))} / "
+                f"{_f((r.get('precision_recall') or {}).get('beta_recall'))} | "
                 f"{e['metric']} {_f(e['synthetic'])} ({_f(e['real'])}) | "
                 f"{_f(e.get('auc_synthetic'))} ({_f(e.get('auc_real'))}) | {_f(p['dcr_share'])} | "
                 f"{_f(p['exact_copy_rate'], '.2%')} | {_lik(r.get('likelihood'))} |")

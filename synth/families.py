@@ -64,7 +64,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     # horizon longer than training would average in the undertrained start (flatter marginals)
     Family("autoregressive", AutoregressiveConfig, AutoregressiveEngine, AutoregressiveEngine.from_artifact,
            train_denoising, train_defaults={"steps": 5000, "eval_every": "epoch", "patience": 6, "ema_decay": 0.99,
-                                            "warmup_steps": 50}),
+                                            "warmup_steps": 50, "lr_schedule": "plateau"}),
     # a neural spline flow (zuko) on dequantised features: exact numeric likelihood, monitored invertibility;
     # fp32 (a spline's bin search and log-Jacobian are not bf16-safe)
     Family("flow", FlowConfig, FlowEngine, FlowEngine.from_artifact, train_monitored,

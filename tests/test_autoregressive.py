@@ -30,7 +30,7 @@ def test_tokens_round_trip_categories_and_point_masses(adult_codec):
     # dequantisation noise does not reach the tokens: point masses tokenise the same either way
     x_plain = torch.from_numpy(adult_codec.encode(rows).astype(np.float32))
     assert torch.equal(engine.to_tokens(x_plain), tokens)
-    back = adult_codec.decode(engine.to_features(tokens, torch.full((2000, engine.n_numeric_tokens), 0.5)))
+    back = adult_codec.decode(engine.to_features(tokens, torch.full((2000, engine.n_numeric), 0.5)))
     for name in ("workclass", "education", "sex", "income", "native-country"):  # as stored: rare values as _RARE_
         want = adult_codec.by_name[name].standin(rows.column(name).to_pylist())
         assert back.column(name).to_pylist() == want, name
@@ -48,6 +48,26 @@ def test_tokens_round_trip_categories_and_point_masses(adult_codec):
         assert ((got[~on_mass] >= lower) & (got[~on_mass] <= upper)).all(), name
     gain = np.asarray(rows.column("capital-gain").to_pylist())
     assert (np.asarray(back.column("capital-gain").to_pylist())[gain == 0] == 0).all()
+
+
+def test_a_column_of_point_values_is_one_token_seen_in_context(adult_codec):
+    """education-num (16 values, all point masses) is one token with a class per value, predicted
+    from every column before it, so it follows education exactly; a fine bin sees every column
+    before it too, not only its coarse bin."""
+    from synth.engine.autoregressive import point_values
+
+    engine = AutoregressiveEngine(AutoregressiveConfig(), adult_codec)
+    index = {c.name: i for i, c in enumerate(adult_codec.columns)}
+    edu = adult_codec.by_name["education-num"]
+    assert point_values(edu, 32) and not point_values(adult_codec.by_name["capital-gain"], 32)
+    j = engine.tokens.index((index["education-num"], "coarse"))
+    assert engine.cards[j] == len(edu.knots_x) == 16 and (index["education-num"], "fine") not in engine.tokens
+    fine = engine.tokens.index((index["capital-gain"], "fine"))
+    assert engine.net.sees[:fine, fine].all() and not engine.net.sees[fine:, fine].any()
+    rows = ADULT.slice(0, 500)
+    tokens = engine.to_tokens(torch.from_numpy(adult_codec.encode(rows).astype(np.float32)))
+    values = np.asarray(edu.knots_x)[tokens[:, j].numpy()]
+    assert (values == np.asarray(rows.column("education-num").to_pylist())).all()
 
 
 def test_array_columns_are_refused_by_name():

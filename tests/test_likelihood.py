@@ -98,7 +98,9 @@ def test_autoregressive_log_prob_is_its_validation_loss_plus_the_bin_width_term(
     engine.ema.eval()
     token_nll = engine.loss(engine.ema, x, None, reduce=False).double().numpy()
     k1, k2 = engine.config.numeric_bins
-    present = 3 - np.asarray(val["extra"].is_null().to_numpy(zero_copy_only=False), dtype=int)  # x, y, extra
+    # x, y and extra are continuous: equal-mass coarse classes of 1/k1, fine bins of 1/(k1 k2) in u
+    assert [p for _, p in engine.tokens].count("fine") == 3
+    present = 3 - np.asarray(val["extra"].is_null().to_numpy(zero_copy_only=False), dtype=int)
     np.testing.assert_allclose(engine.log_prob(val), -token_nll + present * math.log(k1 * k2), rtol=1e-5, atol=1e-4)
 
 

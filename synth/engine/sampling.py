@@ -28,7 +28,7 @@ from synth.diffusion.guidance import guided_denoiser
 from synth.diffusion.processes import timesteps
 from synth.diffusion.samplers import SAMPLERS
 from synth.engine.base import Conditions, Engine
-from synth.errors import ConfigError
+from synth.errors import ArtifactError, ConfigError
 from synth.engine.rowstreams import RowUniforms, row_prior, step_generator
 from synth.table import TableCodec
 
@@ -165,8 +165,15 @@ class EMAWeights:
 
     @classmethod
     def from_artifact(cls, art: Artifact):
-        engine = cls(cls.config_class.model_validate(art.engine["config"]), TableCodec.from_dict(art.codec))
-        engine.load_sampling_state(art.tensors)
+        from pydantic import ValidationError
+
+        try:
+            engine = cls(cls.config_class.model_validate(art.engine["config"]), TableCodec.from_dict(art.codec))
+            engine.load_sampling_state(art.tensors)
+        except (ValidationError, RuntimeError) as e:  # an older synth's settings or weight shapes
+            raise ArtifactError(f"this {cls.family} model was written by a synth whose {cls.family} family had other "
+                                f"settings or weights ({str(e).splitlines()[0][:200]}); retrain it with this "
+                                "version") from None
         return engine
 
     def config_dict(self) -> dict:

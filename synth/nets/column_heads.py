@@ -6,9 +6,7 @@ fine bin of its CDF value). Head j predicts token j from the concatenated embedd
 it sees, every other token replaced by its column's learnt "not seen" embedding. Head j sees the
 tokens before it in canonical order and, per row, any *given* token (a condition revealed first),
 so one network generates in canonical order and, for any set of given columns, the rest from
-p(rest | given); a given token's own head is not asked for it. A head with a fixed view
-(`fixed_view[j]`, e.g. a numeric's fine bin seeing only its coarse bin) sees just that; tokens in
-a fixed view are never given.
+p(rest | given); a given token's own head is not asked for it.
 
 The first layer is linear in its inputs, so it runs as dense matmuls with the view folded into
 the weights (as in MADE): the (B, J * dim) token embeddings against the weights of the tokens
@@ -25,8 +23,7 @@ from torch import Tensor, nn
 
 
 class ColumnHeads(nn.Module):
-    def __init__(self, cards: list[int], dim: int, hidden: int, depth: int, dropout: float = 0.0,
-                 fixed_view: Tensor | None = None):
+    def __init__(self, cards: list[int], dim: int, hidden: int, depth: int, dropout: float = 0.0):
         super().__init__()
         j = len(cards)
         self.cards = list(cards)
@@ -36,12 +33,10 @@ class ColumnHeads(nn.Module):
             offsets.append(offsets[-1] + c + 1)  # +1: the column's "not seen" token
         self.register_buffer("offset", torch.tensor(offsets[:-1], dtype=torch.long), persistent=False)
         self.register_buffer("unseen", torch.tensor([o + c for o, c in zip(offsets[:-1], cards)]), persistent=False)
-        fixed_view = torch.zeros(j, j, dtype=torch.bool) if fixed_view is None else fixed_view.bool()
-        fixed = fixed_view.any(dim=1)
         before = torch.ones(j, j, dtype=torch.bool).tril(-1)
         # masks [token, head] of the first layer: what a head sees always, and what it sees if given
-        self.register_buffer("sees", torch.where(fixed[:, None], fixed_view, before).T.float(), persistent=False)
-        self.register_buffer("sees_given", (~before & ~fixed[:, None]).T.float(), persistent=False)
+        self.register_buffer("sees", before.T.float(), persistent=False)
+        self.register_buffer("sees_given", (~before).T.float(), persistent=False)
         self.emb = nn.Embedding(offsets[-1], dim)
         nn.init.normal_(self.emb.weight, std=1.0)
         # the first layer of every head, token-major: rows (token k, embedding dim), columns (head j, unit)

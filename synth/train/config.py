@@ -14,7 +14,10 @@ class TrainConfig(BaseModel):
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(100, ge=0)
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    lr_schedule: Literal["cosine", "constant", "plateau"] = Field(
+        "cosine", description="after warm-up: cosine to 5 % over `steps`, constant, or plateau: halve the rate "
+                              "after every 2 evaluations without a lower validation loss (down to 10 %; needs "
+                              "`patience`)")
     ema_decay: float = Field(0.999, ge=0, lt=1)
     grad_clip: float | None = Field(1.0, gt=0)
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")

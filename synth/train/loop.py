@@ -46,12 +46,17 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
-def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+PLATEAU_EVALS, PLATEAU_FACTOR, PLATEAU_FLOOR = 2, 0.5, 0.1
+
+
+def lr_lambda(cfg: TrainConfig, opt: torch.optim.Optimizer) -> Callable[[int], float]:
     def f(step: int) -> float:
         if step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
         if cfg.lr_schedule == "constant":
             return 1.0
+        if cfg.lr_schedule == "plateau":  # the scale lives in the optimizer state, so a resumed run keeps it
+            return opt.param_groups[0].get("lr_scale", 1.0)
         p = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p))
     return f
@@ -98,7 +103,7 @@ def train(engine: Engine, batches: Iterator[Tensor] | None, cfg: TrainConfig, *,
     opt = torch.optim.AdamW(engine.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if optimizer_state:
         opt.load_state_dict(optimizer_state)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg), last_epoch=start_step - 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, opt), last_epoch=start_step - 1)
     if acc.num_processes > 1:
         net, opt = acc.prepare(engine.net, opt)
     else:  # one process (in-process, or a single Ray Train worker): no DDP wrapper, measured ~13 % faster
@@ -143,6 +148,9 @@ def train(engine: Engine, batches: Iterator[Tensor] | None, cfg: TrainConfig, *,
             }
             if stopper is not None:
                 out_of_time |= stopper.should_stop(metrics)
+                if cfg.lr_schedule == "plateau" and stopper.waited and stopper.waited % PLATEAU_EVALS == 0:
+                    for group in opt.param_groups:
+                        group["lr_scale"] = max(PLATEAU_FLOOR, group.get("lr_scale", 1.0) * PLATEAU_FACTOR)
                 if out_of_time or step == cfg.steps:  # before the last report: its checkpoint is the artifact
                     metrics.update(stopper.restore())
             if report:
@@ -198,7 +206,7 @@ def _train_private(engine: Engine, cfg: TrainConfig, private, *, x_val: Tensor |
     opt = torch.optim.AdamW(engine.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if optimizer_state:
         opt.load_state_dict(optimizer_state)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg), last_epoch=start_step - 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, opt), last_epoch=start_step - 1)
     engine.net.to(device)
     engine.ema.to(device)
     net, dp_opt, batches = private.attach(engine.net, opt, start_step)
