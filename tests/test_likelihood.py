@@ -245,7 +245,7 @@ def test_evaluate_report_and_contract_show_the_held_out_likelihood(models, tmp_p
     assert "Held-out NLL (nats/row" in html.read_text() and engine.family == "vae"
 
 
-def test_the_vae_contract_loads_with_its_likelihood_section():
+def test_the_flow_and_vae_contracts_load_with_their_likelihood_sections():
     from pathlib import Path
 
     from synth.evaluate.contract import load_contract, threshold_names
@@ -254,3 +254,5 @@ def test_the_vae_contract_loads_with_its_likelihood_section():
     names = {t[0] for t in c.thresholds()}
     assert {"likelihood.bpd_max", "likelihood.posterior_collapse_rate_max", "likelihood.reconstruction_min",
             "likelihood.elbo_val_gain_min"} <= names <= set(threshold_names())
+    c = load_contract(str(Path(__file__).resolve().parents[1] / "contracts" / "adult-flow.yaml"))
+    assert {"likelihood.bpd_max", "likelihood.inv_error_max"} <= {t[0] for t in c.thresholds()}
