@@ -195,7 +195,8 @@ def test_synth_score_writes_per_row_scores_and_ranks_an_outlier_last(models, tab
 def test_synth_score_refuses_bad_input_with_what_to_do(models, tables, tmp_path):
     artifact = models["flow", "real"]
     pq.write_table(pa.table({"group": ["north"], "x": [0.1]}), tmp_path / "partial.parquet")
-    r = CliRunner().invoke(app, ["score", artifact, str(tmp_path / "partial.parquet"), "-o", str(tmp_path / "o.parquet")])
+    r = CliRunner().invoke(app, ["score", artifact, str(tmp_path / "partial.parquet"), "-o",
+                                 str(tmp_path / "o.parquet")])
     assert r.exit_code == 2 and "lack the model's columns" in r.output and "'y'" in r.output
     (tmp_path / "notes.parquet").write_text("not parquet")
     r = CliRunner().invoke(app, ["score", artifact, str(tmp_path / "notes.parquet"), "-o", str(tmp_path / "o.parquet")])

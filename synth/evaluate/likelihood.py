@@ -56,4 +56,5 @@ def summary_rows(lik: dict | None) -> list[tuple[str, str]]:
         return []
     return [("Held-out NLL (nats/row, lower is better)", f"{lik['nats_per_row']:.4f}"),
             ("Held-out bits per dimension", f"{lik['bpd']:.4f}"),
-            ("Likelihood estimate", f"{lik['estimate'].split(':')[0]} ({lik['rows']} rows, {lik['dimensions']} columns)")]
+            ("Likelihood estimate",
+             f"{lik['estimate'].split(':')[0]} ({lik['rows']} rows, {lik['dimensions']} columns)")]
