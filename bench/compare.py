@@ -106,7 +106,7 @@ class Judge:
         from synth.io.data import SplitConfig, load_splits
 
         train, _, test = load_splits(uri, SplitConfig())
-        self.train_table = train
+        self.train_table, self.test_table = train, test
         self.train = train.to_pandas()
         self.test = test.to_pandas()
         self.target, self.seed, self.max_rows = target, seed, max_rows
@@ -141,6 +141,17 @@ class Judge:
             "synth_evaluate": {"quality_score": ours["quality_score"], "column_shapes": ours["column_shapes"]["mean"],
                                "pair_trends": ours["pair_trends"]["mean"]},
         }
+
+
+    def likelihood(self, engine) -> dict | None:
+        """The held-out test rows' NLL (nats/row) and bpd under a synth model with a likelihood
+        (synth.evaluate.likelihood; None for a family without one)."""
+        from synth.evaluate.likelihood import held_out_likelihood
+
+        t0 = time.perf_counter()
+        lik = held_out_likelihood(engine, self.test_table, max_rows=self.max_rows, seed=self.seed)
+        return None if lik is None else {**{k: lik[k] for k in ("nats_per_row", "bpd", "rows", "estimate")},
+                                         "seconds": time.perf_counter() - t0}
 
 
 # --------------------------------------------------------------------------- models
@@ -389,7 +400,7 @@ def main(argv=None) -> None:
                     table = engine.sample(args.rows, sampler=sampler, steps=steps, seed=args.seed)
                     sample_s = time.perf_counter() - t0
                     return {"fit_s": fit_s, "sample_s": sample_s, "rows_per_s": args.rows / sample_s,
-                            **judge.score(table.to_pandas())}
+                            **judge.score(table.to_pandas()), "likelihood": judge.likelihood(engine)}
                 record(entry, work)
 
         for config in ([] if args.no_synth else [c.strip() for c in args.synth_config.split(",") if c.strip()]):
@@ -478,6 +489,13 @@ def _f(v, spec=".3f"):
     return "n/a" if v is None else format(v, spec)
 
 
+def _lik(lik: dict | None) -> str:
+    if not lik:
+        return "n/a"
+    bound = "" if lik.get("estimate", "").startswith("exact") else " bound"
+    return f"{lik['nats_per_row']:.2f} ({lik['bpd']:.3f}){bound}"
+
+
 def render_markdown(result: dict) -> str:
     lines = [
         "# Benchmarks: synth against TabularARGN and SDV",
@@ -502,7 +520,11 @@ def render_markdown(result: dict) -> str:
         "- **ML efficacy**: train on synthetic, test on the real test rows (macro F1 for a categorical target, "
         "R^2 for a numeric one), with train-on-real in brackets.",
         "- **DCR share**: share of synthetic rows closer to a training row than to a holdout row (0.5 ideal, "
-        "near 1 = copying); **copies**: share of synthetic rows identical to a training row.",
+        "near 1 = copying); **copies**: share of synthetic rows identical to a training row."
+        "- **held-out NLL**: negative log-likelihood of the test rows under the model, in nats per row (bits per "
+        "column in brackets; lower is better), for synth families with a likelihood (synth.evaluate.likelihood: "
+        "categoricals discrete, numerics a density over their codec CDF value; *bound*: an upper bound on the NLL, "
+        "from dequantisation or importance weighting); n/a for models without one.",
         "",
     ]
     m = result.get("machine")
@@ -527,11 +549,11 @@ def render_markdown(result: dict) -> str:
         lines += [f"## {ds}", "", f"{info['about']}; ML-efficacy target `{info['target']}`.", "",
                   "| model | fit s | sample s | SDMetrics | shapes | pair trends | C2ST held-out | C2ST train "
                   "| LogisticDetection | α-precision / β-recall | ML efficacy (real) | ML AUC (real) | DCR share "
-                  "| copies |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| copies | held-out NLL nats/row (bpd) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
             if r.get("status") != "ok":
-                lines.append(f"| {r['model']} | failed: {r.get('error', '')[:80]} |||||||||||||")
+                lines.append(f"| {r['model']} | failed: {r.get('error', '')[:80]} ||||||||||||||")
                 continue
             s, e, p = r["sdmetrics"], r["efficacy"], r["privacy"]
             lines.append(
@@ -542,7 +564,7 @@ def render_markdown(result: dict) -> str:
                 f"{_f((r.get('precision_recall') or {}).get('beta_recall'))} | "
                 f"{e['metric']} {_f(e['synthetic'])} ({_f(e['real'])}) | "
                 f"{_f(e.get('auc_synthetic'))} ({_f(e.get('auc_real'))}) | {_f(p['dcr_share'])} | "
-                f"{_f(p['exact_copy_rate'], '.2%')} |")
+                f"{_f(p['exact_copy_rate'], '.2%')} | {_lik(r.get('likelihood'))} |")
         notes = sorted({f"{r['model']}: the {r['settings'].get('family', 'diffusion')} model of "
                         f"`{r['settings']['config']}` (`defaults`: what `synth fit` trains), at most "
                         f"{r['settings']['train_steps']} steps (batch {r['settings']['batch_size']}, in-process on "

@@ -315,7 +315,7 @@ def evaluate_cmd(synthetic: str = typer.Argument(..., help="synthetic Parquet fi
             result, verdict = evaluate_contract(gate, syn, engine, gen, data_uri=data, source=contract)
             result["contract"] = verdict.to_dict()
         else:
-            result = evaluate_against_reference(syn, engine.manifest, data_uri=data, target=target)
+            result = evaluate_against_reference(syn, engine.manifest, data_uri=data, target=target, engine=engine)
         result["generation"] = gen.__dict__
         if output:
             storage.write_bytes(output, json.dumps(result, indent=1).encode())
@@ -328,6 +328,26 @@ def evaluate_cmd(synthetic: str = typer.Argument(..., help="synthetic Parquet fi
             for line in verdict.violations:
                 console.print(f"[bold red]threshold violated:[/] {line}", highlight=False)
             raise typer.Exit(1)
+
+
+@app.command("score")
+def score_cmd(artifact: str = typer.Argument(..., help="model artifact URI (a family with a likelihood)"),
+              data: str = typer.Argument(..., help="rows to score: Parquet file or folder with the model's columns"),
+              output: str = typer.Option(..., "--output", "-o", help="Parquet file to write"),
+              scores_only: bool = typer.Option(False, "--scores-only", help="write only the score columns"),
+              seed: int = typer.Option(0, help="seed of any estimator draws (same seed, same scores)")):
+    """Score every row's log-likelihood under a model (outlier detection): appends log_prob (nats),
+    bpd and unseen_values; the least likely rows are the most unusual."""
+    try:
+        from synth.pipelines.score import score_file
+
+        s = score_file(artifact, data, output, seed=seed, scores_only=scores_only)
+    except SynthError as e:
+        _fail(e)
+    console.print(f"scored {s['rows']} rows: mean {s['nats_per_row']:.3f} nats/row ({s['bpd']:.4f} bpd, "
+                  f"{s['estimate'].split(':')[0]}); least likely rows "
+                  f"{[r['row'] for r in s['least_likely'][:5]]}; {s['rows_with_unseen_values']} rows with unseen "
+                  f"values; wrote [bold]{output}[/]", highlight=False, soft_wrap=True)
 
 
 @app.command("report")
@@ -448,7 +468,7 @@ def quickstart_cmd(output: str = typer.Option("runs/quickstart", help="run folde
         table = open_dataset(syn_dir).to_table()
         sample_s = time.perf_counter() - t1
         syn_uri = storage.join(syn_dir, m["shards"][0]["file"]) if len(m["shards"]) == 1 else syn_dir
-        ev = evaluate_against_reference(table, engine.manifest, target=cfg.data.target)
+        ev = evaluate_against_reference(table, engine.manifest, target=cfg.data.target, engine=engine)
         ev["timing"] = {"fit_s": t1 - t0, "sample_s": sample_s, "rows": rows}
         eval_uri = storage.join(output, "evaluation.json")
         storage.write_bytes(eval_uri, json.dumps(ev, indent=1).encode())

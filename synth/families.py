@@ -25,11 +25,14 @@ from synth.engine.autoregressive import AutoregressiveConfig, AutoregressiveEngi
 from synth.engine.base import Engine
 from synth.engine.diffusion import DiffusionConfig, DiffusionEngine
 from synth.engine.copula import CopulaConfig, CopulaEngine
+from synth.engine.flow import FlowConfig, FlowEngine
 from synth.engine.gan import GANConfig, GANEngine
+from synth.engine.vae import VAEConfig, VAEEngine
 from synth.engine import marginal
-from synth.errors import ArtifactError
+from synth.errors import ArtifactError, ConfigError
 from synth.train import gan as gan_training
 from synth.train.loop import train_denoising
+from synth.train.monitored import train_monitored
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,16 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("autoregressive", AutoregressiveConfig, AutoregressiveEngine, AutoregressiveEngine.from_artifact,
            train_denoising, train_defaults={"steps": 5000, "eval_every": "epoch", "patience": 6, "ema_decay": 0.99,
                                             "warmup_steps": 50, "lr_schedule": "plateau"}),
+    # a neural spline flow (zuko) on dequantised features: exact numeric likelihood, monitored invertibility;
+    # fp32 (a spline's bin search and log-Jacobian are not bf16-safe)
+    Family("flow", FlowConfig, FlowEngine, FlowEngine.from_artifact, train_monitored,
+           train_defaults={"steps": 5000, "eval_every": "epoch", "patience": 6, "ema_decay": 0.99, "warmup_steps": 50,
+                           "lr": 1e-3, "precision": "fp32"}),
+    # a conditional VAE with per-kind likelihoods: beta-ELBO, KL annealing, free bits; stopped early on the
+    # validation ELBO (the loop's val_loss is -ELBO_val) with its reconstruction and posterior collapse monitored
+    Family("vae", VAEConfig, VAEEngine, VAEEngine.from_artifact, train_monitored,
+           train_defaults={"steps": 8000, "eval_every": "epoch", "patience": 8, "ema_decay": 0.99, "warmup_steps": 50,
+                           "lr": 1e-3, "precision": "fp32"}),
     Family("fingerprint", CopulaConfig, CopulaEngine, CopulaEngine.from_artifact, None),
     # measured marginals under zCDP + a graphical model (MST on Private-PGM): the private family for tables
     Family("marginal", marginal.MarginalConfig, marginal.build, marginal.MarginalEngine.from_artifact, None,
@@ -74,6 +87,18 @@ PRIVATE_DEFAULT = "marginal"  # ... of a private run (privacy.enabled): docs/pri
 def trainable() -> list[Family]:
     """The families `synth fit` trains or fits (the run config's `model` union)."""
     return [f for f in FAMILIES.values() if f.trainer is not None or f.fit is not None]
+
+
+def likelihood_families() -> list[str]:
+    """Families whose generator scores rows (`log_prob(rows)`: `synth score`, the held-out likelihood)."""
+    return sorted(f.name for f in FAMILIES.values() if callable(getattr(f.build, "log_prob", None)))
+
+
+def require_likelihood(engine: Engine) -> None:
+    """Refuse, naming the families that have one, a model without a likelihood."""
+    if not callable(getattr(engine, "log_prob", None)):
+        raise ConfigError(f"a {engine.family!r} model has no likelihood to score rows with; the families with one "
+                          f"are {likelihood_families()}: fit one of them (model.family) and score with it")
 
 
 def load_engine(uri: str, *, require_signature: bool = False, public_key: str | None = None) -> Engine:

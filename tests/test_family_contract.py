@@ -26,6 +26,9 @@ RUNS = {
     "gan": {"model": {"family": "gan", "gen_width": 32, "critic_width": 32, "noise_dim": 16, "pac": 5,
                       "val_rows": 256}},
     "autoregressive": {"model": {"family": "autoregressive", "hidden": 32}},
+    "flow": {"model": {"family": "flow", "transforms": 1, "hidden": 16, "depth": 1, "bins": 4}},
+    "vae": {"model": {"family": "vae", "latent": 4, "hidden": 32, "depth": 1, "mixture_components": 2,
+                      "iw_samples": 4}},
     "array": {"data": {"uri": "bundled:digits"},
               "model": {"family": "array", "net": {"channels": [8, 16], "attention": False}, "steps": 2}},
     # five of Adult's columns and MST's fixed rounds keep the JAX compilations few (AIM, the default

@@ -222,3 +222,36 @@ class AutoregressiveEngine(EMAWeights, OnePassEngine):
                 draw = (probs.cumsum(dim=1) < u[:, j:j + 1]).sum(dim=1).clamp(max=self.cards[j] - 1)
                 tokens[:, j] = torch.where(todo, draw, tokens[:, j])
         return torch.from_numpy(self.to_features(tokens.cpu(), x[:, n_tok:].cpu()))
+
+    # -- likelihood (synth.engine.likelihood) ----------------------------------------------
+    likelihood_kind = ("exact: the tokens' likelihood in canonical order, each numeric's density uniform inside "
+                       "its token cell (how it samples): - log(cell width in u) per non-null numeric")
+
+    @torch.no_grad()
+    def log_prob(self, rows, *, seed: int = 0, batch_size: int = 4096):
+        """log p(row) in nats for every row of `rows` (an Arrow table with the model's columns), in
+        the space of `synth.engine.likelihood`: the token NLL of the validation loss, plus the
+        discretisation term that turns a non-null numeric's token probability into the density of
+        u inside its cell (the generator draws u uniformly there): - log(width of the coarse class
+        in u / fine bins), or - log(the value's CDF mass) for a column of point values. `seed` is
+        unused (the value is exact)."""
+        from synth.engine.likelihood import log_prob_rows
+
+        k2 = self.config.numeric_bins[1]
+        dev = next(self.ema.parameters()).device
+        coarse = [(j, i, j + 1 < len(self.tokens) and self.tokens[j + 1] == (i, "fine"))
+                  for j, (i, part) in enumerate(self.tokens) if part == "coarse"]
+
+        def score(x: Tensor, _gen) -> Tensor:
+            self.ema.eval()
+            x = x.to(dev)
+            lp = -self.loss(self.ema, x, None, reduce=False).double()
+            tokens = self.to_tokens(x)
+            for j, i, fine in coarse:
+                cuts = self.cuts[i].to(dev)
+                n_cls = len(cuts) - 1
+                t = tokens[:, j]
+                width = (cuts[t.clamp(max=n_cls - 1) + 1] - cuts[t.clamp(max=n_cls - 1)]) / (k2 if fine else 1)
+                lp = lp - torch.where(t < n_cls, torch.log(width), 0.0)  # class n_cls: null, discrete
+            return lp
+        return log_prob_rows(self, rows, score, batch_size, seed)

@@ -1,4 +1,4 @@
-"""Release contracts: one YAML file of thresholds on fidelity, privacy, latency, NFE and guidance.
+"""Release contracts: one YAML file of thresholds on fidelity, privacy, latency, NFE, guidance and likelihood.
 
     synth evaluate SYNTH.parquet --artifact MODEL --contract contracts/adult.yaml   # exit 1 on a violation
     python -m jobs.nightly --config configs/nightly.yaml                           # `contract:` in the config
@@ -16,7 +16,10 @@ Where each measured value comes from:
   manifest when the synthetic data is a `synth synthesize` folder, else the Parquet metadata
   `synth sample` writes, else the settings given on the command line, else the artifact's
   default sampling settings;
-* latency: a probe that times ``engine.sample`` with those settings in this process.
+* latency: a probe that times ``engine.sample`` with those settings in this process;
+* likelihood: ``bpd`` and ``nats_per_row`` of the held-out test rows under the model
+  (:mod:`synth.evaluate.likelihood`), ``inv_error`` (flow), ``posterior_collapse_rate``,
+  ``reconstruction`` and ``elbo_val_gain`` (VAE) from the manifest's metrics.
 """
 from __future__ import annotations
 
@@ -73,6 +76,21 @@ class Latency(_Section):
     throughput_rows: int = Field(10_000, ge=1, le=10_000_000, description="probe: rows for the throughput run")
 
 
+class Likelihood(_Section):
+    """The model's held-out likelihood (synth.evaluate.likelihood; families with one only: a model
+    without a likelihood fails a threshold set here) and the training measures its manifest records."""
+
+    bpd_max: float | None = Field(None, description="bits per dimension of the held-out test rows")
+    nats_per_row_max: float | None = Field(None, description="negative log-likelihood of the held-out test rows")
+    inv_error_max: float | None = Field(None, ge=0, description="flow: max |f^-1(f(x)) - x| on validation rows")
+    posterior_collapse_rate_max: float | None = Field(None, ge=0, le=1, description="VAE: share of latent "
+                                                      "dimensions whose mean KL is below the collapse threshold")
+    reconstruction_min: float | None = Field(None, ge=0, le=1, description="VAE: reconstruction accuracy of "
+                                             "validation rows (categorical match and numeric rank within 0.05)")
+    elbo_val_gain_min: float | None = Field(None, description="VAE: ELBO_val improvement (nats/row) from the "
+                                            "first evaluation to the best")
+
+
 class NFE(_Section):
     max: int | None = Field(None, ge=1, description="network evaluations per row of the sampler used")
 
@@ -89,7 +107,7 @@ class EvaluationSettings(_Section):
 
 
 class Contract(_Section):
-    """The release gate. Sections: fidelity, privacy, latency, nfe, guidance (+ evaluation settings)."""
+    """The release gate. Sections: fidelity, privacy, latency, nfe, guidance, likelihood (+ evaluation settings)."""
     field_noun: ClassVar[str] = "section or field"
 
     name: str = Field("contract", description="shown in reports and messages")
@@ -98,6 +116,7 @@ class Contract(_Section):
     privacy: Privacy = Field(default_factory=Privacy)
     latency: Latency = Field(default_factory=Latency)
     nfe: NFE = Field(default_factory=NFE)
+    likelihood: Likelihood = Field(default_factory=Likelihood)
     guidance: Guidance = Field(default_factory=Guidance)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
 
@@ -131,7 +150,8 @@ class Contract(_Section):
 
 
 THRESHOLD_SECTIONS: dict[str, type[_Section]] = {
-    "fidelity": Fidelity, "privacy": Privacy, "latency": Latency, "nfe": NFE, "guidance": Guidance}
+    "fidelity": Fidelity, "privacy": Privacy, "latency": Latency, "nfe": NFE, "guidance": Guidance,
+    "likelihood": Likelihood}
 SECTIONS: dict[str, type[_Section]] = {**THRESHOLD_SECTIONS, "evaluation": EvaluationSettings}
 
 
@@ -302,6 +322,11 @@ def collect_metrics(evaluation: dict, manifest: dict, gen: Generation, latency: 
     }
     for k in ("latency_p50_ms", "latency_p99_ms", "rows_per_s"):
         metrics[k] = (latency or {}).get(k)
+    lik = evaluation.get("likelihood") or {}
+    recorded = manifest.get("metrics") or {}
+    metrics.update(bpd=lik.get("bpd"), nats_per_row=lik.get("nats_per_row"),
+                   **{k: recorded.get(k) for k in ("inv_error", "posterior_collapse_rate", "reconstruction",
+                                                   "elbo_val_gain")})
     return metrics
 
 
@@ -377,7 +402,7 @@ def evaluate_contract(contract: Contract, synthetic, engine, gen: Generation, *,
     if ev is None:
         s = contract.evaluation
         ev = evaluate_against_reference(synthetic, engine.manifest, data_uri=data_uri, target=s.target, seed=s.seed,
-                                        max_rows=s.rows)
+                                        max_rows=s.rows, engine=engine)
     latency = measure_latency(engine, gen, contract.latency) if contract.needs_latency else None
     result = check_contract(contract, collect_metrics(ev, engine.manifest, gen, latency), source)
     result.generation = asdict(gen)

@@ -13,8 +13,12 @@ from synth.evaluate.fidelity import KINDS as TABULAR_KINDS
 
 
 def evaluate_against_reference(synthetic: pa.Table, manifest: dict, *, data_uri: str | None = None,
-                               target: str | None = None, seed: int = 0, max_rows: int = 10_000) -> dict:
-    from synth.evaluate.suite import evaluate
+                               target: str | None = None, seed: int = 0, max_rows: int = 10_000,
+                               engine=None) -> dict:
+    """With `engine` (the model the rows came from) and a family with a likelihood, the result also
+    holds "likelihood": the held-out test rows' NLL in nats per row and bpd (synth.evaluate.likelihood)."""
+    from synth.evaluate.likelihood import held_out_likelihood
+    from synth.evaluate.suite import evaluate, to_jsonable
 
     if manifest.get("split") is None:  # fitted without rows (fingerprint family): split --data the default way
         if data_uri is None:
@@ -50,6 +54,10 @@ def evaluate_against_reference(synthetic: pa.Table, manifest: dict, *, data_uri:
         syn = syn.sample(max_rows, random_state=seed)
     out = evaluate(real_train, real_test, syn, kinds, target=target, seed=seed)
     out["rows"] = {"train": len(real_train), "test": len(real_test), "synthetic": len(syn)}
+    if engine is not None:
+        lik = held_out_likelihood(engine, test, max_rows=max_rows, seed=seed)
+        if lik is not None:
+            out["likelihood"] = to_jsonable(lik)
     if arrays is not None:
         out["arrays"] = arrays
     return out

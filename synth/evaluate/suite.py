@@ -147,6 +147,9 @@ def summary_table(result: Mapping[str, Any]) -> list[tuple[str, str]]:
         mia = pr.get("membership_inference")
         if mia:
             rows.append(("Membership-inference AUC (0.5 = none)", _fmt(mia.get("auc"))))
+    from .likelihood import summary_rows
+
+    rows += summary_rows(get("likelihood"))
     for col, m in (get("arrays") or {}).items():
         ref = m.get("reference", {})
         if m.get("kind") == "image":

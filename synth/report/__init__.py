@@ -74,7 +74,7 @@ def report_for(path: str, *, artifact: str | None = None, contract: str | None =
         ev, verdict = evaluate_contract(gate, table, engine, gen, data_uri=data_uri, source=contract)
     else:
         ev = evaluate_against_reference(table, engine.manifest, data_uri=data_uri, target=target, seed=seed,
-                                        max_rows=max_rows)
+                                        max_rows=max_rows, engine=engine)
     extra = {"generation": gen.__dict__}
     syn_manifest = storage.join(synthetic, "_manifest.json")
     if storage.exists(syn_manifest):
