@@ -29,10 +29,10 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 
-from synth.engine.onepass import OnePassEngine
+from synth.engine.onepass import ConditionalOnePassConfig, OnePassEngine
 from synth.engine.sampling import EMAWeights
 from synth.errors import ConfigError
 from synth.nets.column_heads import ColumnHeads
@@ -48,8 +48,7 @@ def point_values(col: NumericColumn, bins: int) -> bool:
     return bool(col.heavy.all()) and len(col.heavy) <= 4 * bins
 
 
-class AutoregressiveConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class AutoregressiveConfig(ConditionalOnePassConfig):
     family: Literal["autoregressive"] = "autoregressive"
     hidden: int = Field(64, ge=8, description="width of each column head (64 beat 128 and 256 on adult, credit "
                                               "and diamonds: a smaller head overfits later)")
@@ -64,16 +63,6 @@ class AutoregressiveConfig(BaseModel):
     numeric_bins: tuple[int, int] = Field((32, 32), description="coarse and fine equal-mass bins per numeric column "
                                                                "(a column of at most 4 x coarse point values: one "
                                                                "class per value)")
-    condition_columns: list[str] | None = Field(
-        None, description="categorical columns usable as conditions; null = all categorical columns")
-    cond_drop_all: float = Field(0.5, ge=0, le=1, description="share of training rows with no condition revealed")
-    cond_drop_each: float = Field(0.5, ge=0, le=1, description="otherwise, chance each condition column is not "
-                                                               "revealed")
-    # one-pass generator: accepted like diffusion's settings and ignored
-    sampler: str = "ddim"
-    steps: int = Field(1, ge=1)
-    guidance: float = Field(1.0, ge=0)
-    sample_batch_size: int = Field(16_384, ge=1)
 
 
 class AutoregressiveEngine(EMAWeights, OnePassEngine):

@@ -35,11 +35,11 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 
 from synth.engine.likelihood import log_prob_rows, log_std_normal
-from synth.engine.onepass import OnePassEngine
+from synth.engine.onepass import ConditionalOnePassConfig, OnePassEngine
 from synth.engine.sampling import EMAWeights
 from synth.errors import ConfigError
 from synth.nets.flow import ConditionalFlow
@@ -50,25 +50,15 @@ U_EPS = 1e-9
 Z_MAX = float(torch.special.ndtri(torch.tensor(1 - U_EPS, dtype=torch.float64)))
 
 
-class FlowConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class FlowConfig(ConditionalOnePassConfig):
     family: Literal["flow"] = "flow"
     transforms: int = Field(3, ge=1, description="autoregressive spline transforms")
     hidden: int = Field(128, ge=8, description="width of each transform's MADE network")
     depth: int = Field(2, ge=1, description="hidden layers of each transform's network")
     bins: int = Field(8, ge=2, description="rational-quadratic spline bins")
     embed_dim: int = Field(8, ge=1, description="embedding size per condition column")
-    condition_columns: list[str] | None = Field(
-        None, description="categorical columns usable as conditions; null = all categorical columns")
-    cond_drop_all: float = Field(0.5, ge=0, le=1, description="share of training rows with no condition revealed")
-    cond_drop_each: float = Field(0.5, ge=0, le=1, description="otherwise, chance each condition column is hidden")
     dequantisation_samples: int = Field(8, ge=1, description="importance samples per row of log_prob (a tighter "
                                                              "bound for discrete columns)")
-    # one-pass generator: accepted like diffusion's settings and ignored
-    sampler: str = "ddim"
-    steps: int = Field(1, ge=1)
-    guidance: float = Field(1.0, ge=0)
-    sample_batch_size: int = Field(16_384, ge=1)
 
 
 class FlowEngine(EMAWeights, OnePassEngine):

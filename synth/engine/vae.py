@@ -36,12 +36,12 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from synth.engine.likelihood import LOG_SQRT_2PI, log_prob_rows, log_std_normal
-from synth.engine.onepass import OnePassEngine
+from synth.engine.onepass import ConditionalOnePassConfig, OnePassEngine
 from synth.engine.sampling import EMAWeights
 from synth.errors import ConfigError
 from synth.nets.vae import TabularVAE
@@ -52,8 +52,7 @@ Z_MAX = float(torch.special.ndtri(torch.tensor(1 - 1e-9, dtype=torch.float64)))
 LOG_SCALE = (-6.0, 2.0)  # bounds of a numeric's log standard deviation (in y units)
 
 
-class VAEConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class VAEConfig(ConditionalOnePassConfig):
     family: Literal["vae"] = "vae"
     latent: int = Field(32, ge=1, description="latent dimensions")
     hidden: int = Field(256, ge=8, description="width of the encoder and decoder")
@@ -69,15 +68,6 @@ class VAEConfig(BaseModel):
     collapse_threshold: float = Field(0.01, gt=0, description="a latent dimension whose mean KL (nats) is below "
                                                               "this is collapsed")
     iw_samples: int = Field(32, ge=1, description="importance samples of log_prob's IWAE bound")
-    condition_columns: list[str] | None = Field(
-        None, description="categorical columns usable as conditions; null = all categorical columns")
-    cond_drop_all: float = Field(0.5, ge=0, le=1, description="share of training rows with no condition revealed")
-    cond_drop_each: float = Field(0.5, ge=0, le=1, description="otherwise, chance each condition column is hidden")
-    # one-pass generator: accepted like diffusion's settings and ignored
-    sampler: str = "ddim"
-    steps: int = Field(1, ge=1)
-    guidance: float = Field(1.0, ge=0)
-    sample_batch_size: int = Field(16_384, ge=1)
 
 
 class VAEEngine(EMAWeights, OnePassEngine):
