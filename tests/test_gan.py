@@ -54,8 +54,8 @@ def test_config_union_on_family():
     assert RunConfig.parse({}).model.family == "autoregressive"  # the default family
     cfg = RunConfig.parse({"model": {"family": "gan", "pac": 5}})
     assert isinstance(cfg.model, GANConfig) and cfg.model.pac == 5
-    with pytest.raises(ConfigError, match="'vae'.*'diffusion', 'gan'"):
-        RunConfig.parse({"model": {"family": "vae"}})
+    with pytest.raises(ConfigError, match="'made-up'.*'diffusion', 'gan'"):
+        RunConfig.parse({"model": {"family": "made-up"}})
     with pytest.raises(ConfigError, match=r"model\.process: unknown field 'process' in model; model takes family, noise_dim"):
         RunConfig.parse({"model": {"family": "gan", "process": {}}})
     with pytest.raises(ConfigError, match="gan needs scaling.data_mode memory"):
