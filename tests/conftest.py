@@ -49,8 +49,8 @@ def ray_session():
     port = free_port()
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 4, "include_dashboard": True, "metrics_export_port": port,
-        "object_store_memory": 1 << 30})
+        "num_cpus": 4, "include_dashboard": True, "metrics_export_port": port, "object_store_memory": 1 << 30,
+        "gcs_server_port": free_port(), "dashboard_port": free_port(), "dashboard_agent_listen_port": free_port()})
     ray.init(address=cluster.address, log_to_driver=False,
              runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
     yield {"metrics_port": port, "cluster": cluster}

@@ -1,18 +1,16 @@
 """Issue 22: the endpoint's closed loop on its measured p99 (synth.serving.control).
 
 Unit tests drive the controllers with explicit clocks (their decision logic); the deployment tests
-run a real replica on the session Ray, a real CPU hog (processes burning the same cores) and real
-HTTP, and check behaviour (the cap goes down under the hog and back up after it; overload is
+run a real replica on the session Ray, real pressure (a noisy neighbour's large requests in the same
+replica) and real HTTP, and check behaviour (the cap goes down under pressure and back up after it; overload is
 refused with 429 instead of queued), never absolute timings: the SLO is set from a baseline measured
 on this machine at the start of the test."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import socket
-import subprocess
-import sys
+import threading
 import time
 
 import numpy as np
@@ -171,6 +169,9 @@ def deploy(tiny_artifact, name: str, **args):
               name=name, route_prefix=f"/{name}")
 
 
+RETRY_AFTER: list = []  # (Retry-After, detail) of the 429s _drive saw
+
+
 async def _drive(base: str, body: dict, clients: int, seconds: float) -> list[tuple[int, float, int | None]]:
     """Closed loop: (status, in-replica ms, steps) of every answer; Retry-After of 429s in RETRY_AFTER."""
     import httpx
@@ -193,58 +194,67 @@ def drive(base, body, clients, seconds):
     return asyncio.run(_drive(base, body, clients, seconds))
 
 
-class Hog:
-    """Processes that burn CPU on the cores this test (and the session Ray it started) may use. On a
-    shared machine the replica's share of a core is 1 / (runnable processes), so the hog is sized
-    from the load average: it must outnumber what already runs to slow the replica several times."""
+class Neighbour:
+    """A noisy neighbour in the same replica: one client sending large requests with explicit steps
+    (not the controller's to choose) in a closed loop. Its model work delays everyone's requests by a
+    multiple of their own cost, whatever else runs on the machine, so the pressure it creates does
+    not depend on the machine's load (a CPU-hog process does: bench/serve_closed_loop.py measures
+    that one)."""
 
-    def __init__(self):
-        cores = len(os.sched_getaffinity(0))
-        n = min(48, max(4 * cores, int(3 * os.getloadavg()[0]) + 4 * cores))
-        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    BODY = {"rows": 4000, "steps": 16, "sampler": "heun", "format": "arrow"}
+
+    def __init__(self, base: str):
+        import httpx
+
+        self.stop_flag = threading.Event()
+        self.codes: list[int] = []
+
+        def loop():
+            with httpx.Client(base_url=base, timeout=120) as c:
+                while not self.stop_flag.is_set():
+                    self.codes.append(c.post("/v1/sample", json=self.BODY).status_code)
+
+        self.thread = threading.Thread(target=loop, daemon=True)
+        self.thread.start()
 
     def stop(self) -> None:
-        for p in self.procs:
-            p.kill()
-        for p in self.procs:
-            p.wait()
+        self.stop_flag.set()
+        self.thread.join(timeout=120)
 
 
-RETRY_AFTER: list = []
 BODY = {"rows": 32, "sampler": "heun"}
 LEVELS = [2, 4, 8, 16]
 
 
-def test_closed_loop_lowers_steps_under_a_cpu_hog_and_raises_them_after(serve_base, tiny_artifact):
+def test_closed_loop_lowers_steps_under_pressure_and_raises_them_after(serve_base, tiny_artifact):
     import httpx
-
-    # the SLO comes from this machine's own speed: 4x the in-replica p95 at the top step count
-    deploy(tiny_artifact, "slobase", slo_p99_ms=60_000, control={"enabled": False})
-    base = f"{serve_base['base']}/slobase"
-    drive(base, {**BODY, "steps": LEVELS[-1]}, 2, 2.0)  # warm-up
-    calm = [ms for code, ms, _ in drive(base, {**BODY, "steps": LEVELS[-1]}, 2, 4.0) if code == 200]
-    assert len(calm) >= 10
-    target = 3 * float(np.percentile(calm, 95))
     from ray import serve
 
+    # the SLO comes from this machine's own speed: 3x the in-replica p95 at the top step count
+    deploy(tiny_artifact, "slobase", slo_p99_ms=60_000, control={"enabled": False})
+    base = f"{serve_base['base']}/slobase"
+    drive(base, {**BODY, "steps": LEVELS[-1]}, 4, 2.0)  # warm-up
+    calm = [ms for code, ms, _ in drive(base, {**BODY, "steps": LEVELS[-1]}, 4, 4.0) if code == 200]
+    assert len(calm) >= 10
+    target = 3 * float(np.percentile(calm, 95))
     serve.delete("slobase")
     share = 0.7
     deploy(tiny_artifact, "slo", slo_p99_ms=target / share, steps_candidates=LEVELS, max_ongoing_requests=16,
-           control={"replica_share": share, "interval_s": 0.5, "min_samples": 10, "window_s": 10,
-                    "calm_share": 0.7, "raise_after_s": 1.0, "shed": False})
+           max_rows=5000, control={"replica_share": share, "interval_s": 0.5, "min_samples": 10, "window_s": 10,
+                                   "calm_share": 0.7, "raise_after_s": 1.0, "shed": False})
     base = f"{serve_base['base']}/slo"
 
     def state():
-        return httpx.get(f"{base}/v1/slo", timeout=30).json()["controller"]
+        return httpx.get(f"{base}/v1/slo", timeout=60).json()["controller"]
 
     drive(base, BODY, 4, 3.0)
     before = state()
     assert before["enabled"] and before["steps_levels"] == LEVELS and before["target_ms"] == pytest.approx(target)
 
-    hog = Hog()
+    neighbour = Neighbour(base)
     lowered, seen = None, []
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             seen = drive(base, BODY, 4, 2.0)
             st = state()
@@ -252,10 +262,10 @@ def test_closed_loop_lowers_steps_under_a_cpu_hog_and_raises_them_after(serve_ba
                 lowered = st
                 break
     finally:
-        hog.stop()
-    assert lowered is not None, f"the cap never went down under the hog: {state()}"
+        neighbour.stop()
+    assert lowered is not None, f"the cap never went down under pressure: {state()}"
     assert lowered["last_decision"]["what"] == "down" and lowered["last_decision"]["p99_ms"] > target
-    assert all(code == 200 for code, _, _ in seen)  # shedding is off here: only steps react
+    assert all(code == 200 for code, _, _ in seen) and set(neighbour.codes) == {200}  # shedding is off here
 
     raised = None
     deadline = time.monotonic() + 120
@@ -265,7 +275,7 @@ def test_closed_loop_lowers_steps_under_a_cpu_hog_and_raises_them_after(serve_ba
         if st["steps_cap"] == LEVELS[-1] and any(s == LEVELS[-1] for _, _, s in seen):
             raised = st
             break
-    assert raised is not None, f"the cap never came back after the hog stopped: {state()}"
+    assert raised is not None, f"the cap never came back after the pressure ended: {state()}"
     assert raised["changes"] >= 2 and raised["last_decision"]["what"] in ("up", "idle_up")
 
     # the controller's state is exported as Prometheus metrics (Ray's metrics agent)
