@@ -120,11 +120,11 @@ def test_train_on_two_nodes_survives_a_killed_node(ray_session, tmp_path):
         a, b = nodes
         th, box = in_thread(lambda: fit(train_cfg(tmp_path, "multi", steps)))
         placed = wait_for(lambda: (lambda n: n if len(n) == 2 else None)(alive_actor_nodes("RayTrainWorker")),
-                          240, "2 Ray Train workers")
+                          600, "2 Ray Train workers")
         assert set(placed) == {a.node_id, b.node_id}  # one worker per node, none on the head
         run_dir = tmp_path / "shared" / "multi"
         wait_for(lambda: run_dir.exists() and any(d.startswith("checkpoint_") for d in os.listdir(run_dir)),
-                 300, "a first checkpoint")
+                 600, "a first checkpoint")
         assert th.is_alive(), box.get("error")
         kill_node(cluster, b)
         replacement = add_node(cluster, "synth_train")
@@ -167,27 +167,47 @@ def synth_cfg(artifact, out, **kw):
     return SynthesizeConfig(**{**base, **kw})
 
 
+DRIVER = """
+import json, sys
+from synth.pipelines.synthesize import SynthesizeConfig, synthesize
+synthesize(SynthesizeConfig(**json.loads(sys.argv[1])))
+"""
+
+
 def test_bulk_synthesis_across_nodes_with_a_killed_node(ray_session, tiny_artifact, tmp_path):
+    """The run's driver is its own process (as `synth synthesize` is): when the node loss fails the
+    run, the driver exits and Ray ends the job's actors with it, so nothing writes after it."""
+    import json
+    import subprocess
+    import sys
+
+    import ray
+
     from synth.pipelines.synthesize import synthesize
 
     cluster = ray_session["cluster"]
     ref, out = tmp_path / "ref", tmp_path / "out"
     synthesize(synth_cfg(tiny_artifact, ref, actors=1, resources_per_actor={}))  # undisturbed, on the head
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     with extra_nodes(cluster, 2, "synth_bulk") as nodes:
         a, b = nodes
         # actor_max_restarts 0: a lost actor is not restarted, so the run fails instead of waiting
-        th, box = in_thread(lambda: synthesize(synth_cfg(tiny_artifact, out, actor_max_restarts=0)))
-        placed = wait_for(lambda: (lambda n: n if len(n) == 2 else None)(alive_actor_nodes("SamplerActor")),
-                          180, "2 sampler actors")
-        assert set(placed) == {a.node_id, b.node_id}
-        wait_for(lambda: len(list(out.glob("part-*.parquet"))) >= 4 or not th.is_alive(), 180, "4 shards")
-        assert th.is_alive(), "the run finished before the node could be killed; give it more rows"
-        kill_node(cluster, b)
-        th.join(timeout=300)
-        assert not th.is_alive()
-        assert isinstance(box.get("error"), Exception), "the run should fail once its actor's node is gone"
-        # the surviving actor may commit the shard it was writing before Ray Data stops it
-        wait_for(lambda: not alive_actor_nodes("SamplerActor"), 120, "the failed run's actors to stop")
+        run = synth_cfg(tiny_artifact, out, actor_max_restarts=0).model_dump(mode="json")
+        proc = subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(run)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            placed = wait_for(lambda: (lambda n: n if len(n) == 2 else None)(alive_actor_nodes("SamplerActor"))
+                              or proc.poll() is not None, 300, "2 sampler actors")
+            assert placed is not True and set(placed) == {a.node_id, b.node_id}, proc.poll()
+            wait_for(lambda: len(list(out.glob("part-*.parquet"))) >= 4 or proc.poll() is not None, 300, "4 shards")
+            assert proc.poll() is None, "the run finished before the node could be killed; give it more rows"
+            kill_node(cluster, b)
+            log = proc.communicate(timeout=300)[0].decode()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode != 0, log[-3000:]  # the node loss failed the run
+        wait_for(lambda: not alive_actor_nodes("SamplerActor"), 120, "the failed job's actors to end")
         committed = sorted(p.name for p in out.glob("part-*.parquet"))
         assert 0 < len(committed) < 40
         before = {n: (out / n).stat().st_mtime_ns for n in committed}
