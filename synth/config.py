@@ -35,6 +35,9 @@ class ScalingConfig(Strict):
     storage_path: str | None = Field(None, description="Ray Train checkpoints (shared storage on multi-node "
                                                        "clusters: s3://, gs://, NFS); default OUTPUT/ray")
     max_failures: int = Field(2, ge=0, description="worker failures to recover from (restart from checkpoint)")
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources each worker needs besides CPU/GPU, e.g. "
+                                          "{train_slot: 1} to place workers on nodes that advertise it")
     data_mode: Literal["memory", "stream"] = Field(
         "memory", description="memory: each worker holds the encoded training set (bit-reproducible); "
                               "stream: workers stream their own shard each epoch (bounded memory)")

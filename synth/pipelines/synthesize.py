@@ -64,6 +64,13 @@ class SynthesizeConfig(BaseModel):
     actors: int = Field(2, ge=1, description="sampler actors in the pool")
     cpus_per_actor: float = Field(1.0, gt=0)
     use_gpu: bool = Field(False, description="one GPU per actor")
+    actor_max_restarts: int = Field(
+        -1, ge=-1, description="restarts of a sampler actor lost with its node: -1 (Ray Data's default) restarts it "
+                               "wherever there is capacity and the run waits for one; 0 fails the run at once, and "
+                               "a rerun writes only the shards not yet committed")
+    resources_per_actor: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources each sampler actor needs (e.g. {synth_bulk: 1} to "
+                                          "place actors on the nodes that advertise it); not part of the output")
     threads_per_actor: int | None = Field(None, ge=1)
     require_signature: bool = Field(False, description="load the artifact only if its signature (`synth sign`) "
                                                        "verifies with public_key")
@@ -297,7 +304,9 @@ def synthesize(cfg: SynthesizeConfig, progress=None) -> dict:
             SamplerActor, fn_constructor_kwargs={"cfg": run_cfg, "artifact_id": plan_key["artifact_id"]},
             batch_size=1, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=cfg.actors),
-            num_cpus=cfg.cpus_per_actor, num_gpus=1 if cfg.use_gpu else 0)
+            num_cpus=cfg.cpus_per_actor, num_gpus=1 if cfg.use_gpu else 0,
+            max_restarts=cfg.actor_max_restarts,
+            **({"resources": dict(cfg.resources_per_actor)} if cfg.resources_per_actor else {}))
         rows_done = sum(r["rows"] for r in records.values())
         for row in results.iter_rows():
             i = int(row["index"])

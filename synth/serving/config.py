@@ -6,6 +6,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from synth.errors import validated
+from synth.serving.control import ControlArgs
 
 # Rows x NFE that `max_batch_rows` is counted at: 4096 rows at 8 network evaluations.
 COST_REFERENCE_NFE = 8
@@ -26,6 +27,9 @@ class ServeArgs(BaseModel):
     steps_headroom: float = Field(
         0.6, gt=0, le=1, description="share of the SLO the predicted in-replica time may use when picking steps")
     calibrate: bool = Field(True, description="time the model at replica start-up to seed the latency model")
+    control: ControlArgs = Field(default_factory=ControlArgs,
+                                 description="closed loop on the measured p99: steps cap and admission limit "
+                                             "(synth.serving.control)")
     # request limits
     max_rows: int = Field(10_000, ge=1, description="rows per request")
     max_steps: int = Field(200, ge=1, le=1000, description="steps a request may ask for")

@@ -6,7 +6,7 @@ one backend (with `@serve.batch`); tests can pass a plain in-process one.
 
 Status codes: 200; 401 missing/wrong bearer token; 413 body over the limit; 422 invalid request
 (field-level `detail` like FastAPI's: loc, msg, type); 429 replica over its admission limits
-(Retry-After); 503 from Serve when its queue is full (Retry-After, see backpressure_config) or
+(Retry-After; the closed loop's limit is checked before the body is read); 503 from Serve when its queue is full (Retry-After, see backpressure_config) or
 from /readyz before the replica is ready. 5xx otherwise means a bug.
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ from synth.serving.schemas import MEDIA_TYPES, ModelInfo, SampleRequest, SampleR
 from synth.serving.service import Overloaded, RequestProblem, retry_after_header
 
 PROTECTED_PREFIX = "/v1/"
+SAMPLE_PATH = "/v1/sample"
 
 _bearer = HTTPBearer(auto_error=False, description="Bearer token (only when the deployment sets auth_token_env)")
 
@@ -56,6 +57,7 @@ class GuardMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        scope["synth.t0"] = time.perf_counter()  # the request's time in the replica
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         if _route_path(scope).startswith(PROTECTED_PREFIX) and \
                 not authorized(self.backend.token, headers.get("authorization")):
@@ -75,6 +77,12 @@ class GuardMiddleware:
                 return await _send_json(send, 413, too_big)
         if scope.get("method") not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
+        if _route_path(scope) == SAMPLE_PATH:
+            try:  # the closed loop's admission limit, before the body is read or parsed (cheap refusals)
+                self.backend.service.shed()
+            except Overloaded as e:
+                return await _send_json(send, 429, {"detail": f"replica is over its {e.reason} limit; retry later"},
+                                        {"Retry-After": retry_after_header(e.retry_after_s)})
         # Read the whole body under the limit (chunked uploads have no Content-Length), then replay it.
         chunks, size = [], 0
         while True:
@@ -138,9 +146,9 @@ def create_app(backend, *, max_body_bytes: int = 1 << 20) -> FastAPI:
 
     @app.post("/v1/sample", response_class=Response, responses=SAMPLE_RESPONSES,
               summary="Draw synthetic rows")
-    async def sample(req: SampleRequest,
+    async def sample(req: SampleRequest, request: Request,
                      _auth: HTTPAuthorizationCredentials | None = Security(_bearer)) -> Response:
-        t0 = time.perf_counter()
+        t0 = request.scope.get("synth.t0") or time.perf_counter()
         svc = backend.service
         try:
             job = svc.validate(req)

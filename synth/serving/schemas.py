@@ -109,6 +109,31 @@ class LatencyModelEntry(BaseModel):
     batches: int
 
 
+class ControllerState(BaseModel):
+    """The closed loop on the measured p99 (synth.serving.control)."""
+
+    model_config = ConfigDict(extra="allow")
+    enabled: bool
+    target_ms: float = Field(description="p99 the replica aims at: control.replica_share x slo_p99_ms")
+    measured_p99_ms: float | None = Field(description="in-replica p99 over the controller's window")
+    measured_requests: int
+    window_s: float
+    steps_levels: list[int]
+    steps_cap: int = Field(description="largest steps the replica picks now when a request gives none")
+    level: int
+    raise_wait_s: float = Field(description="calm time needed before the next level up (grows after a raise "
+                                            "that had to be undone)")
+    backoff: int
+    changes: int
+    level_age_s: float
+    last_decision: dict[str, Any] | None
+    admission_limit: int = Field(description="requests admitted at once; beyond: 429 (reason slo)")
+    admission_max: int
+    shed_total: int = Field(description="requests refused by the admission limit")
+    admission_changes: int
+    admission_last_decision: dict[str, Any] | None
+
+
 class SLOReport(BaseModel):
     target_p99_ms: float
     window_s: float
@@ -125,3 +150,4 @@ class SLOReport(BaseModel):
     auto_steps: dict[str, int] = Field(description="steps an idle replica picks now per sampler (1 row)")
     latency_model: list[LatencyModelEntry]
     replica: str | None
+    controller: ControllerState

@@ -14,6 +14,7 @@ from synth.errors import ConfigError
 from synth.serving.formats import encode
 from synth.serving.batching import BatchStats, Job, make_job, run_jobs
 from synth.serving.config import ServeArgs
+from synth.serving.control import SLOController
 from synth.serving.metrics import NullMetrics
 from synth.serving.schemas import MEDIA_TYPES, SampleRequest
 from synth.serving.slo import LatencyModel, SLOTracker, calibrate
@@ -62,6 +63,7 @@ class SamplingService:
         self.latency = LatencyModel(max_cost=args.max_batch_cost,
                                     evals=lambda s, k: self.engine.cost(s, k, 1.0, conditioned=False))
         self.tracker = SLOTracker(args.slo_p99_ms)
+        self.control = SLOController(args.control, args.slo_p99_ms, args.steps_candidates, args.ongoing)
         self.pending: dict[tuple[str, int, int], int] = {}  # (sampler, steps, cfg) -> net rows admitted
         self.inflight_requests = 0
         self.inflight_rows = 0
@@ -153,11 +155,20 @@ class SamplingService:
             return fixed
         factor = self.engine.cost(sampler, 1, guidance) // self.engine.cost(sampler, 1, 1.0)
         budget = self.args.steps_headroom * self.args.slo_p99_ms / 1000.0
-        return self.latency.choose_steps(sampler, rows * factor, self.args.steps_candidates,
+        cap = self.control.steps_cap()  # the closed loop's cap from the measured p99 (None: off)
+        candidates = [s for s in self.args.steps_candidates if cap is None or s <= cap] or \
+            [min(self.args.steps_candidates)]
+        return self.latency.choose_steps(sampler, rows * factor, candidates,
                                          budget, self.args.batch_wait_timeout_s, self.backlog_s())
 
     def backlog_s(self) -> float:
         return sum(self.latency.predict(s, k, rows) for (s, k, _), rows in self.pending.items() if rows > 0)
+
+    def shed(self) -> None:
+        """Raise Overloaded (429, reason `slo`) when the replica already holds as many requests as
+        the closed loop's admission limit allows: cheap, before the body is parsed."""
+        if not self.control.admits(self.inflight_requests):
+            self._reject("slo", max(self.args.retry_after_s, self.backlog_s()))
 
     def admit(self, job: Job) -> None:
         """Count the job in, or raise Overloaded when this replica is past its limits."""
@@ -212,6 +223,10 @@ class SamplingService:
     def record(self, job: Job, latency_ms: float) -> None:
         violated = self.tracker.record(latency_ms)
         self.metrics.request(job.sampler, job.steps, job.rows, job.nfe, latency_ms, violated)
+        for d in self.control.record(latency_ms):
+            self.metrics.control(d.what)
+        self.metrics.control_state(self.control.steps.steps_cap, self.control.admission.current,
+                                   self.control.steps.last_p99_ms)
 
     # -- responses ---------------------------------------------------------------------------
     def seed_reproducible(self, job: Job) -> bool:
@@ -275,6 +290,7 @@ class SamplingService:
         rep["auto_steps"] = {s: self.choose_steps(s, 1, self.defaults["guidance"]) for s in self.engine.samplers()}
         rep["latency_model"] = self.latency.report()
         rep["replica"] = self.replica
+        rep["controller"] = self.control.state()
         return rep
 
 

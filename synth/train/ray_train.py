@@ -152,6 +152,24 @@ def prepare_cluster(sc: ScalingConfig, train: TrainConfig) -> None:
                           "all-reduce; use train.steps with more than one worker")
     ensure_ray()
     check_resources(sc.num_workers, sc.cpus_per_worker, sc.gpus_per_worker, sc.use_gpu)
+    _check_custom_resources(sc.num_workers, getattr(sc, "resources_per_worker", {}))
+
+
+def _check_custom_resources(workers: int, wanted: dict[str, float]) -> None:
+    """Refuse custom worker resources the cluster does not have instead of waiting forever."""
+    import os
+
+    import ray
+
+    if not wanted or os.environ.get("SYNTH_ASSUME_AUTOSCALER") == "1":
+        return
+    total = ray.cluster_resources()
+    short = {k: v * workers for k, v in wanted.items() if v * workers > total.get(k, 0)}
+    if short:
+        have = {k: total.get(k, 0) for k in short}
+        raise ConfigError(f"scaling.resources_per_worker needs {short} for {workers} workers but the Ray cluster has "
+                          f"{have}; start nodes with `ray start --resources` that advertise them (set "
+                          "SYNTH_ASSUME_AUTOSCALER=1 if an autoscaler will add them)")
 
 
 def run_trainer(loop: Callable[[dict], None], loop_config: dict, sc: ScalingConfig, *, name: str,
@@ -167,7 +185,8 @@ def run_trainer(loop: Callable[[dict], None], loop_config: dict, sc: ScalingConf
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=sc.num_workers, use_gpu=sc.use_gpu,
-            resources_per_worker={"CPU": sc.cpus_per_worker, **({"GPU": sc.gpus_per_worker} if sc.use_gpu else {})}),
+            resources_per_worker={"CPU": sc.cpus_per_worker, **({"GPU": sc.gpus_per_worker} if sc.use_gpu else {}),
+                                  **getattr(sc, "resources_per_worker", {})}),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
