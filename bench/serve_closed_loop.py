@@ -23,37 +23,16 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from serve_load import _free_port, ensure_artifact  # bench/ is on the path when run as a script
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def ensure_artifact(path: str | None, train_steps: int) -> str:
-    """A diffusion model (steps are the replica's choice; the autoregressive default has none)."""
-    if path:
-        return path
-    out = Path(tempfile.gettempdir()) / f"synth-bench-closed-loop-{train_steps}"
-    if not (out / "model" / "manifest.json").exists():
-        from synth.config import RunConfig
-        from synth.train.fit import fit
-
-        print(f"training a diffusion model for {train_steps} steps into {out} ...", flush=True)
-        fit(RunConfig.parse({"output": str(out), "model": {"family": "diffusion"}, "evaluate": {"check": "warn"},
-                             "train": {"steps": train_steps, "eval_every": train_steps, "threads": 1}}))
-    return str(out / "model")
 
 
 class Load:
@@ -177,7 +156,8 @@ def main() -> None:
 
     from serve.app import build_app
 
-    artifact = ensure_artifact(args.artifact, args.train_steps)
+    # a diffusion model: steps are the replica's choice (the autoregressive default has none)
+    artifact = ensure_artifact(args.artifact, args.train_steps, family="diffusion")
     hog_n = args.hog or 4 * len(os.sched_getaffinity(0))
     body = {"rows": 1}
     load_before = os.getloadavg()

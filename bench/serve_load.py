@@ -35,17 +35,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def ensure_artifact(path: str | None, train_steps: int) -> str:
+def ensure_artifact(path: str | None, train_steps: int, family: str | None = None) -> str:
+    """The artifact to serve: `path`, or a model trained once into the temp folder (the default
+    family, or `family`)."""
     if path:
         return path
-    out = Path(tempfile.gettempdir()) / f"synth-bench-serve-{train_steps}"
+    out = Path(tempfile.gettempdir()) / f"synth-bench-serve-{family or 'default'}-{train_steps}"
     if not (out / "model" / "manifest.json").exists():
         from synth.config import RunConfig
         from synth.train.fit import fit
 
-        print(f"training a default-config model for {train_steps} steps into {out} ...", flush=True)
-        fit(RunConfig.parse({"output": str(out), "train": {"steps": train_steps, "eval_every": train_steps,
-                                                           "threads": 1}}))
+        print(f"training a {family or 'default-config'} model for {train_steps} steps into {out} ...", flush=True)
+        raw = {"output": str(out), "train": {"steps": train_steps, "eval_every": train_steps, "threads": 1}}
+        if family:
+            raw.update(model={"family": family}, evaluate={"check": "warn"})
+        fit(RunConfig.parse(raw))
     return str(out / "model")
 
 
