@@ -95,6 +95,15 @@ def enough(lat: np.ndarray, target_ms: float, a: "ControlArgs") -> bool:
     return lat.size >= a.min_samples or int((lat > target_ms).sum()) >= a.min_violations
 
 
+def due(ctrl: "StepController | AdmissionLimiter", window: "LatencyWindow", now: float) -> np.ndarray | None:
+    """The latencies a controller's next decision reads (answered since its previous decision,
+    within the window), or None while its interval has not passed."""
+    if now - ctrl.last_eval < ctrl.args.interval_s:
+        return None
+    ctrl.last_eval = now
+    return window.since(max(ctrl.consumed, now - ctrl.args.window_s))
+
+
 @dataclass
 class Decision:
     at: float
@@ -138,10 +147,9 @@ class StepController:
     def update(self, window: LatencyWindow, now: float) -> Decision | None:
         """One decision at most per interval; returns it when the cap changed."""
         a = self.args
-        if now - self.last_eval < a.interval_s:
+        lat = due(self, window, now)
+        if lat is None:
             return None
-        self.last_eval = now
-        lat = window.since(max(self.consumed, now - a.window_s))
         if not enough(lat, self.target_ms, a):
             last = window.last_time()
             idle = last is None or now - last >= a.idle_raise_s
@@ -214,10 +222,9 @@ class AdmissionLimiter:
 
     def update(self, window: LatencyWindow, now: float) -> Decision | None:
         a = self.args
-        if now - self.last_eval < a.interval_s:
+        lat = due(self, window, now)
+        if lat is None:
             return None
-        self.last_eval = now
-        lat = window.since(max(self.consumed, now - a.window_s))
         if not enough(lat, self.target_ms, a):
             return None
         p = p99(lat)
