@@ -171,12 +171,38 @@ def test_audit_bounds_epsilon_from_attack_counts():
 
 
 def test_canary_audit_catches_a_copying_generator_and_not_a_blind_one():
-    from synth.privacy.audit import canary_audit
+    from synth.privacy.audit import canary_audit, match_share
 
     base = _table(400).select(["sex", "job"])
     canary = pa.table({"sex": ["Female"], "job": ["secret-job"]})
     audited = {"sex": "Female", "job": "secret-job"}
-    copying = canary_audit(base, canary, 4, 80, 1e-5, audited, lambda t, i: t)  # releases its training rows
+    copying = canary_audit(base, canary, 4, 80, 1e-5, lambda t, i: match_share(t, audited))  # releases its rows
     assert copying.tp + copying.tn == 40 and copying.epsilon_lower > 1.0
-    blind = canary_audit(base, canary, 4, 40, 1e-5, audited, lambda t, i: base)  # never looks at the data
+    blind = canary_audit(base, canary, 4, 40, 1e-5, lambda t, i: match_share(base, audited))  # never looks
     assert blind.epsilon_lower == 0.0
+
+
+def test_cell_log_prob_is_the_models_distribution_and_sees_a_canary_without_dp(tmp_path):
+    """The white-box attack's score: log P(cells) sums to 1 over the grid, matches the sampled
+    frequencies, and (no DP) rises when the canary is in the training rows."""
+    from synth.engine.marginal import fit_table
+
+    table = _table(2000)
+    raw = _config(tmp_path, table)
+    cfg = RunConfig.parse(dict(raw, privacy={**raw["privacy"], "enabled": False, "epsilon": None}))
+    engine = fit_table(cfg, table)
+    grid = pa.table({"age": pa.array(np.repeat(np.arange(17, 91), 10), pa.int64()),
+                     "sex": ["Female", "Male"] * 370,
+                     "job": (["a", "b", "c", "secret-job", None] * 148)})
+    cells = engine.discretise(grid)
+    _, first = np.unique(cells, axis=0, return_index=True)  # every cell of the declared grid once
+    assert len(first) == 2 * 5 * len(np.unique(cells[:, 0]))
+    p = np.exp(engine.cell_log_prob(grid.take(first)))
+    assert p.sum() == pytest.approx(1.0, abs=1e-6)
+    sample = engine.sample(20_000, seed=1)
+    freq = np.mean([r == {"sex": "Male", "job": "b"} for r in sample.select(["sex", "job"]).to_pylist()])
+    joint = sum(pi for pi, row in zip(p, grid.take(first).to_pylist()) if row["sex"] == "Male" and row["job"] == "b")
+    assert freq == pytest.approx(joint, abs=0.015)
+    canary = pa.table({"age": pa.array([33], pa.int64()), "sex": ["Female"], "job": ["secret-job"]})
+    with_it = fit_table(cfg, pa.concat_tables([table] + [canary] * 4))
+    assert with_it.cell_log_prob(canary)[0] > engine.cell_log_prob(canary)[0] + 2.0

@@ -2,8 +2,12 @@
 bound on epsilon to set beside the claimed one.
 
 Each run fits the generator once, on the base table with k copies of a canary row ("in") or
-without them ("out"), and scores it by the share of synthetic rows that match the canary on the
-audited columns. A threshold chosen on the first half of the runs separates "in" from "out" on
+without them ("out"), and scores the released model with an attack: `match_share`, the share of
+synthetic rows equal to the canary on its columns (black box: what a reader of the synthetic data
+can do), or the model's own log-probability of the canary row (white box: what a holder of the
+artifact can do; far stronger, because it sees a changed count even when no sampled row shows it;
+the marginal family's `cell_log_prob`). DP bounds every attack on the released model, so the
+strongest one gives the tightest audit. A threshold chosen on the first half of the runs separates "in" from "out" on
 the second half; with true and false positive rates bounded by Clopper-Pearson intervals (95 %
 overall), (epsilon, delta)-DP for a group of k rows implies TPR <= e^eps FPR + delta and
 (1 - FPR) <= e^eps (1 - TPR) + delta, so
@@ -57,7 +61,7 @@ def epsilon_lower_bound(tp: int, fn: int, fp: int, tn: int, delta: float, alpha:
     return max(bounds)
 
 
-def canary_score(synthetic: pa.Table, canary: dict) -> float:
+def match_share(synthetic: pa.Table, canary: dict) -> float:
     """Share of synthetic rows equal to the canary on its columns."""
     mask = None
     for name, value in canary.items():
@@ -66,15 +70,14 @@ def canary_score(synthetic: pa.Table, canary: dict) -> float:
     return float(pc.sum(pc.cast(pc.fill_null(mask, False), pa.int64())).as_py() or 0) / max(synthetic.num_rows, 1)
 
 
-def canary_audit(base: pa.Table, canary_row: pa.Table, k: int, runs: int, delta: float, audited: dict,
-                 fit_sample: Callable[[pa.Table, int], pa.Table], seed: int = 0) -> AuditResult:
-    """`runs` fits (half with k copies of `canary_row` appended); `fit_sample(table, run)` fits and
-    returns synthetic rows; `audited` are the canary's column values the attack matches on."""
+def canary_audit(base: pa.Table, canary_row: pa.Table, k: int, runs: int, delta: float,
+                 fit_score: Callable[[pa.Table, int], float], seed: int = 0) -> AuditResult:
+    """`runs` fits (half with k copies of `canary_row` appended); `fit_score(table, run)` fits on
+    `table` and returns the attack's score of the canary (higher: more likely a member)."""
     rng = np.random.default_rng(seed)
     member = rng.permutation(np.arange(runs) % 2 == 0)
     with_canaries = pa.concat_tables([base] + [canary_row.cast(base.schema)] * k)
-    scores = np.asarray([canary_score(fit_sample(with_canaries if m else base, i), audited)
-                         for i, m in enumerate(member)])
+    scores = np.asarray([float(fit_score(with_canaries if m else base, i)) for i, m in enumerate(member)])
     half = runs // 2
     cal_in, cal_out = scores[:half][member[:half]], scores[:half][~member[:half]]
     threshold = (float(np.mean(cal_in)) + float(np.mean(cal_out))) / 2 if len(cal_in) and len(cal_out) else 0.0

@@ -224,6 +224,24 @@ class Sampler:
             out[col] = np.cumsum(cond, axis=1)
         return out
 
+    def _flat_parents(self, cells: np.ndarray, col: str) -> np.ndarray:
+        ps, index = self.parents[col], {c: i for i, c in enumerate(self.names)}
+        if not ps:
+            return np.zeros(cells.shape[0], dtype=np.int64)
+        return np.ravel_multi_index(tuple(cells[:, index[p]] for p in ps), tuple(self.domain[p] for p in ps))
+
+    def log_prob(self, cells: np.ndarray) -> np.ndarray:
+        """log P(row) in nats of rows of cells (n, d) in `names` order: the chain rule along the
+        sampling order, each column's probability given its parents' cells (exact for the model)."""
+        tables = self._tables(())
+        out = np.zeros(cells.shape[0])
+        for j, col in enumerate(self.names):
+            cdf = tables[col][self._flat_parents(cells, col)]
+            c = cells[:, j]
+            lo = np.where(c > 0, cdf[np.arange(len(c)), np.maximum(c - 1, 0)], 0.0)
+            out += np.log(np.maximum(cdf[np.arange(len(c)), c] - lo, 1e-300) / cdf[:, -1])
+        return out
+
     def sample(self, u: np.ndarray, evidence: tuple[tuple[str, int], ...] = ()) -> np.ndarray:
         """Cells (n, d) in `names` order from uniforms u (n, d), ancestrally along the junction tree."""
         tables = self._tables(tuple(sorted(evidence)))
@@ -231,12 +249,7 @@ class Sampler:
         out = np.zeros((n, len(self.names)), dtype=np.int64)
         index = {c: i for i, c in enumerate(self.names)}
         for col in self.order:
-            ps = self.parents[col]
-            if ps:
-                flat = np.ravel_multi_index(tuple(out[:, index[p]] for p in ps), tuple(self.domain[p] for p in ps))
-            else:
-                flat = np.zeros(n, dtype=np.int64)
-            cdf = tables[col][flat]
+            cdf = tables[col][self._flat_parents(out, col)]
             j = index[col]
             out[:, j] = np.minimum((cdf < u[:, j:j + 1] * cdf[:, -1:]).sum(axis=1), self.domain[col] - 1)
         return out
