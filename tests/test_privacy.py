@@ -125,6 +125,22 @@ def test_private_codec_refuses_nan_and_undeclared_values_without_echoing_them():
     assert "Jane" not in str(e.value)
 
 
+def test_a_log_scale_declares_finer_bins_near_the_minimum():
+    from pydantic import ValidationError
+
+    from synth.table.schema import ColumnSchema
+
+    decl = ColumnSchema(kind="continuous", min=0, max=300_000, points=[0], scale="log")
+    edges = NumericGrid.of(decl, 32).edges
+    assert edges[0] == 0 and edges[-1] == 300_000 and np.all(np.diff(edges) > 0)
+    assert np.all(np.diff(np.diff(np.log1p(edges))) < 1e-9)  # equal widths in log(1 + x)
+    assert (edges < 10_000).sum() > 20  # linear bins would put all of 0..9,375 in one
+    cells = NumericGrid.of(decl, 32).cell_of(np.array([0.0, 1000.0, 5000.0, 250_000.0]), np.zeros(4, bool))
+    assert cells[0] == 0 and len(set(cells.tolist())) == 4  # the atom, then distinct bins
+    with pytest.raises(ValidationError, match="takes `categories`, not bounds, points or a scale"):
+        ColumnSchema(kind="categorical", categories=["a"], scale="log")
+
+
 def test_unreadable_checkpoint_refuses_instead_of_spending_preprocessing_again(tmp_path):
     """Before, an unreadable checkpoint read as "no checkpoint": a private rerun planned and spent its
     preprocessing budget a second time. Now an older readable checkpoint is used, or the run is refused."""

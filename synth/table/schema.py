@@ -42,6 +42,9 @@ class ColumnSchema(BaseModel):
     points: list[float] = Field(default_factory=list,
                                 description="numeric: values that may carry a point mass (e.g. 0 for capital-gain)")
     bins: int | None = Field(None, ge=2, le=10_000, description="numeric: histogram bins (default privacy.bins)")
+    scale: Literal["linear", "log"] = Field(
+        "linear", description="numeric: bin spacing; log: equal widths in log(1 + x - min), for long-tailed "
+                              "amounts (incomes, prices, balances) whose mass sits near the minimum")
 
     @model_validator(mode="after")
     def _check(self):
@@ -64,16 +67,17 @@ class ColumnSchema(BaseModel):
                 raise ValueError("`categories` has duplicates")
             if None in self.categories:
                 raise ValueError("null is not a category: set `nullable: true` instead")
-            if self.min is not None or self.max is not None or self.points:
-                raise ValueError(f"a {self.kind} column takes `categories`, not bounds or points")
+            if self.min is not None or self.max is not None or self.points or self.scale != "linear":
+                raise ValueError(f"a {self.kind} column takes `categories`, not bounds, points or a scale")
         return self
 
 
 # -- the measurement grid: fixed by the declaration, never by the data ------------------------
 @dataclass(frozen=True)
 class NumericGrid:
-    """Atoms (exact values) and equal-width bins over [min, max]. Integer columns whose whole
-    range fits in the bin budget get one atom per value instead (exact CDF by value)."""
+    """Atoms (exact values) and bins over [min, max], of equal width (or equal width in
+    log(1 + x - min) for `scale: log`). Integer columns whose whole range fits in the bin budget
+    get one atom per value instead (exact CDF by value)."""
     atoms: np.ndarray
     edges: np.ndarray  # bin b = (edges[b], edges[b + 1]]; values equal to an atom go to the atom
 
@@ -85,7 +89,12 @@ class NumericGrid:
             lo, hi = math.ceil(lo), math.floor(hi)
             if hi - lo + 1 <= bins:
                 return cls(np.arange(lo, hi + 1, dtype=np.float64), np.zeros(0))
-        return cls(np.unique(np.asarray(decl.points, dtype=np.float64)), np.linspace(lo, hi, bins + 1))
+        if decl.scale == "log":
+            edges = lo + np.expm1(np.linspace(0.0, math.log1p(hi - lo), bins + 1))
+            edges[-1] = hi
+        else:
+            edges = np.linspace(lo, hi, bins + 1)
+        return cls(np.unique(np.asarray(decl.points, dtype=np.float64)), edges)
 
     @property
     def cells(self) -> int:
