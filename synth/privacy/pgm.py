@@ -118,37 +118,110 @@ def model_size_mb(names: list[str], msizes: list[int], cliques: list[tuple[str, 
 
 
 class Marginals:
-    """A fitted model's counts on any clique, in numpy: summed from the model's marginal on a clique
-    that holds it, else by variable elimination (einsum over the exponentiated clique potentials). AIM
-    scores every workload clique each round, and mbi's eager JAX elimination costs a compilation per
-    new clique shape."""
+    """A fitted model's counts on any clique, in numpy and exact: the smallest fitted marginal that
+    holds the clique when one does; otherwise the junction tree of the model's cliques, calibrated once
+    here by Shafer-Shenoy message passing over the exponentiated potentials, answers it from the
+    smallest subtree whose cliques cover it (a connected subtree's joint is the product of its clique
+    beliefs over the product of its separators' marginals). AIM scores every workload clique each round:
+    mbi's eager JAX elimination would compile once per new clique shape, and eliminating over the whole
+    model per query (as before) took minutes per round once the model held dozens of cliques."""
 
     def __init__(self, model):
+        import networkx as nx
+
         self.total = float(model.total)
-        self.factors, self.axes = [], []
-        for cl in model.potentials.cliques:
-            v = np.asarray(model.potentials[cl].values, dtype=np.float64)
-            self.factors.append(np.exp(v - v.max()))
-            self.axes.append(tuple(model.potentials[cl].domain.attributes))
         self.beliefs = []
         for cl in model.marginals.cliques:
             f = model.marginals[cl]
             self.beliefs.append((tuple(f.domain.attributes), np.asarray(f.values, dtype=np.float64)))
         self.beliefs.sort(key=lambda b: b[1].size)
-        names = sorted({a for ax in self.axes for a in ax})
-        self.letter = {a: i for i, a in enumerate(names)}
+        domain = model.potentials.domain
+        self.size = {a: int(n) for a, n in zip(domain.attributes, domain.shape)}
+        factors = [(tuple(model.potentials[cl].domain.attributes), np.asarray(model.potentials[cl].values, np.float64))
+                   for cl in model.potentials.cliques]
+        covered = {a for ax, _ in factors for a in ax}
+        factors += [((a,), np.zeros(self.size[a])) for a in domain.attributes if a not in covered]
+        tree, _ = junction_tree.make_junction_tree(domain, [ax for ax, _ in factors])
+        nodes = list(tree.nodes)
+        for a, b in zip(nodes, nodes[1:]):  # a forest (independent parts): join it by empty separators
+            if not nx.has_path(tree, a, b):
+                tree.add_edge(a, b)
+        self.tree, self.nodes = tree, nodes
+        log_pot = {c: np.zeros([self.size[a] for a in c]) for c in nodes}
+        for ax, v in factors:  # each potential into one clique that holds it
+            home = next(c for c in nodes if set(ax) <= set(c))
+            log_pot[home] = log_pot[home] + _broadcast(v, ax, home)
+        pot = {c: np.exp(v - v.max()) for c, v in log_pot.items()}
+        self.belief = self._calibrate(pot)
+
+    def _calibrate(self, pot: dict) -> dict:
+        """Clique beliefs (normalised to 1) after an upward and a downward pass from the first clique."""
+        import networkx as nx
+
+        root = self.nodes[0]
+        order = list(nx.dfs_postorder_nodes(self.tree, root))
+        parent = {c: p for p, c in nx.dfs_edges(self.tree, root)}
+        msg: dict[tuple, np.ndarray] = {}
+
+        def send(src, dst):
+            f = pot[src]
+            for nb in self.tree.neighbors(src):
+                if nb != dst:
+                    f = f * _broadcast(msg[(nb, src)], _sep(nb, src), src)
+            out = _project(f, src, _sep(src, dst))
+            msg[(src, dst)] = out / max(float(out.max()), 1e-300)
+
+        for c in order:  # leaves first
+            if c in parent:
+                send(c, parent[c])
+        for c in reversed(order):  # root first
+            for nb in self.tree.neighbors(c):
+                if parent.get(nb) == c:
+                    send(c, nb)
+        belief = {}
+        for c in self.nodes:
+            f = pot[c]
+            for nb in self.tree.neighbors(c):
+                f = f * _broadcast(msg[(nb, c)], _sep(nb, c), c)
+            belief[c] = f / max(float(f.sum()), 1e-300)
+        return belief
 
     def __call__(self, clique: tuple[str, ...]) -> np.ndarray:
+        import networkx as nx
+
         for ax, v in self.beliefs:  # the smallest fitted marginal that holds the clique
             if set(clique) <= set(ax):
                 out = np.einsum(v, list(range(len(ax))), [ax.index(a) for a in clique])
-                break
-        else:
-            ops = []
-            for f, ax in zip(self.factors, self.axes):
-                ops += [f, [self.letter[a] for a in ax]]
-            out = np.einsum(*ops, [self.letter[a] for a in clique], optimize="greedy")
+                return out * (self.total / max(float(out.sum()), 1e-300))
+        homes = [next(c for c in self.nodes if a in c) for a in clique]
+        sub = {homes[0]}
+        for h in homes[1:]:
+            sub.update(nx.shortest_path(self.tree, homes[0], h))
+        letter = {a: i for i, a in enumerate(sorted({a for c in sub for a in c}))}
+        ops = []
+        for c in sub:
+            ops += [self.belief[c], [letter[a] for a in c]]
+        for a, b in self.tree.subgraph(sub).edges:
+            sep = _sep(a, b)
+            if sep:
+                m = _project(self.belief[a], a, sep)
+                ops += [np.divide(1.0, m, out=np.zeros_like(m), where=m > 0), [letter[x] for x in sep]]
+        out = np.einsum(*ops, [letter[a] for a in clique], optimize="greedy")
         return out * (self.total / max(float(out.sum()), 1e-300))
+
+
+def _sep(a: tuple, b: tuple) -> tuple:
+    return tuple(x for x in a if x in b)
+
+
+def _project(f: np.ndarray, axes: tuple, keep: tuple) -> np.ndarray:
+    return np.einsum(f, list(range(len(axes))), [axes.index(a) for a in keep])
+
+
+def _broadcast(v: np.ndarray, axes: tuple, target: tuple) -> np.ndarray:
+    """`v` over `axes` (a subset of `target`), transposed and reshaped to broadcast against `target`."""
+    shape = [v.shape[axes.index(a)] if a in axes else 1 for a in target]
+    return np.transpose(v, sorted(range(len(axes)), key=lambda i: target.index(axes[i]))).reshape(shape)
 
 
 def independent_pairs_error(merged: np.ndarray, msizes, one_way, candidates) -> list[float]:
