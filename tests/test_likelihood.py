@@ -212,7 +212,7 @@ def test_diffusion_ode_recovers_the_analytic_likelihood_of_a_gaussian_mixture():
     ODE likelihood (48 RK4 steps, exact trace: 5 features) matches the analytic log-likelihood
     within 0.01 nats/row on average and 0.15 on every row (measured: 0.001 and 0.10; the rest is the
     one draw of the t_min dequantisation); Hutchinson's estimate is unbiased (its mean within 4
-    standard errors), and the same seed gives the same scores."""
+    standard errors), more probes make it less noisy, and the same seed gives the same scores."""
     from scipy.stats import multivariate_normal, norm
 
     from synth.engine.diffusion import DiffusionConfig, DiffusionEngine
@@ -253,6 +253,10 @@ def test_diffusion_ode_recovers_the_analytic_likelihood_of_a_gaussian_mixture():
     err = hutch - analytic
     assert abs(err.mean()) < 4 * err.std() / math.sqrt(len(err)), (err.mean(), err.std())
     assert err.std() > 5 * (lp - analytic).std()  # the probe's noise, not the exact trace's
+    engine.config.likelihood.probes = 8
+    err8 = engine.log_prob(rows, seed=0, steps=16) - analytic
+    assert "8 Rademacher probes" in engine.likelihood_kind
+    assert err8.std() < 0.6 * err.std(), (err8.std(), err.std())  # 1/sqrt(8) of the noise, up to the rest
 
     engine.config.likelihood.held_out_rows = 40  # evaluations score at most this many rows
     assert held_out_likelihood(engine, rows, max_rows=10_000)["rows"] == 40

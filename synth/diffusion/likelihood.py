@@ -19,8 +19,9 @@ the state is float64, the network sees float32.
 
 div v = (sigma'/sigma) W + (alpha' - alpha sigma'/sigma) div D, with div D the trace of the
 denoiser's Jacobian: exact (one backward pass per feature) or Hutchinson's estimator
-E_e[e^T (dD/dx) e] with one Rademacher probe per row held fixed along the path (Grathwohl et al.
-2019, FFJORD): one backward pass per evaluation, unbiased, its draws from a seeded generator.
+E_e[e^T (dD/dx) e] with `probes` Rademacher probes per row held fixed along the path (Grathwohl
+et al. 2019, FFJORD): one backward pass per probe and evaluation, unbiased, its draws from a seeded
+generator.
 
 This is the density at t_min of the model's ODE; how a family turns it into a likelihood of rows
 (the t_min truncation and the discrete columns) is its own business (`synth.engine.diffusion`).
@@ -51,6 +52,8 @@ class ODELikelihoodConfig(BaseModel):
                                                           "model's density at t_min (the samplers' t_min)")
     exact_trace_features: int = Field(16, ge=0, description="codec features up to which the divergence is the exact "
                                                             "Jacobian trace; wider models use Hutchinson's estimator")
+    probes: int = Field(1, ge=1, description="Hutchinson probes per row (backward passes per evaluation): the "
+                                             "per-row noise falls as 1/sqrt(probes)")
     held_out_rows: int = Field(2000, ge=1, description="at most this many held-out rows are scored by `synth "
                                                        "evaluate`, reports and bench/compare.py (the ODE is costly)")
 
@@ -84,10 +87,11 @@ def _field(denoiser: Denoiser, process: NoiseProcess, x: Tensor, t: float, probe
             for i in range(w):
                 g, = torch.autograd.grad(d[:, i].sum(), xi, retain_graph=i < w - 1)
                 tr += g[:, i].double()
-        else:
-            p = probe.to(x.device)
-            g, = torch.autograd.grad((d * p.to(d.dtype)).sum(), xi)
-            tr = (g.double() * p).sum(dim=1)
+        else:  # probe (k, n, W): the mean of k probes' estimates
+            tr = torch.zeros(n, dtype=torch.float64, device=x.device)
+            for j, p in enumerate(probe.to(x.device)):
+                g, = torch.autograd.grad((d * p.to(d.dtype)).sum(), xi, retain_graph=j < len(probe) - 1)
+                tr += (g.double() * p).sum(dim=1) / len(probe)
     return a * x + b * d.detach().double(), a * w + b * tr
 
 
@@ -95,8 +99,9 @@ def ode_log_prob(denoiser: Denoiser, x: Tensor, *, process: NoiseProcess, steps:
                  probe: Tensor | None = None) -> Tensor:
     """log p_{t_min}(x) in nats per row (float64) under the probability-flow ODE of `denoiser`:
     RK4 over `ode_grid(process, steps, t_min)` from x at t_min to t_max, where the state is scored
-    under the prior N(0, sigma(t_max)^2 I). `probe` (n, W): Hutchinson's trace estimator with that
-    probe per row; None: the exact trace (W backward passes per evaluation)."""
+    under the prior N(0, sigma(t_max)^2 I). `probe` (k, n, W): Hutchinson's trace estimator with
+    those k probes per row (k backward passes per evaluation); None: the exact trace (W backward
+    passes per evaluation)."""
     grid = ode_grid(process, steps, t_min).tolist()
     x = x.detach().double()
     n, w = x.shape

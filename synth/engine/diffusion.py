@@ -25,7 +25,7 @@ q(x_tmin | row), as a variational bound (Song et al. 2021; Kingma et al. 2021):
 * a null's value is marginalised with q = the training encoding of a null (z ~ N(0, 1)) noised to
   t_min, N(0, alpha^2 + sigma^2).
 
-One draw of q and of the Hutchinson probe per row, from the seeded generator: the same seed gives
+One draw of q and of the Hutchinson probes per row, from the seeded generator: the same seed gives
 the same scores.
 """
 from __future__ import annotations
@@ -179,7 +179,8 @@ class DiffusionEngine(DenoisingEngine):
     @property
     def likelihood_kind(self) -> str:
         c = self.config.likelihood
-        trace = "exact trace" if self.codec.width <= c.exact_trace_features else "Hutchinson trace (1 Rademacher probe)"
+        trace = "exact trace" if self.codec.width <= c.exact_trace_features else \
+            f"Hutchinson trace ({c.probes} Rademacher probe{'s' if c.probes > 1 else ''})"
         return (f"bound: probability-flow ODE of the unconditional model (RK4, {c.steps} steps from t_min {c.t_min:g}, "
                 f"{trace}); numerics through the Gaussian decoder at t_min, categories and null flags through a "
                 f"truncated-Gaussian dequantisation at t_min")
@@ -260,7 +261,7 @@ class DiffusionEngine(DenoisingEngine):
     def log_prob(self, rows, *, seed: int = 0, batch_size: int = 1024, steps: int | None = None) -> np.ndarray:
         """log p(row) in nats of every row of `rows` (module docstring: a lower bound, estimated
         with one draw of the dequantisation at t_min and, above `exact_trace_features` codec
-        features, one Hutchinson probe per row; both from `seed`). `steps`: RK4 steps of the ODE
+        features, `probes` Hutchinson probes per row; both from `seed`). `steps`: RK4 steps of the ODE
         (default: the config's `likelihood.steps`)."""
         c = self.config.likelihood
         steps = c.steps if steps is None else steps
@@ -273,7 +274,7 @@ class DiffusionEngine(DenoisingEngine):
 
         def score(x0: Tensor, gen: torch.Generator) -> Tensor:
             x, corr = self.dequantise_at_t_min(x0, gen)
-            probe = None if exact else rademacher(tuple(x.shape), gen)
+            probe = None if exact else rademacher((c.probes, *x.shape), gen)
             cond = self.null_conditions(x.shape[0], dev)
             lp = ode_log_prob(lambda x_, t_: fn(x_, t_, cond), x.to(dev), process=self.process, steps=steps,
                               t_min=c.t_min, probe=probe)
