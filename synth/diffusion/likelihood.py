@@ -46,8 +46,8 @@ LOG_2PI = math.log(2 * math.pi)
 class ODELikelihoodConfig(BaseModel):
     """How `log_prob` of a diffusion model integrates its probability-flow ODE."""
     model_config = ConfigDict(extra="forbid")
-    steps: int = Field(32, ge=1, le=1000, description="RK4 steps from t_min to t_max (4 network evaluations each, "
-                                                      "plus one backward pass per evaluation and traced feature)")
+    steps: int = Field(32, ge=1, le=1000, description="RK4 steps from t_min to t_max: 4 network evaluations each, "
+                                                      "each with a backward pass per probe (per feature: exact trace)")
     t_min: float = Field(1e-3, gt=0, le=0.5, description="where the ODE starts: the rows are scored through the "
                                                           "model's density at t_min (the samplers' t_min)")
     exact_trace_features: int = Field(16, ge=0, description="codec features up to which the divergence is the exact "
@@ -75,7 +75,8 @@ def _coefficients(process: NoiseProcess, t: float) -> tuple[float, float]:
     return a, float(process.d_alpha(tt)) - float(process.alpha(tt)) * a
 
 
-def _field(denoiser: Denoiser, process: NoiseProcess, x: Tensor, t: float, probe: Tensor | None) -> tuple[Tensor, Tensor]:
+def _field(denoiser: Denoiser, process: NoiseProcess, x: Tensor, t: float,
+           probe: Tensor | None) -> tuple[Tensor, Tensor]:
     """(v(x, t), div v(x, t)) per row, float64. `probe` None: the exact trace."""
     a, b = _coefficients(process, t)
     n, w = x.shape

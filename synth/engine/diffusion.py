@@ -174,7 +174,6 @@ class DiffusionEngine(DenoisingEngine):
     def prior(self, n: int, generator: torch.Generator) -> Tensor:
         return self.process.prior((n, self.codec.width), generator=generator)
 
-
     # -- likelihood (synth.engine.likelihood, synth.diffusion.likelihood) ---------------------
     @property
     def likelihood_kind(self) -> str:
