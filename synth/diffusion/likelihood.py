@@ -14,8 +14,8 @@ and the instantaneous change of variables gives the density it transports: d log
 with x(t) the ODE solution started from x at t_min and the sampler's prior at t_max (a zero-mean
 Gaussian of standard deviation sigma(t_max): what `NoiseProcess.prior` draws). The integral runs a
 fixed-step classical Runge-Kutta (RK4) on the augmented state (x, log-det) over a grid uniform in
-log-SNR (`timesteps(..., "logsnr")`, the grid the samplers use), four network evaluations per step;
-the state is float64, the network sees float32.
+log-SNR (`timesteps(..., "logsnr")`, dense where the dynamics are fast, near t_min), four network
+evaluations per step; the state is float64, the network sees float32.
 
 div v = (sigma'/sigma) W + (alpha' - alpha sigma'/sigma) div D, with div D the trace of the
 denoiser's Jacobian: exact (one backward pass per feature) or Hutchinson's estimator
