@@ -524,7 +524,8 @@ def render_markdown(result: dict) -> str:
         "- **held-out NLL**: negative log-likelihood of the test rows under the model, in nats per row (bits per "
         "column in brackets; lower is better), for synth families with a likelihood (synth.evaluate.likelihood: "
         "categoricals discrete, numerics a density over their codec CDF value; *bound*: an upper bound on the NLL, "
-        "from dequantisation or importance weighting); n/a for models without one.",
+        "from dequantisation or importance weighting; diffusion: through the probability-flow ODE, on at most "
+        "2,000 test rows by default); n/a for models without one.",
         "",
     ]
     m = result.get("machine")

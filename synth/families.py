@@ -97,6 +97,8 @@ def likelihood_families() -> list[str]:
 def require_likelihood(engine: Engine) -> None:
     """Refuse, naming the families that have one, a model without a likelihood."""
     if not callable(getattr(engine, "log_prob", None)):
+        if getattr(engine, "no_likelihood", None):  # a model of a family with one that has none (e.g. a student)
+            raise ConfigError(f"{engine.no_likelihood}; the families with one are {likelihood_families()}")
         raise ConfigError(f"a {engine.family!r} model has no likelihood to score rows with; the families with one "
                           f"are {likelihood_families()}: fit one of them (model.family) and score with it")
 

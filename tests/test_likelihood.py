@@ -1,6 +1,7 @@
 """Likelihoods (synth.engine.likelihood, synth.evaluate.likelihood): every family with `log_prob`
 scores held-out rows, prefers the data it learnt to the same columns with their dependence
-shuffled away, and the flow recovers the analytic likelihood of a Gaussian table; `synth score`
+shuffled away, the flow recovers the analytic likelihood of a Gaussian table and the diffusion
+family's probability-flow ODE that of a Gaussian mixture under its exact denoiser; `synth score`
 writes per-row scores, `synth evaluate`, the report and contracts show the held-out NLL and bpd."""
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ from synth.train.fit import fit
 TRAIN = {"eval_every": 50, "batch_size": 128, "warmup_steps": 5, "threads": 1, "precision": "fp32", "patience": None}
 SMALL = {"autoregressive": {"family": "autoregressive", "hidden": 32},
          "flow": {"family": "flow", "transforms": 2, "hidden": 32, "depth": 1, "bins": 6},
-         "vae": {"family": "vae", "latent": 4, "hidden": 48, "depth": 1, "kl_warmup": 200, "iw_samples": 16}}
-STEPS = {"autoregressive": 200, "flow": 200, "vae": 1000}  # the VAE learns the dependence slowest
+         "vae": {"family": "vae", "latent": 4, "hidden": 48, "depth": 1, "kl_warmup": 200, "iw_samples": 16},
+         "diffusion": {"family": "diffusion", "net": {"width": 64, "depth": 2, "embed_dim": 32},
+                       "likelihood": {"steps": 12}}}
+STEPS = {"autoregressive": 200, "flow": 200, "vae": 1000, "diffusion": 400}  # the VAE learns the dependence slowest
 
 
 def dependent_table(n: int, seed: int, shuffled: bool = False) -> pa.Table:
@@ -62,14 +65,23 @@ def tables(tmp_path_factory):
     return d
 
 
+class Fitted(dict):
+    """(family, "real" | "shuffled") -> artifact URI, fitted on first use (a test of one family fits only it)."""
+
+    def __init__(self, tables, factory):
+        super().__init__()
+        self.tables, self.factory = tables, factory
+
+    def __missing__(self, key):
+        family, kind = key
+        self[key] = fit_family(family, str(self.tables / f"{kind}.parquet"), self.factory.mktemp(f"{family}-{kind}"),
+                               steps=STEPS[family])
+        return self[key]
+
+
 @pytest.fixture(scope="module")
 def models(tables, tmp_path_factory):
-    out = {}
-    for family in SMALL:
-        for kind in ("real", "shuffled"):
-            out[family, kind] = fit_family(family, str(tables / f"{kind}.parquet"),
-                                           tmp_path_factory.mktemp(f"{family}-{kind}"), steps=STEPS[family])
-    return out
+    return Fitted(tables, tmp_path_factory)
 
 
 def test_the_likelihood_families_are_registered():
@@ -167,6 +179,125 @@ def test_flow_recovers_the_analytic_likelihood_of_a_gaussian_table(tmp_path):
     assert abs(nll + copula.mean()) < 0.04, (nll, -copula.mean())
 
 
+class ExactMixtureDenoiser(torch.nn.Module):
+    """The eps head of the exact denoiser E[x0 | x_t] of a Gaussian mixture over codec features
+    (weights pi_k, means m_k, covariances S_k, singular where a component is a point mass)."""
+
+    def __init__(self, process, pis, means, covs):
+        super().__init__()
+        self.process = process
+        self.log_pi = torch.nn.Parameter(torch.log(torch.tensor(pis, dtype=torch.float64)), requires_grad=False)
+        self.m = torch.nn.Parameter(torch.tensor(np.asarray(means)), requires_grad=False)
+        self.S = torch.nn.Parameter(torch.tensor(np.asarray(covs)), requires_grad=False)
+
+    def forward(self, x, t, cond=None):
+        xd = x.double()
+        a, s = self.process.alpha(t.double())[:, None], self.process.sigma(t.double())[:, None]
+        eye = torch.eye(x.shape[1], dtype=torch.float64)
+        log_w, post = [], []
+        for k in range(len(self.m)):
+            cov = a[:, :, None] ** 2 * self.S[k] + s[:, :, None] ** 2 * eye  # of x_t given component k
+            r = xd - a * self.m[k]
+            sol = torch.linalg.solve(cov, r.unsqueeze(-1)).squeeze(-1)
+            log_w.append(self.log_pi[k] - 0.5 * (r * sol).sum(dim=1) - 0.5 * torch.linalg.slogdet(cov)[1])
+            post.append(self.m[k] + a * (sol @ self.S[k]))
+        x0 = (torch.softmax(torch.stack(log_w, 1), 1).unsqueeze(-1) * torch.stack(post, 1)).sum(dim=1)
+        return ((xd - a * x0) / s).to(x.dtype)
+
+
+def gaussian_mixture_model(process: dict | None = None, steps: int = 48):
+    """A diffusion engine whose network is the exact denoiser of a known table, its rows and their
+    analytic log-likelihood: a categorical (3 slots) and two numerics whose codec normal scores are
+    a correlated Gaussian per category, p(row) = pi_k N(z; mu_k, S_k) / prod phi(z) in synth's space."""
+    from scipy.stats import multivariate_normal, norm
+
+    from synth.engine.diffusion import DiffusionConfig, DiffusionEngine
+    from synth.table import TableCodec
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    codec = TableCodec.fit([pa.table({"g": rng.choice(["a", "b", "c"], 900, p=[.5, .3, .2]),
+                                      "v1": rng.standard_normal(900), "v2": rng.standard_normal(900)})])
+    assert codec.width == 5 and codec.slices[0] == slice(0, 3)
+    pis, means, covs = [0.5, 0.3, 0.2], [], []
+    for k, (mu, sd, rho) in enumerate([((-1.0, -0.5), 0.5, 0.6), ((0.5, 0.8), 0.7, -0.4), ((1.2, -1.0), 0.4, 0.0)]):
+        m, cov = -np.ones(5), np.zeros((5, 5))
+        m[k], m[3:] = 1.0, mu
+        cov[3:, 3:] = sd ** 2 * np.array([[1, rho], [rho, 1]])
+        means.append(m)
+        covs.append(cov)
+    cfg = {"likelihood": {"steps": steps}, **({"process": process} if process else {})}
+    engine = DiffusionEngine(DiffusionConfig.model_validate(cfg), codec)
+    engine.ema = ExactMixtureDenoiser(engine.process, pis, means, covs)
+    ks = rng.choice(3, 200, p=pis)
+    rows = codec.decode(np.stack([rng.multivariate_normal(means[k], covs[k]) for k in ks]))
+    z = codec.encode(rows)
+    slot = z[:, :3].argmax(axis=1)
+    analytic = np.array([math.log(pis[k]) + multivariate_normal(means[k][3:], covs[k][3:, 3:]).logpdf(v[3:])
+                         for k, v in zip(slot, z)]) - norm.logpdf(z[:, 3:]).sum(axis=1)
+    return engine, rows, analytic
+
+
+def test_diffusion_ode_recovers_the_analytic_likelihood_of_a_gaussian_mixture():
+    """The estimator, not the training: with the exact denoiser of a Gaussian mixture in place of
+    the network (`gaussian_mixture_model`), the ODE likelihood (48 RK4 steps, exact trace: 5
+    features) matches the analytic log-likelihood within 0.01 nats/row on average and 0.15 on every
+    row (measured: 0.0004 and 0.070; the rest is the one draw of the t_min dequantisation);
+    Hutchinson's estimate is unbiased (its mean within 4 standard errors), more probes make it less
+    noisy, and the same seed gives the same scores."""
+    from synth.evaluate.likelihood import held_out_likelihood
+
+    engine, rows, analytic = gaussian_mixture_model()
+    lp = engine.log_prob(rows, seed=0)
+    assert engine.likelihood_kind.startswith("bound") and "exact trace" in engine.likelihood_kind
+    assert abs(lp.mean() - analytic.mean()) < 0.01, (lp.mean(), analytic.mean())
+    assert np.abs(lp - analytic).max() < 0.15, np.abs(lp - analytic).max()
+    few = rows.slice(0, 20)
+    np.testing.assert_array_equal(engine.log_prob(few, seed=0, steps=8), engine.log_prob(few, seed=0, steps=8))
+    assert not np.array_equal(engine.log_prob(few, seed=0, steps=8), engine.log_prob(few, seed=1, steps=8))
+
+    engine.config.likelihood.exact_trace_features = 4  # 5 features: Hutchinson
+    hutch = engine.log_prob(rows, seed=0)
+    assert "Hutchinson" in engine.likelihood_kind
+    err = hutch - analytic
+    assert abs(err.mean()) < 4 * err.std() / math.sqrt(len(err)), (err.mean(), err.std())
+    assert err.std() > 5 * (lp - analytic).std()  # the probe's noise, not the exact trace's
+    engine.config.likelihood.probes = 8
+    err8 = engine.log_prob(rows, seed=0, steps=16) - analytic
+    assert "8 Rademacher probes" in engine.likelihood_kind
+    assert err8.std() < 0.6 * err.std(), (err8.std(), err.std())  # 1/sqrt(8) of the noise, up to the rest
+
+    engine.config.likelihood.held_out_rows = 40  # evaluations score at most this many rows
+    assert held_out_likelihood(engine, rows, max_rows=10_000)["rows"] == 40
+
+
+@pytest.mark.parametrize("process", [{"kind": "vp", "schedule": "linear"}, {"kind": "ve"}, {"kind": "flow"}],
+                         ids=["vp-linear", "ve", "flow"])
+def test_diffusion_ode_likelihood_holds_for_every_noise_process(process):
+    """The same analytic check under the other processes (32 steps; measured mean errors 0.0003,
+    0.0037, 0.0037 nats/row, largest per-row errors 0.12, 0.04, 0.04)."""
+    engine, rows, analytic = gaussian_mixture_model(process, steps=32)
+    err = engine.log_prob(rows, seed=0) - analytic
+    assert abs(err.mean()) < 0.01 and np.abs(err).max() < 0.25, (err.mean(), np.abs(err).max())
+
+
+def test_a_distilled_student_has_no_likelihood_and_says_why():
+    from synth.engine.diffusion import DiffusionConfig, DiffusionEngine, DistilledSpec
+    from synth.errors import ConfigError
+    from synth.evaluate.likelihood import held_out_likelihood
+    from synth.families import require_likelihood
+    from synth.table import TableCodec
+
+    codec = TableCodec.fit([dependent_table(200, 0)])
+    spec = DistilledSpec(steps=2, grid=[1.0, 0.5, 0.0], guidance_max=1.0)
+    student = DiffusionEngine(DiffusionConfig(distilled=spec, net={"width": 16, "guidance_input": True}), codec)
+    with pytest.raises(ConfigError, match="teacher"):
+        require_likelihood(student)
+    assert held_out_likelihood(student, dependent_table(50, 1)) is None
+    assert "likelihood" not in student.describe()
+    assert "likelihood" in DiffusionEngine(DiffusionConfig(net={"width": 16}), codec).describe()
+
+
 # ---- synth score, synth evaluate, the report, contracts ---------------------------------------------
 def test_synth_score_writes_per_row_scores_and_ranks_an_outlier_last(models, tables, tmp_path):
     artifact = models["autoregressive", "real"]
@@ -190,6 +321,27 @@ def test_synth_score_writes_per_row_scores_and_ranks_an_outlier_last(models, tab
     only = tmp_path / "only.parquet"
     assert CliRunner().invoke(app, ["score", artifact, str(data), "-o", str(only), "--scores-only"]).exit_code == 0
     assert pq.read_table(only).column_names == ["log_prob", "bpd", "unseen_values"]
+
+
+def test_synth_score_scores_with_a_diffusion_model_whose_hutchinson_trace_agrees_with_the_exact_one(
+        models, tables, tmp_path):
+    artifact = models["diffusion", "real"]
+    engine = load_engine(artifact)
+    assert engine.manifest["likelihood"]["steps"] == 12 and "exact trace" in engine.manifest["likelihood"]["estimate"]
+    _, _, test = load_splits(str(tables / "real.parquet"), SplitConfig())
+    data = tmp_path / "rows.parquet"
+    pq.write_table(test.slice(0, 40), data)
+    out = tmp_path / "scores.parquet"
+    r = CliRunner().invoke(app, ["score", artifact, str(data), "-o", str(out), "--scores-only", "--seed", "2"])
+    assert r.exit_code == 0, r.output
+    lp = pq.read_table(out)["log_prob"].to_numpy()
+    np.testing.assert_array_equal(lp, engine.log_prob(test.slice(0, 40), seed=2))
+    # on a trained network (9 features: exact by default), one Rademacher probe per row is unbiased
+    rows = test.slice(0, 300)
+    exact = engine.log_prob(rows)
+    engine.config.likelihood.exact_trace_features = 0
+    diff = engine.log_prob(rows) - exact
+    assert abs(diff.mean()) < 4 * diff.std() / math.sqrt(len(diff)) + 0.05, (diff.mean(), diff.std())
 
 
 def test_synth_score_refuses_bad_input_with_what_to_do(models, tables, tmp_path):

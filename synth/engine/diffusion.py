@@ -5,23 +5,50 @@ on categorical columns.
 Categorical columns use a Gaussian relaxation of their one-hot block decoded by argmax (see
 docs/architecture.md for why). Condition indices are read straight off the encoded one-hot
 blocks, so a training batch is just the encoded rows.
+
+Likelihood (`log_prob`, in the space of `synth.engine.likelihood`; docs/likelihood.md): the
+unconditional model's (null conditions, guidance 1) probability-flow ODE density at t_min
+(`synth.diffusion.likelihood`), read as a model of rows through the forward process at t_min,
+q(x_tmin | row), as a variational bound (Song et al. 2021; Kingma et al. 2021):
+
+    log p(row) >= E_q[log p_tmin(x_tmin) - log q_disc(x_tmin | row)] + sum_num (log alpha - log phi(z))
+
+* a present numeric's feature z (its codec normal score, z = Phi^-1(u)) is noised, x = alpha z +
+  sigma e, and decoded by the Gaussian decoder p(z | x) = N(z; x / alpha, sigma^2 / alpha^2): its
+  decoder and q terms cancel to log alpha (the t_min truncation term); -log phi(z) takes the density
+  from z to u = Phi(z) (`log_std_normal`);
+* a categorical's one-hot block (slot k, vertex v_k in {-1, 1}^K) and a null flag (+-1) are
+  discrete: the model's own discretisation (argmax of the block, the flag's sign, as sampling
+  decodes) gives P(k) = the ODE density's mass over the region where slot k wins, bounded from below
+  by the dequantisation q = N(alpha v_k, sigma^2 I) truncated to that region (rejection draws; its
+  normaliser bounded by the union bound 1 - (K - 1) Phi(-sqrt(2) alpha / sigma), ~1 at t_min);
+* a null's value is marginalised with q = the training encoding of a null (z ~ N(0, 1)) noised to
+  t_min, N(0, alpha^2 + sigma^2).
+
+One draw of q and of the Hutchinson probes per row, from the seeded generator: the same seed gives
+the same scores.
 """
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from synth.diffusion.likelihood import ODELikelihoodConfig, ode_log_prob, rademacher
 from synth.diffusion.objectives import ObjectiveConfig
 from synth.diffusion.processes import ProcessConfig
 from synth.diffusion.samplers import SAMPLERS
+from synth.engine.likelihood import LOG_SQRT_2PI, log_prob_rows, log_std_normal
 from synth.engine.sampling import MAX_STEPS, DenoisingEngine
 from synth.errors import ConfigError
 from synth.nets import MLPConfig, ResidualMLP
 from synth.table import TableCodec
+from synth.table.columns import CategoricalColumn, NumericColumn
 
 
 class DistilledSpec(BaseModel):
@@ -48,6 +75,8 @@ class DiffusionConfig(BaseModel):
     guidance: float = Field(1.0, ge=0)
     sample_batch_size: int = Field(8192, ge=1)
     distilled: DistilledSpec | None = Field(None, description="set on students made by `synth distill`")
+    likelihood: ODELikelihoodConfig = Field(default_factory=ODELikelihoodConfig,
+                                            description="log_prob through the probability-flow ODE")
 
 
 class DiffusionEngine(DenoisingEngine):
@@ -67,6 +96,9 @@ class DiffusionEngine(DenoisingEngine):
         self.x0_lo, self.x0_hi = torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32)
         self.net = ResidualMLP(codec.width, config.net, self.cond_cards)
         self.ema = copy.deepcopy(self.net).requires_grad_(False)
+        if config.distilled is not None:  # a student jumps along its grid: it has no ODE to score rows with
+            self.log_prob = None
+            self.no_likelihood = "a distilled student has no likelihood; score rows with its teacher"
 
     # -- training -------------------------------------------------------------------------
     def conditions_from_features(self, x0: Tensor) -> Tensor:
@@ -142,3 +174,114 @@ class DiffusionEngine(DenoisingEngine):
     def prior(self, n: int, generator: torch.Generator) -> Tensor:
         return self.process.prior((n, self.codec.width), generator=generator)
 
+    # -- likelihood (synth.engine.likelihood, synth.diffusion.likelihood) ---------------------
+    @property
+    def likelihood_kind(self) -> str:
+        c = self.config.likelihood
+        trace = "exact trace" if self.codec.width <= c.exact_trace_features else \
+            f"Hutchinson trace ({c.probes} Rademacher probe{'s' if c.probes > 1 else ''})"
+        return (f"bound: probability-flow ODE of the unconditional model (RK4, {c.steps} steps from t_min {c.t_min:g}, "
+                f"{trace}); numerics through the Gaussian decoder at t_min, categories and null flags through a "
+                f"truncated-Gaussian dequantisation at t_min")
+
+    @property
+    def likelihood_rows(self) -> int:
+        """At most this many held-out rows are scored by evaluations (`synth.evaluate.likelihood`)."""
+        return self.config.likelihood.held_out_rows
+
+    def _score_layout(self) -> tuple[list[int], list[int], list[int], list[slice]]:
+        """Feature indices of numeric values, of nullable numerics' values and their null flags, and
+        the categorical blocks."""
+        num, null_value, null_flag, blocks = [], [], [], []
+        for col, sl in zip(self.codec.columns, self.codec.slices):
+            if isinstance(col, NumericColumn):
+                num.append(sl.start)
+                if col.nullable:
+                    null_value.append(sl.start)
+                    null_flag.append(sl.start + 1)
+            elif isinstance(col, CategoricalColumn):
+                blocks.append(sl)
+            else:
+                raise ConfigError(f"column {col.name!r} is {col.kind}; diffusion likelihoods cover tabular columns")
+        return num, null_value, null_flag, blocks
+
+    def dequantise_at_t_min(self, x0: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Encoded rows (n, W) -> a draw x of q(x_tmin | row) (float64) and the per-row correction
+        that turns log p_tmin(x) into the bound on log p(row) (module docstring): log alpha - log phi(z)
+        per present numeric, -log q of the discrete dimensions and of nulls' values. Draws come from
+        `generator` (CPU)."""
+        t_min = self.config.likelihood.t_min
+        tt = torch.tensor(t_min, dtype=torch.float64)
+        a, s = float(self.process.alpha(tt)), float(self.process.sigma(tt))
+        x0 = x0.double()
+        n = x0.shape[0]
+        num, null_value, null_flag, blocks = self._score_layout()
+
+        def log_normal(e: Tensor, scale: float) -> Tensor:  # log N(scale e; 0, scale^2), summed over a row
+            return (-0.5 * e * e - math.log(scale) - LOG_SQRT_2PI).sum(dim=1)
+
+        eps = torch.randn(x0.shape, generator=generator, dtype=torch.float64)
+        x = a * x0 + s * eps
+        corr = torch.zeros(n, dtype=torch.float64)
+        present = torch.ones(n, len(num), dtype=torch.bool)
+        if null_flag:
+            null = x0[:, null_flag] > 0
+            present[:, [num.index(j) for j in null_value]] = ~null
+            # the flag's sign region, f (alpha f + sigma e) > 0: a truncated normal drawn by inverse CDF
+            lo = float(torch.special.ndtr(torch.tensor(-a / s, dtype=torch.float64)))
+            r = torch.rand(n, len(null_flag), generator=generator, dtype=torch.float64)
+            e = torch.special.ndtri(lo + r * (1 - lo)) * torch.sign(x0[:, null_flag])
+            x[:, null_flag] = a * x0[:, null_flag] + s * e
+            corr -= log_normal(e, s) - len(null_flag) * math.log1p(-lo)
+            # a null's value: its training encoding N(0, 1) noised to t_min, N(0, alpha^2 + sigma^2)
+            v = math.sqrt(a * a + s * s)
+            z = torch.randn(n, len(null_value), generator=generator, dtype=torch.float64)
+            x[:, null_value] = torch.where(null, v * z, x[:, null_value])
+            corr -= torch.where(null, -0.5 * z * z - math.log(v) - LOG_SQRT_2PI, 0.0).sum(dim=1)
+        tail = float(torch.special.ndtr(torch.tensor(-math.sqrt(2) * a / s, dtype=torch.float64)))
+        for sl in blocks:
+            k = sl.stop - sl.start
+            e, slot = eps[:, sl], x0[:, sl].argmax(dim=1)
+            for _ in range(100):  # rejection: redraw the (rare) draws whose argmax leaves the row's slot
+                out = (a * x0[:, sl] + s * e).argmax(dim=1) != slot
+                if not bool(out.any()):
+                    break
+                e[out] = torch.randn(int(out.sum()), k, generator=generator, dtype=torch.float64)
+            else:
+                raise ConfigError(f"likelihood.t_min {t_min:g} is too noisy to dequantise a {k}-slot category; "
+                                  "lower it")
+            x[:, sl] = a * x0[:, sl] + s * e
+            # -log q: the Gaussian's density, truncated to the slot's region (its mass >= 1 - (k-1) tail)
+            corr -= log_normal(e, s) - math.log1p(-(k - 1) * tail)
+        z = x0[:, num]
+        corr += torch.where(present, math.log(a) - log_std_normal(z), 0.0).sum(dim=1)
+        return x, corr
+
+    def log_prob(self, rows, *, seed: int = 0, batch_size: int = 1024, steps: int | None = None) -> np.ndarray:
+        """log p(row) in nats of every row of `rows` (module docstring: a lower bound, estimated
+        with one draw of the dequantisation at t_min and, above `exact_trace_features` codec
+        features, `probes` Hutchinson probes per row; both from `seed`). `steps`: RK4 steps of the ODE
+        (default: the config's `likelihood.steps`)."""
+        c = self.config.likelihood
+        steps = c.steps if steps is None else steps
+        if not isinstance(steps, int) or steps < 1:
+            raise ConfigError(f"likelihood steps must be a positive integer, got {steps!r}")
+        self.ema.eval()
+        dev = next(self.ema.parameters()).device
+        fn = self.model_fn(self.ema)
+        exact = self.codec.width <= c.exact_trace_features
+
+        def score(x0: Tensor, gen: torch.Generator) -> Tensor:
+            x, corr = self.dequantise_at_t_min(x0, gen)
+            probe = None if exact else rademacher((c.probes, *x.shape), gen)
+            cond = self.null_conditions(x.shape[0], dev)
+            lp = ode_log_prob(lambda x_, t_: fn(x_, t_, cond), x.to(dev), process=self.process, steps=steps,
+                              t_min=c.t_min, probe=probe)
+            return lp.cpu() + corr
+        return log_prob_rows(self, rows, score, batch_size, seed)
+
+    def describe(self) -> dict:
+        out = super().describe()
+        if callable(self.log_prob):
+            out["likelihood"] = {"estimate": self.likelihood_kind, **self.config.likelihood.model_dump(mode="json")}
+        return out

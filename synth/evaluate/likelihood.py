@@ -40,10 +40,12 @@ def summarise(log_prob: np.ndarray, codec, estimate: str) -> dict:
 
 
 def held_out_likelihood(engine, rows: pa.Table | None, *, max_rows: int = 10_000, seed: int = 0) -> dict | None:
-    """The likelihood summary of at most `max_rows` held-out rows, or None for a model without a
-    likelihood (or no rows)."""
+    """The likelihood summary of at most `max_rows` held-out rows (and at most the engine's
+    `likelihood_rows`, where its estimator is costly: a diffusion model's ODE), or None for a model
+    without a likelihood (or no rows)."""
     if not callable(getattr(engine, "log_prob", None)) or rows is None or rows.num_rows == 0:
         return None
+    max_rows = min(max_rows, getattr(engine, "likelihood_rows", max_rows))
     if rows.num_rows > max_rows:
         rows = rows.take(np.random.default_rng(seed).choice(rows.num_rows, max_rows, replace=False))
     lp = engine.log_prob(rows, seed=seed)
