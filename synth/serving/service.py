@@ -257,7 +257,7 @@ class SamplingService:
 
     def model_info(self) -> dict[str, Any]:
         e, a = self.engine, self.args
-        kinds = e.codec.kinds()
+        kinds = e.output_kinds()
         conds = []
         for name in e.cond_columns:
             col = e.codec.categorical(name)
@@ -270,7 +270,7 @@ class SamplingService:
             "artifact_id": manifest.get("artifact_id"),
             "family": getattr(e, "family", "unknown"),
             "schema": [{"name": f.name, "arrow_type": str(f.type), "kind": kinds.get(f.name, "unknown"),
-                        "nullable": f.nullable} for f in e.codec.schema],
+                        "nullable": f.nullable} for f in e.output_schema()],
             "condition_columns": conds,
             "samplers": [{"name": s, "nfe_per_step": e.cost(s, 8, 1.0, conditioned=False) / 8,
                           "stochastic": SAMPLERS[s].stochastic}
