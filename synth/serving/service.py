@@ -107,7 +107,8 @@ class SamplingService:
         for name, value in conditions.items():
             if len(errors) >= MAX_ERRORS:
                 break
-            if name not in engine.cond_columns:
+            constrained = engine.constraints is not None and name in engine.constraints.owner  # mapped or refused
+            if name not in engine.cond_columns and not constrained:
                 errors.append(_problem(("conditions", _short(name)), f"{_short(name)!r} is not a condition column "
                                                                      "of this model (GET /v1/model lists them)"))
                 continue
@@ -118,7 +119,10 @@ class SamplingService:
             try:
                 engine.encode_conditions(1, {name: value[:1] if isinstance(value, list) else value})
                 if isinstance(value, list) and len(value) > 1:
-                    engine.codec.categorical(name).codes(value)
+                    if constrained:
+                        engine.encode_conditions(len(value), {name: value})
+                    else:
+                        engine.codec.categorical(name).codes(value)
             except ConfigError as e:
                 errors.append(_problem(("conditions", name), str(e)))
             except (TypeError, ValueError) as e:
@@ -130,14 +134,14 @@ class SamplingService:
             raise RequestProblem(errors[:MAX_ERRORS])
 
         guidance = self.defaults["guidance"] if req.guidance is None else float(req.guidance)
-        cond, requested = engine.encode_conditions(n, dict(req.conditions))
+        seeded = req.seed is not None
+        seed = req.seed if seeded else secrets.randbits(63)
+        cond, requested = engine.encode_conditions(n, dict(req.conditions), seed)
         steps = self.choose_steps(sampler, n, guidance) if req.steps is None else req.steps
         try:
             engine.validate_request(n, sampler, steps, guidance)
         except ConfigError as e:
             raise RequestProblem([_problem((), str(e))]) from None
-        seeded = req.seed is not None
-        seed = req.seed if seeded else secrets.randbits(63)
         job = make_job(engine, n, cond, requested, sampler, steps, guidance, seed, seeded, req.format)
         predicted = self.latency.predict(sampler, steps, n * job.net_factor)
         if predicted > a.max_request_s:

@@ -30,7 +30,7 @@ from typing import Annotated, Any, Literal, Union
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from synth.errors import ConfigError, DataError
 from synth.table.arrow_types import schema_from_b64, schema_to_b64
@@ -155,7 +155,15 @@ class Formula(_Spec):
         return f"{self.column} = {self.expression}"
 
 
-Constraint = Annotated[Union[Inequality, Range, FixedCombinations, Formula], Field(discriminator="kind")]
+def _kind(v) -> str | None:
+    return v.get("kind") if isinstance(v, dict) else getattr(v, "kind", None)
+
+
+Constraint = Annotated[Union[tuple(Annotated[m, Tag(m.model_fields["kind"].default)]  # type: ignore[misc]
+                                   for m in (Inequality, Range, FixedCombinations, Formula))],
+                      Discriminator(_kind, custom_error_type="constraint_kind",
+                                    custom_error_message="each constraint needs a kind: inequality, range, "
+                                                         "fixed_combinations or formula (docs/constraints.md)")]
 NUMERIC_KINDS = ("inequality", "range", "formula")
 
 
@@ -228,21 +236,40 @@ def _walk(node, names: list[str]) -> None:
             names.append(node.id)
         return None
     raise ValueError(f"expression may hold only column names, numbers, + - * / and parentheses, not "
-                     f"{type(node).__name__.lower()} {ast.unparse(node)[:40]!r}; write a column name with "
-                     "other characters as a plain identifier (rename the column)")
+                     f"{type(node).__name__.lower()} {ast.unparse(node)[:40]!r} (quote a column name that is not "
+                     "an identifier in backquotes: `hours-per-week` * 52)")
+
+
+def _parse(expression: str) -> tuple[ast.Expression, dict[str, str]]:
+    """The expression's syntax tree, with `quoted column names` (any characters but a backquote)
+    as placeholders, and the placeholder -> column map."""
+    parts = expression.split("`")
+    if len(parts) % 2 == 0:
+        raise ValueError(f"expression {expression!r} has an unclosed backquote")
+    names: dict[str, str] = {}
+    text = []
+    for k, part in enumerate(parts):
+        if k % 2:
+            key = f"_q{len(names)}"
+            names[key] = part
+            text.append(key)
+        else:
+            text.append(part)
+    try:
+        return ast.parse("".join(text).strip(), mode="eval"), names
+    except SyntaxError:
+        raise ValueError(f"expression {expression!r} is not valid arithmetic (quote column names that are not "
+                         "identifiers in backquotes: `hours-per-week` * 52)") from None
 
 
 def expression_columns(expression: str) -> list[str]:
     """The column names an arithmetic expression reads; anything else is refused."""
-    try:
-        tree = ast.parse(expression.strip(), mode="eval")
-    except SyntaxError:
-        raise ValueError(f"expression {expression!r} is not valid arithmetic") from None
+    tree, quoted = _parse(expression)
     names: list[str] = []
     _walk(tree, names)
     if not names:
         raise ValueError("the expression reads no column; a constant column needs no model")
-    return names
+    return [quoted.get(n, n) for n in names]
 
 
 def evaluate(expression: str, columns: dict[str, np.ndarray]) -> np.ndarray:
@@ -256,9 +283,9 @@ def evaluate(expression: str, columns: dict[str, np.ndarray]) -> np.ndarray:
             return -ev(node.operand) if isinstance(node.op, ast.USub) else ev(node.operand)
         if isinstance(node, ast.Constant):
             return float(node.value)
-        return columns[node.id]
+        return columns[quoted.get(node.id, node.id)]
 
-    tree = ast.parse(expression.strip(), mode="eval")
+    tree, quoted = _parse(expression)
     _walk(tree, [])
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         return np.asarray(ev(tree), dtype=np.float64) * np.ones(len(next(iter(columns.values()))))

@@ -1,0 +1,278 @@
+"""Constraints (docs/constraints.md): every rule holds on every sampled row, whatever the path
+(`engine.sample` = `synth sample`, the endpoint's batching and service, bulk synthesis on Ray), on
+Adult and on a table with datetimes and nulls; bad declarations are refused before any work, naming
+the constraint and never a value of the data."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from synth.config import RunConfig
+from synth.errors import ArtifactError, ConfigError, DataError
+from synth.families import load_engine
+from synth.train.fit import fit
+from synth.train.prepare import prepare
+
+TINY = {"family": "diffusion", "net": {"width": 64, "depth": 1, "embed_dim": 32}}
+ROWS = 100_000
+FAST = {"sampler": "ddim", "steps": 2}  # the rules do not depend on the sampler: keep 100k rows cheap
+
+
+def run(tmp, uri: str, constraints: list, steps: int = 40, **extra) -> dict:
+    return {"output": str(tmp), "data": {"uri": uri, **extra.pop("data", {})}, "model": TINY,
+            "train": {"steps": steps, "eval_every": steps, "batch_size": 256}, "evaluate": {"check": "warn"},
+            "constraints": constraints, **extra}
+
+
+# -- Adult, with a pair of columns for an inequality and a derived column for a formula ----------------
+ADULT_RULES = [
+    {"kind": "range", "column": "age", "min": 18, "max": 65},  # narrower than the data: rows outside are dropped
+    {"kind": "fixed_combinations", "columns": ["relationship", "sex"]},
+    {"kind": "inequality", "low": "hours-per-week", "high": "hours-max"},
+    {"kind": "formula", "column": "annual-hours", "expression": "`hours-per-week` * 52"},
+]
+
+
+@pytest.fixture(scope="module")
+def adult_data(tmp_path_factory) -> str:
+    t = pq.read_table("synth/datasets/adult.parquet")
+    rng = np.random.default_rng(0)
+    hours = t.column("hours-per-week").to_numpy()
+    t = t.append_column("hours-max", pa.array(hours + rng.integers(0, 30, t.num_rows)))
+    t = t.append_column("annual-hours", pa.array(hours * 52))
+    path = tmp_path_factory.mktemp("adult") / "adult.parquet"
+    pq.write_table(t, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def adult_model(adult_data, tmp_path_factory) -> str:
+    cfg = RunConfig.parse(run(tmp_path_factory.mktemp("cadult"), adult_data, ADULT_RULES,
+                              data={"constraint_violations": "drop"}))
+    return fit(cfg).artifact_uri
+
+
+def seen_combinations(path: str, columns: list[str], k: int = 10) -> set:
+    t = pq.read_table(path, columns=columns)
+    rows = list(zip(*(t.column(c).to_pylist() for c in columns)))
+    counts: dict = {}
+    for r in rows:
+        counts[r] = counts.get(r, 0) + 1
+    return {r for r, c in counts.items() if c >= k}
+
+
+def assert_adult_rules(t: pa.Table, adult_data: str) -> None:
+    age = t.column("age").to_numpy()
+    assert age.min() >= 18 and age.max() <= 65
+    assert (t.column("hours-max").to_numpy() >= t.column("hours-per-week").to_numpy()).all()
+    assert (t.column("annual-hours").to_numpy() == t.column("hours-per-week").to_numpy() * 52).all()
+    combos = set(zip(t.column("relationship").to_pylist(), t.column("sex").to_pylist()))
+    assert combos <= seen_combinations(adult_data, ["relationship", "sex"])
+
+
+def test_adult_rules_hold_on_100k_sampled_rows(adult_model, adult_data):
+    engine = load_engine(adult_model)
+    t = engine.sample(ROWS, seed=3, **FAST)
+    ref = pq.read_schema(adult_data).remove_metadata()
+    assert t.num_rows == ROWS and t.schema == ref  # the output schema is the data's, not the model table's
+    assert_adult_rules(t, adult_data)
+    m = engine.manifest
+    assert m["constraints"]["rows_dropped"] > 0 and "reparametrisation" in m["constraints"]["mechanism"]
+    assert [c["kind"] for c in m["constraints"]["constraints"]] == [r["kind"] for r in ADULT_RULES]
+    assert set(m["columns"]) == set(ref.names) and "constraints.json" in m["files"]
+    assert m["fit_check"]["verdict"] in ("ok", "weak", "failed") and m["fit_check"]["rows"] == 4000
+    # without the rules the same model table would break them: the codec's own range of age is wider
+    assert engine.codec.by_name.get("age") is None and "logit(age)" in engine.codec.by_name
+
+
+def test_conditions_on_a_constraints_columns(adult_model, adult_data):
+    engine = load_engine(adult_model)
+    t = engine.sample(2000, {"relationship": "Husband"}, seed=1, **FAST)
+    assert set(t.column("relationship").to_pylist()) == {"Husband"}
+    assert set(zip(t.column("relationship").to_pylist(), t.column("sex").to_pylist())) <= \
+        seen_combinations(adult_data, ["relationship", "sex"])
+    assert engine.sample(2000, {"relationship": "Husband"}, seed=1, **FAST).equals(t)
+    both = engine.sample(50, {"relationship": "Wife", "sex": "Female"}, seed=2, **FAST)
+    assert set(zip(both.column("relationship").to_pylist(), both.column("sex").to_pylist())) == {("Wife", "Female")}
+    with pytest.raises(ConfigError, match=r"not a combination constraints\[1\] \(fixed_combinations"):
+        engine.sample(5, {"relationship": "Wife", "sex": "Male"}, **FAST)
+    with pytest.raises(ConfigError, match=r"'age' is rewritten by constraints\[0\] \(range: 18 <= age <= 65\)"):
+        engine.sample(5, {"age": 30}, **FAST)
+
+
+def test_the_endpoint_and_sample_cli_apply_the_rules(adult_model, adult_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from synth.cli import app
+    from synth.serving import ServeArgs
+    from synth.serving.schemas import SampleRequest
+    from synth.serving.service import SamplingService
+
+    engine = load_engine(adult_model)
+    service = SamplingService(ServeArgs(artifact_uri=adult_model, calibrate=False), engine=engine)
+    jobs = [service.validate(SampleRequest(rows=3000, seed=s, format="arrow", conditions=c, **FAST))
+            for s, c in ((1, {}), (2, {"relationship": "Own-child"}), (3, {}))]
+    out, _ = service.run(jobs)
+    tables = [pa.ipc.open_stream(b).read_all() for b in out]
+    for t in tables:
+        assert_adult_rules(t, adult_data)
+    assert set(tables[1].column("relationship").to_pylist()) == {"Own-child"}
+    assert tables[0].equals(engine.sample(3000, seed=1, **FAST))  # the batched endpoint gives engine.sample's rows
+    info = service.model_info()
+    assert [f["name"] for f in info["schema"]] == pq.read_schema(adult_data).names
+    path = tmp_path / "rows.parquet"
+    r = CliRunner().invoke(app, ["sample", adult_model, "-n", "500", "-o", str(path), "--condition",
+                                 "sex=Female", "--steps", "2"])
+    assert r.exit_code == 0, r.output
+    t = pq.read_table(path)
+    assert set(t.column("sex").to_pylist()) == {"Female"}
+    assert_adult_rules(t, adult_data)
+
+
+@pytest.mark.ray
+def test_bulk_synthesis_on_ray_applies_the_rules(ray_session, adult_model, adult_data, tmp_path):
+    from synth.pipelines.synthesize import SynthesizeConfig, synthesize
+
+    out = tmp_path / "syn"
+    synthesize(SynthesizeConfig(artifact=adult_model, output=str(out), rows=3000, shard_rows=1500, batch_rows=1500,
+                                steps=2, actors=1, cpus_per_actor=0.5, conditions={"fixed": {"sex": "Male"}}))
+    t = pq.ParquetDataset(sorted(str(p) for p in out.glob("part-*.parquet"))).read()
+    assert t.num_rows == 3000 and set(t.column("sex").to_pylist()) == {"Male"}
+    assert_adult_rules(t, adult_data)
+
+
+def test_scoring_encodes_rows_through_the_rules(adult_model, adult_data):
+    from synth.engine.likelihood import log_prob_rows
+
+    engine = load_engine(adult_model)
+    rows = pq.read_table(adult_data).slice(0, 300)
+    seen = []
+    log_prob_rows(engine, rows, lambda x, g: seen.append(x) or x.sum(1))
+    expected = engine.codec.encode(engine.constraints.forward(rows), None, strict=False)
+    assert np.array_equal(seen[0].numpy(), expected)
+
+
+def test_a_changed_constraints_file_is_refused(adult_model, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(adult_model, copy)
+    doc = json.loads((copy / "constraints.json").read_text())
+    doc["transforms"][0]["lo"] = 0
+    (copy / "constraints.json").write_text(json.dumps(doc))
+    with pytest.raises(ArtifactError, match="constraints.json in artifact .* was modified"):
+        load_engine(str(copy))
+
+
+# -- a table with datetimes and nulls -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bookings(tmp_path_factory) -> str:
+    rng = np.random.default_rng(1)
+    n = 3000
+    checkin = np.datetime64("2024-01-01") + rng.integers(0, 360, n).astype("timedelta64[D]")
+    nights = rng.integers(1, 15, n)
+    checkout = checkin + nights.astype("timedelta64[D]")
+    price = np.round(rng.gamma(4, 30, n), 2)
+    city = rng.choice(["Paris", "Lyon", "Austin", "Dallas"], n)
+    state = np.where(np.isin(city, ["Paris", "Lyon"]), "FR", "TX")
+    no_in, no_out = rng.random(n) < 0.08, rng.random(n) < 0.05
+    no_price, no_state = rng.random(n) < 0.05, rng.random(n) < 0.04
+    t = pa.table({
+        "checkin": pa.array(checkin.astype("datetime64[us]"), mask=no_in),
+        "checkout": pa.array(checkout.astype("datetime64[us]"), mask=no_out),
+        "nights": pa.array(nights),
+        "price": pa.array(price, mask=no_price),
+        "total": pa.array(np.round(price * nights, 2), mask=no_price),
+        "city": pa.array(city),
+        "state": pa.array(state, mask=no_state),
+        "day": pa.array(checkin.astype("datetime64[D]"), pa.date32()),
+    })
+    path = tmp_path_factory.mktemp("bookings") / "bookings.parquet"
+    pq.write_table(t, path)
+    return str(path)
+
+
+BOOKING_RULES = [
+    {"kind": "inequality", "low": "checkin", "high": "checkout", "strict": True},
+    {"kind": "range", "column": "checkin", "min": "2024-01-01", "max": "2024-12-31"},
+    {"kind": "fixed_combinations", "columns": ["city", "state"]},
+    {"kind": "formula", "column": "total", "expression": "price * nights", "decimals": 2},
+    {"kind": "range", "column": "day", "min": "2024-01-01", "max": "2024-12-31"},
+]
+
+
+def test_datetimes_and_nulls_round_trip_and_the_rules_hold(bookings, tmp_path):
+    cfg = RunConfig.parse(run(tmp_path, bookings, BOOKING_RULES, steps=60, evaluate={"check": "off"}))
+    prep = prepare(cfg)
+    real = pq.read_table(bookings)
+    cons = prep.constraints
+    assert cons.inverse(cons.forward(real)).equals(real)  # exact on real rows, nulls included
+    engine = load_engine(fit(cfg).artifact_uri)
+    t = engine.sample(ROWS, seed=5, **FAST)
+    assert t.schema == real.schema.remove_metadata()
+    cin, cout = t.column("checkin"), t.column("checkout")
+    both = pc.and_(pc.is_valid(cin), pc.is_valid(cout))
+    assert pc.all(pc.less(pc.filter(cin, both), pc.filter(cout, both))).as_py()
+    assert cin.null_count > 0 and cout.null_count > 0  # nulls are modelled, not lost or crashed on
+    assert pc.sum(pc.and_(pc.is_null(cin), pc.is_valid(cout))).as_py() > 0  # the rule is off where checkin is null
+    days = pc.cast(pc.filter(cin, pc.is_valid(cin)), pa.int64()).to_numpy() // 86_400_000_000
+    lo, hi = np.datetime64("2024-01-01", "D").astype(int), np.datetime64("2024-12-31", "D").astype(int)
+    assert days.min() >= lo and days.max() <= hi
+    assert (pc.cast(pc.filter(cout, pc.is_valid(cout)), pa.int64()).to_numpy() % 86_400_000_000 == 0).all()
+    day = pc.cast(t.column("day"), pa.int32()).to_numpy()
+    assert day.min() >= lo and day.max() <= hi
+    seen = set(zip(real.column("city").to_pylist(), real.column("state").to_pylist()))
+    assert set(zip(t.column("city").to_pylist(), t.column("state").to_pylist())) <= seen
+    price, nights, total = (t.column(c).to_numpy(zero_copy_only=False) for c in ("price", "nights", "total"))
+    ok = ~np.isnan(price.astype(float))
+    assert np.array_equal(total[ok].astype(float), np.round(price[ok].astype(float) * nights[ok], 2))
+    assert t.column("total").null_count == t.column("price").null_count > 0
+
+
+# -- bad input: refused before any work, naming the constraint, never a data value ---------------------
+@pytest.mark.parametrize("rules,says", [
+    ([{"kind": "range", "column": "age", "min": 65, "max": 18}], r"constraints\[0\]: min \(65\) is above max \(18\)"),
+    ([{"kind": "range", "column": "age"}], "a range needs min, max, low_column or high_column"),
+    ([{"kind": "formula", "column": "t", "expression": "__import__('os').system('x')"}],
+     "may hold only column names, numbers"),
+    ([{"kind": "formula", "column": "t", "expression": "a ** 2"}], "may hold only column names, numbers"),
+    ([{"kind": "inequality", "low": "age", "high": "fnlwgt"}, {"kind": "range", "column": "fnlwgt", "min": 1}],
+     r"constraints\[1\] \(range: 1 <= fnlwgt\) and constraints\[0\] \(inequality: age <= fnlwgt\) both "
+     r"constrain column 'fnlwgt'"),
+    ([{"kind": "inequality", "low": "a", "high": "b"}, {"kind": "inequality", "low": "b", "high": "a"}],
+     "depend on each other in a cycle"),
+    ([{"kind": "shape", "column": "a"}], r"constraints\[0\]: each constraint needs a kind: inequality, range"),
+    ([{"kind": "range", "column": "a", "mn": 3}], r"unknown field 'mn' in constraints\[0\]; .* \(did you mean 'min'\?\)"),
+])
+def test_bad_declarations_are_refused_at_config_load(rules, says):
+    with pytest.raises(ConfigError, match=says):
+        RunConfig.parse({"constraints": rules})
+
+
+def test_constraints_with_privacy_or_an_override_are_refused():
+    with pytest.raises(ConfigError, match="not implemented for private runs"):
+        RunConfig.parse({"privacy": {"enabled": True, "epsilon": 1.0}, "constraints": [{"kind": "range", "column": "age", "min": 1}]})
+    with pytest.raises(ConfigError, match=r"constraints\[0\] \(range: 1 <= age\) rewrites column 'age'.*overrides"):
+        RunConfig.parse({"data": {"codec": {"overrides": {"age": "categorical"}}},
+                         "constraints": [{"kind": "range", "column": "age", "min": 1}]})
+
+
+@pytest.mark.parametrize("rules,error,says", [
+    ([{"kind": "range", "column": "agee", "min": 1}], ConfigError, r"constraints\[0\] .* names column\(s\) \['agee'\]"),
+    ([{"kind": "formula", "column": "age", "expression": "sex * 2"}], ConfigError,
+     r"constraints\[0\] \(formula: age = sex \* 2\): column 'sex' is string; a formula works on integer"),
+    ([{"kind": "inequality", "low": "education", "high": "age"}], ConfigError, "numeric or datetime columns only"),
+    ([{"kind": "range", "column": "age", "min": 20, "max": 60}], DataError,
+     r"rows break the declared constraints \(constraints\[0\] \(range: 20 <= age <= 60\): \d+ row\(s\)\).*"
+     r"constraint_violations: drop"),
+    ([{"kind": "formula", "column": "capital-gain", "expression": "`capital-loss` * 2"}], DataError,
+     r"constraints\[0\] \(formula"),
+])
+def test_the_data_is_checked_before_training(rules, error, says, tmp_path):
+    with pytest.raises(error, match=says) as e:
+        prepare(RunConfig.parse({"output": str(tmp_path), "constraints": rules}))
+    assert "Traceback" not in str(e.value) and "90" not in str(e.value)  # no value of the data (age max is 90)
