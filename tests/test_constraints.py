@@ -276,3 +276,66 @@ def test_the_data_is_checked_before_training(rules, error, says, tmp_path):
     with pytest.raises(error, match=says) as e:
         prepare(RunConfig.parse({"output": str(tmp_path), "constraints": rules}))
     assert "Traceback" not in str(e.value) and "90" not in str(e.value)  # no value of the data (age max is 90)
+
+
+# -- the transforms alone: exact on real rows, never violated from any model table --------------------
+def _random_model_table(model: pa.Table, rng) -> pa.Table:
+    """What a (bad) model could decode: every rewritten numeric column replaced by wild values."""
+    for i, f in enumerate(model.schema):
+        if f.name.startswith("logit(") or " - " in f.name or f.name.startswith("max - "):
+            n = model.num_rows
+            if pa.types.is_integer(f.type):
+                arr = pa.array(rng.integers(-1000, 1000, n), f.type)
+            else:
+                arr = pa.array(rng.normal(0, 50, n), f.type)
+            model = model.set_column(i, f, arr)
+    return model
+
+
+def test_transforms_round_trip_and_cannot_be_violated():
+    from pydantic import TypeAdapter
+
+    from synth.table import CodecConfig
+    from synth.table.constraints import Constraint, Constraints
+
+    rng = np.random.default_rng(2)
+    n = 4000
+    lo = rng.normal(0, 10, n)
+    hi = lo + rng.gamma(2, 3, n)
+    x = lo + rng.random(n) * (hi - lo)
+    a, b = rng.integers(0, 50, n), rng.integers(0, 9, n)
+    t = pa.table({
+        "lo": pa.array(lo, mask=rng.random(n) < 0.1), "hi": pa.array(hi, mask=rng.random(n) < 0.1),
+        "x": pa.array(x, mask=rng.random(n) < 0.05), "cap": pa.array(rng.integers(0, 100, n)),
+        "a": pa.array(a, mask=rng.random(n) < 0.1), "b": pa.array(b), "sum": pa.array(a + 2 * b, pa.int32()),
+        "g": pa.array(rng.uniform(0, 1, n)), "h": pa.array(rng.uniform(1.5, 3, n)),
+    })
+    rules = [{"kind": "range", "column": "x", "low_column": "lo", "high_column": "hi"},
+             {"kind": "range", "column": "cap", "max": 99.5},
+             {"kind": "formula", "column": "sum", "expression": "a + 2*b"},
+             {"kind": "inequality", "low": "g", "high": "h", "strict": True}]
+    specs = [TypeAdapter(Constraint).validate_python(r) for r in rules]
+    cons, kept = Constraints.fit(specs, t, CodecConfig())
+    assert kept.num_rows == n
+    model = cons.forward(t)
+    assert "x (rule off)" in model.schema.names and "sum (rule off)" in model.schema.names
+    assert "sum" not in model.schema.names and "max - cap" in model.schema.names
+    back = cons.inverse(model)
+    for c in ("lo", "hi", "cap", "a", "b", "sum"):
+        assert back.column(c).equals(t.column(c)), c
+    for c in ("x", "h"):  # floats: high - low + low is high up to its last bits
+        xs, xt = back.column(c).to_numpy(zero_copy_only=False), t.column(c).to_numpy(zero_copy_only=False)
+        assert back.column(c).null_count == t.column(c).null_count
+        assert np.allclose(xs.astype(float), xt.astype(float), equal_nan=True, rtol=1e-9, atol=1e-9)
+    for seed in range(3):
+        out = cons.inverse(_random_model_table(model, np.random.default_rng(seed)))
+        v = {c: out.column(c).to_numpy(zero_copy_only=False).astype(float) for c in out.schema.names}
+        ok = ~np.isnan(v["lo"]) & ~np.isnan(v["hi"]) & ~np.isnan(v["x"])
+        assert ((v["x"][ok] >= v["lo"][ok]) & (v["x"][ok] <= v["hi"][ok])).all()
+        assert v["cap"].max() <= 99
+        ok = ~np.isnan(v["a"])
+        assert (v["sum"][ok] == v["a"][ok] + 2 * v["b"][ok]).all()
+        assert (v["h"] > v["g"]).all()
+    with pytest.raises(DataError, match=r"constraints\[0\] \(inequality: hi <= lo\): \d+ row\(s\)"):
+        Constraints.fit([TypeAdapter(Constraint).validate_python({"kind": "inequality", "low": "hi", "high": "lo"})],
+                        t, CodecConfig())

@@ -565,8 +565,7 @@ class Combinations(Transform):
         out = []
         for i, c in enumerate(self.combos):
             vals = json.loads(c)
-            if all(vals[j] == v and type(vals[j]) is type(v) or vals[j] == v and not isinstance(v, bool)
-                   for j, v in pos.items()):
+            if all(vals[j] == v and isinstance(vals[j], bool) == isinstance(v, bool) for j, v in pos.items()):
                 out.append(i)
         return out
 
@@ -617,8 +616,8 @@ class FormulaColumn(Transform):
 
     def forward(self, table: pa.Table) -> pa.Table:
         _, _, off = self.compute(table)
-        if self.keep:
-            table = _put(table, self.keep, _mask(_column(table, self.spec.column), ~off), at=self.spec.column)
+        if self.keep:  # in the column's place
+            return _put(table, self.keep, _mask(_column(table, self.spec.column), ~off), at=self.spec.column)
         return table.drop_columns([self.spec.column])
 
     def inverse(self, table: pa.Table, uniforms=None) -> pa.Table:
@@ -663,9 +662,10 @@ class Constraints:
                     need = "integer or floating-point" if s.kind == "formula" else "numeric or datetime"
                     raise ConfigError(f"{label(i, s)}: column {c!r} is {t}; a {s.kind} works on {need} columns "
                                       "only (use fixed_combinations for categorical columns)")
-                if s.kind == "fixed_combinations" and k == "float":
-                    raise ConfigError(f"{label(i, s)}: column {c!r} holds floating-point numbers; fixed combinations "
-                                      "are for categorical, boolean or integer columns")
+                if s.kind == "fixed_combinations" and not (pa.types.is_string(t) or pa.types.is_large_string(t)
+                                                           or pa.types.is_boolean(t) or pa.types.is_integer(t)):
+                    raise ConfigError(f"{label(i, s)}: column {c!r} is {t}; fixed combinations are for categorical "
+                                      "(string), boolean or integer columns")
         kinds = [{c: _numeric_kind(_value_type(table.schema.field(c).type)) for c in s.targets() + s.reads()}
                  for s in specs]
         for i, s in enumerate(specs):
@@ -750,6 +750,11 @@ class Constraints:
         for i in self.order:
             table = self.transforms[i].inverse(table, uniforms)
         return table.select([f.name for f in self.output_fields(table)]).cast(pa.schema(self.output_fields(table)))
+
+    def model_kinds(self) -> dict[str, str]:
+        """Codec kinds the model columns must have (added to data.codec.overrides): a joint column is
+        categorical even when its many combinations would look like an identifier."""
+        return {t.name: "categorical" for t in self.transforms if isinstance(t, Combinations)}
 
     def output_fields(self, model_table: pa.Table) -> list[pa.Field]:
         have = set(model_table.schema.names)

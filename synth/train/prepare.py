@@ -35,10 +35,11 @@ def prepare(cfg: RunConfig) -> Prepared:
     plans its budget first (refusing what would exceed it) and builds the codec from the declared
     schema, plus noised histograms when preprocessing is dp: never from TableStats."""
     train, val, test = load_splits(cfg.data.uri, cfg.data.split)
-    constraints = None
+    constraints, codec_cfg = None, cfg.data.codec
     if cfg.constraints:  # checked on the training rows, which the model then learns in unconstrained columns
         constraints, train = Constraints.fit(cfg.constraints, train, cfg.data.codec, cfg.data.constraint_violations)
         train, val = constraints.forward(train), constraints.forward(val)
+        codec_cfg = codec_cfg.model_copy(update={"overrides": {**codec_cfg.overrides, **constraints.model_kinds()}})
     plan = None
     if cfg.privacy.enabled:
         from synth.privacy import preprocess
@@ -50,7 +51,7 @@ def prepare(cfg: RunConfig) -> Prepared:
         counts = preprocess.exact_counts(train, cfg.privacy, fields) if plan.preprocessing == "dp" else None
         codec = preprocess.private_codec(train.schema, cfg.data.codec, cfg.privacy, plan, counts)
     else:
-        codec = TableCodec.fit([train], cfg.data.codec, schema=train.schema)
+        codec = TableCodec.fit([train], codec_cfg, schema=train.schema)
     if cfg.data.target is not None and cfg.data.target not in codec.by_name:
         raise ConfigError(f"data.target names column {cfg.data.target!r}, which is not modelled; "
                           f"columns are {list(codec.by_name)}")
