@@ -245,6 +245,9 @@ def test_datetimes_and_nulls_round_trip_and_the_rules_hold(bookings, tmp_path):
      r"constrain column 'fnlwgt'"),
     ([{"kind": "inequality", "low": "a", "high": "b"}, {"kind": "inequality", "low": "b", "high": "a"}],
      "depend on each other in a cycle"),
+    ([{"kind": "range", "column": "x", "low_column": "a", "high_column": "b"}],
+     r"constraints\[0\] \(range: a <= x <= b\) needs a <= b on every row.*add \{kind: inequality, low: a, high: b\}"),
+    ([{"kind": "range", "column": "x", "low_column": "a", "max": 3}], "give both bounds as columns or both as constants"),
     ([{"kind": "shape", "column": "a"}], r"constraints\[0\]: each constraint needs a kind: inequality, range"),
     ([{"kind": "range", "column": "a", "mn": 3}], r"unknown field 'mn' in constraints\[0\]; .* \(did you mean 'min'\?\)"),
 ])
@@ -311,6 +314,7 @@ def test_transforms_round_trip_and_cannot_be_violated():
         "g": pa.array(rng.uniform(0, 1, n)), "h": pa.array(rng.uniform(1.5, 3, n)),
     })
     rules = [{"kind": "range", "column": "x", "low_column": "lo", "high_column": "hi"},
+             {"kind": "inequality", "low": "lo", "high": "hi"},
              {"kind": "range", "column": "cap", "max": 99.5},
              {"kind": "formula", "column": "sum", "expression": "a + 2*b"},
              {"kind": "inequality", "low": "g", "high": "h", "strict": True}]
@@ -336,6 +340,7 @@ def test_transforms_round_trip_and_cannot_be_violated():
         ok = ~np.isnan(v["a"])
         assert (v["sum"][ok] == v["a"][ok] + 2 * v["b"][ok]).all()
         assert (v["h"] > v["g"]).all()
+    assert "hi (rule off)" in model.schema.names and "hi - lo" in model.schema.names
     with pytest.raises(DataError, match=r"constraints\[0\] \(inequality: hi <= lo\): \d+ row\(s\)"):
         Constraints.fit([TypeAdapter(Constraint).validate_python({"kind": "inequality", "low": "hi", "high": "lo"})],
                         t, CodecConfig())

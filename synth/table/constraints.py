@@ -95,6 +95,10 @@ class Range(_Spec):
             raise ValueError(f"min ({self.min}) is after max ({self.max}); swap them")
         if self.column in (self.low_column, self.high_column):
             raise ValueError(f"column {self.column!r} cannot bound itself")
+        if (self.low_column is None) != (self.high_column is None) and (self.min is not None or self.max is not None):
+            raise ValueError("give both bounds as columns or both as constants: a bounding column could pass the "
+                             "constant bound on some row, and then no value fits (bound the column itself with "
+                             "another constraint instead)")
         return self
 
     def targets(self) -> list[str]:
@@ -185,6 +189,10 @@ def check_specs(specs: list, codec_cfg) -> None:
                                   "low_column/high_column together) or drop one")
             owner[c] = i
     for i, s in enumerate(specs):
+        if s.kind == "range" and s.low_column is not None and s.high_column is not None and not any(
+                o.kind == "inequality" and (o.low, o.high) == (s.low_column, s.high_column) for o in specs):
+            raise ConfigError(f"{label(i, s)} needs {s.low_column} <= {s.high_column} on every row, or no value fits "
+                              f"between them: add {{kind: inequality, low: {s.low_column}, high: {s.high_column}}}")
         for c in s.targets() + s.reads():
             if c in codec_cfg.ignore:
                 raise ConfigError(f"{label(i, s)} uses column {c!r}, which data.codec.ignore leaves out of the model; "
