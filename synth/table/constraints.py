@@ -547,18 +547,24 @@ class Combinations(Transform):
         return [self.combos[i] for i in idx[k]]
 
     def inverse(self, table: pa.Table, uniforms=None) -> pa.Table:
-        labels = _column(table, self.name).to_pylist()
-        unknown = [i for i, v in enumerate(labels) if v not in self._known]
-        if unknown:  # the codec's rare slot (value protection): a stored combination by frequency
+        enc = _column(table, self.name).dictionary_encode()  # each distinct label is parsed once
+        labels = enc.dictionary.to_pylist()
+        codes = enc.indices.fill_null(len(labels)).to_numpy(zero_copy_only=False).astype(np.int64)
+        labels.append(None)
+        unknown = np.flatnonzero(np.isin(codes, [k for k, v in enumerate(labels) if v not in self._known]))
+        if len(unknown):  # the codec's rare slot (value protection): a stored combination by frequency
             u = (uniforms.uniforms(f"constraint:{self.index}")[unknown] if uniforms is not None
                  else np.full(len(unknown), 0.5))
-            for i, v in zip(unknown, self.draw(u)):
-                labels[i] = v
-        rows = [json.loads(v) for v in labels]
+            index = {v: k for k, v in enumerate(labels)}
+            for v in set(self.combos) - set(index):
+                index[v] = len(labels)
+                labels.append(v)
+            codes[unknown] = [index[v] for v in self.draw(u)]
+        parsed = [json.loads(v) if v in self._known else None for v in labels]
         for j, (c, t) in enumerate(zip(self.spec.columns, self.types)):
             typ = _type_any(t)
             vt = typ.value_type if pa.types.is_dictionary(typ) else typ
-            arr = pa.array([r[j] for r in rows], vt)
+            arr = pa.array([p[j] if p is not None else None for p in parsed], vt).take(pa.array(codes))
             if pa.types.is_dictionary(typ):
                 arr = arr.dictionary_encode().cast(typ)
             table = _put(table, c, arr, at=self.name) if j == 0 else _put(table, c, arr)
@@ -693,7 +699,10 @@ class Constraints:
             bad |= v
         if bad.any():
             if violations != "drop":
-                lines = [f"{t.label()}: {c} row(s)" for t, c in zip(transforms, counts) if c]
+                lines = [f"{t.label()}: {c} row(s)" + (" (a formula over rounded values needs `decimals`)"
+                                                      if t.spec.kind == "formula" and t.spec.decimals is None
+                                                      and t.kind == "float" else "")
+                         for t, c in zip(transforms, counts) if c]
                 raise DataError(f"{int(bad.sum())} of {table.num_rows} training rows break the declared constraints "
                                 f"({'; '.join(lines)}); fix the data or the constraint, or set "
                                 "data.constraint_violations: drop to leave those rows out of training")
