@@ -344,3 +344,8 @@ def test_transforms_round_trip_and_cannot_be_violated():
     with pytest.raises(DataError, match=r"constraints\[0\] \(inequality: hi <= lo\): \d+ row\(s\)"):
         Constraints.fit([TypeAdapter(Constraint).validate_python({"kind": "inequality", "low": "hi", "high": "lo"})],
                         t, CodecConfig())
+
+
+def test_the_example_config_is_valid():
+    cfg = RunConfig.from_yaml("configs/adult-constraints.yaml")
+    assert [c.kind for c in cfg.constraints] == ["range", "fixed_combinations", "fixed_combinations", "range"]

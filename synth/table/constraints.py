@@ -30,6 +30,7 @@ from typing import Annotated, Any, Literal, Union
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from synth.errors import ConfigError, DataError
@@ -461,7 +462,6 @@ class Bounded(Transform):
         marr = _column(table, self.name)
         m, mnull = _values(marr, "float")
         lo, hi, off = self._bounds(table)
-        n = table.num_rows
         if self.two_sided:
             u = 1.0 / (1.0 + np.exp(-np.clip(m, -700, 700)))
             if self.kind == "float":
@@ -486,17 +486,13 @@ class Bounded(Transform):
         null = mnull | off
         out = _array(np.where(null, 0, x), null, self.kind, t)
         if self.keep:  # rows the rule does not apply to carry their own value
-            kept = _column(table, self.keep).cast(t)
-            out = pa.array(np.where(off, np.asarray(kept.to_pylist(), dtype=object), np.asarray(out.to_pylist(),
-                                                                                               dtype=object)).tolist(), t)
+            out = pc.if_else(pa.array(off), _column(table, self.keep).cast(t), out)
             table = table.drop_columns([self.keep])
         return _put(table, self.target, out, at=self.name)
 
 
 def _mask(arr: pa.Array, hide: np.ndarray) -> pa.Array:
     """`arr` with the cells where `hide` is true set to null."""
-    import pyarrow.compute as pc
-
     return pc.if_else(pa.array(hide), pa.nulls(len(arr), arr.type), arr)
 
 
@@ -639,9 +635,7 @@ class FormulaColumn(Transform):
         y, undefined, off = self.compute(table)
         out = _array(y, undefined | off, self.kind, t)
         if self.keep:
-            kept = _column(table, self.keep).cast(t)
-            out = pa.array(np.where(off, np.asarray(kept.to_pylist(), dtype=object),
-                                    np.asarray(out.to_pylist(), dtype=object)).tolist(), t)
+            out = pc.if_else(pa.array(off), _column(table, self.keep).cast(t), out)
             return _put(table, self.spec.column, out, at=self.keep)
         return _put(table, self.spec.column, out)
 
@@ -755,11 +749,16 @@ class Constraints:
     # -- the transforms -------------------------------------------------------------------------
     def forward(self, table: pa.Table) -> pa.Table:
         """Rows in the output schema -> the model table the codec encodes (the rules' inverse order, reversed)."""
-        missing = [c for c in self.schema.names if c in self.owner and c not in table.schema.names]
+        used = dict.fromkeys(c for t in self.transforms for c in t.spec.targets() + t.spec.reads())
+        missing = [c for c in used if c not in table.schema.names]
         if missing:
             raise DataError(f"the rows lack columns {missing} that the model's constraints read")
-        for i in reversed(self.order):
-            table = self.transforms[i].forward(table)
+        try:
+            for i in reversed(self.order):
+                table = self.transforms[i].forward(table)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError) as e:
+            raise DataError(f"the rows do not match the types of the columns the model's constraints read "
+                            f"({str(e).splitlines()[0][:200]}); the model expects {self.schema}") from None
         return table
 
     def inverse(self, table: pa.Table, uniforms=None) -> pa.Table:
