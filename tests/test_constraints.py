@@ -126,6 +126,9 @@ def test_the_endpoint_and_sample_cli_apply_the_rules(adult_model, adult_data, tm
     assert tables[0].equals(engine.sample(3000, seed=1, **FAST))  # the batched endpoint gives engine.sample's rows
     info = service.model_info()
     assert [f["name"] for f in info["schema"]] == pq.read_schema(adult_data).names
+    listed = {c["name"]: c["values"] for c in info["condition_columns"]}
+    assert "relationship & sex" not in listed and set(listed["sex"]) == {"Male", "Female"}
+    assert "Wife" in listed["relationship"]
     path = tmp_path / "rows.parquet"
     r = CliRunner().invoke(app, ["sample", adult_model, "-n", "500", "-o", str(path), "--condition",
                                  "sex=Female", "--steps", "2"])

@@ -263,9 +263,10 @@ class SamplingService:
         e, a = self.engine, self.args
         kinds = e.output_kinds()
         conds = []
-        for name in e.cond_columns:
-            col = e.codec.categorical(name)
-            values = list(col.categories) + list(col.tail_values)
+        mapped = e.constraints.condition_columns(e.cond_columns) if e.constraints is not None else None
+        for name in e.cond_columns if mapped is None else mapped:
+            col = e.codec.categorical(name) if mapped is None or mapped[name] is None else None
+            values = list(col.categories) + list(col.tail_values) if col is not None else mapped[name]
             conds.append({"name": name, "values": values[:MAX_LISTED_VALUES],
                           "truncated": len(values) > MAX_LISTED_VALUES})
         manifest = getattr(e, "manifest", None) or {}

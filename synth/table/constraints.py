@@ -835,6 +835,18 @@ class Constraints:
             out[t.name] = labels
         return out
 
+    def condition_columns(self, model_columns: list[str]) -> dict[str, list | None]:
+        """The columns a request may condition on, given the model's condition columns: a fixed
+        combination's joint column is replaced by its columns (with their known values); others map to None."""
+        joint = {t.name: t for t in self.transforms if isinstance(t, Combinations)}
+        out: dict[str, list | None] = {}
+        for name in model_columns:
+            if name in joint:
+                out.update({c: joint[name].values(c) for c in joint[name].spec.columns})
+            else:
+                out[name] = None
+        return out
+
     def condition_values(self, name: str) -> list | None:
         """The known values of a fixed-combination column (what a condition on it may give), else None."""
         t = self.owner.get(name)
