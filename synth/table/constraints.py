@@ -334,6 +334,19 @@ def _values(arr: pa.Array, kind: str) -> tuple[np.ndarray, np.ndarray]:
     return arr.cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False).astype(np.float64), null
 
 
+def _ticks(arr: pa.Array, t: pa.DataType, up: bool | None) -> tuple[np.ndarray, np.ndarray]:
+    """Datetimes as int64 counts of the unit of type `t` (the constrained column's), rounded up (a
+    lower bound), down (an upper bound) or exactly (None: the column itself), and the null mask."""
+    from synth.table.stats import _unit_ns
+
+    v, null = _values(arr, "time")
+    have, want = _unit_ns(arr.type), _unit_ns(t)
+    if have == want:
+        return v, null
+    ns = v * have
+    return (-((-ns) // want) if up else ns // want), null
+
+
 def _array(x: np.ndarray, null: np.ndarray, kind: str, t: pa.DataType) -> pa.Array:
     mask = null if null.any() else None
     if kind == "time":
@@ -408,9 +421,9 @@ class Bounded(Transform):
         n = table.num_rows
         off = np.zeros(n, dtype=bool)  # rows where a bound column is null: the rule does not apply
         out = []
-        for col, const in ((self.low_col, self.lo), (self.high_col, self.hi)):
+        for col, const, up in ((self.low_col, self.lo, True), (self.high_col, self.hi, False)):
             if col is not None:
-                v, null = self._scaled(_column(table, col))
+                v, null = self._scaled(_column(table, col), up)
                 off |= null
                 out.append(v)
             else:
@@ -418,11 +431,14 @@ class Bounded(Transform):
                                                                else np.int64))
         return out[0], out[1], off
 
-    def _scaled(self, arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-        v, null = _values(arr, _numeric_kind(arr.type))
+    def _scaled(self, arr: pa.Array, up: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Values in the model's units: datetimes in steps of the constrained column's unit, a lower
+        bound rounded up and an upper bound down (the same rule for integer values)."""
         if self.kind == "time":
-            v = v // self.step
-        elif self.kind == "float":
+            v, null = _ticks(arr, _type(self.arrow_type), up)
+            return (-((-v) // self.step) if up else v // self.step), null
+        v, null = _values(arr, _numeric_kind(arr.type))
+        if self.kind == "float":
             v = v.astype(np.float64)
         return v, null
 
@@ -732,8 +748,9 @@ class Constraints:
         step = 1
         if kind == "time":
             g = 0
-            for c in [target] + s.reads():
-                v, null = _values(_column(table, c), "time")
+            high = getattr(s, "high_column", None)
+            for c in [target] + s.reads():  # in the target's unit: bounds rounded inwards
+                v, null = _ticks(_column(table, c), t, up=None if c == target else c != high)
                 v = v[~null]
                 if len(v):
                     g = math.gcd(g, int(np.gcd.reduce(np.abs(v - v.min()))), int(abs(v.min())))
