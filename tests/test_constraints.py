@@ -352,3 +352,33 @@ def test_transforms_round_trip_and_cannot_be_violated():
 def test_the_example_config_is_valid():
     cfg = RunConfig.from_yaml("configs/adult-constraints.yaml")
     assert [c.kind for c in cfg.constraints] == ["range", "fixed_combinations", "fixed_combinations", "range"]
+
+
+def test_datetimes_of_different_units_and_time_zones():
+    from pydantic import TypeAdapter
+
+    from synth.table import CodecConfig
+    from synth.table.constraints import Constraint, Constraints
+
+    rng = np.random.default_rng(0)
+    n = 500
+    ts = np.datetime64("2024-03-01T00:00:00", "s") + rng.integers(0, 86400 * 30, n).astype("timedelta64[s]")
+    later = ts.astype("datetime64[ms]") + rng.integers(1, 5000, n).astype("timedelta64[ms]")
+    t = pa.table({"t": pa.array(ts).cast(pa.timestamp("s", tz="Europe/Paris")),
+                  "u": pa.array(later).cast(pa.timestamp("ms", tz="Europe/Paris")),
+                  "d": pa.array(ts.astype("datetime64[D]") + np.timedelta64(1, "D"), pa.date32())})
+    specs = [TypeAdapter(Constraint).validate_python(r) for r in (
+        {"kind": "range", "column": "t", "min": "2024-03-01", "max": "2024-04-01"},
+        {"kind": "inequality", "low": "t", "high": "u", "strict": True},
+        {"kind": "inequality", "low": "t", "high": "d"})]
+    cons, _ = Constraints.fit(specs, t, CodecConfig())
+    model = cons.forward(t)
+    assert cons.inverse(model).equals(t)
+    wild = model.set_column(1, "u - t", pa.array(rng.integers(-3, 3, n))).set_column(2, "d - t", pa.array(
+        rng.integers(-3, 3, n)))
+    out = cons.inverse(wild)
+    ns = {c: pc.cast(pc.cast(out.column(c), pa.timestamp("ns")), pa.int64()).to_numpy() for c in ("t", "u", "d")}
+    assert (ns["u"] > ns["t"]).all() and (ns["d"] >= ns["t"]).all()
+    with pytest.raises(DataError, match=r"500 of 500 training rows .* constraints\[0\] \(inequality: u < t\)"):
+        Constraints.fit([TypeAdapter(Constraint).validate_python({"kind": "inequality", "low": "u", "high": "t",
+                                                                  "strict": True})], t, CodecConfig())
