@@ -52,7 +52,8 @@ def prepare(cfg: RunConfig) -> Prepared:
         codec = preprocess.private_codec(train.schema, cfg.data.codec, cfg.privacy, plan, counts)
     else:
         codec = TableCodec.fit([train], codec_cfg, schema=train.schema)
-    if cfg.data.target is not None and cfg.data.target not in codec.by_name:
+    if cfg.data.target is not None and cfg.data.target not in codec.by_name and not (
+            constraints is not None and cfg.data.target in constraints.owner):  # a constraint's column is output
         raise ConfigError(f"data.target names column {cfg.data.target!r}, which is not modelled; "
                           f"columns are {list(codec.by_name)}")
     split = {"method": "row-content hash", **cfg.data.split.model_dump(),
