@@ -83,7 +83,8 @@ class Range(_Spec):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.min is not None and self.low_column is not None or self.max is not None and self.high_column is not None:
+        if (self.min is not None and self.low_column is not None
+                or self.max is not None and self.high_column is not None):
             raise ValueError("give each bound once: min or low_column, max or high_column")
         if self.min is None and self.max is None and self.low_column is None and self.high_column is None:
             raise ValueError("a range needs min, max, low_column or high_column")
@@ -185,8 +186,8 @@ def check_specs(specs: list, codec_cfg) -> None:
         for c in s.targets():
             if c in owner:
                 j = owner[c]
-                raise ConfigError(f"{label(i, s)} and {label(j, specs[j])} both constrain column {c!r}; a column can be "
-                                  "rewritten by one constraint only: merge them (a range takes min/max and "
+                raise ConfigError(f"{label(i, s)} and {label(j, specs[j])} both constrain column {c!r}; a column "
+                                  "can be rewritten by one constraint only: merge them (a range takes min/max and "
                                   "low_column/high_column together) or drop one")
             owner[c] = i
     for i, s in enumerate(specs):
@@ -395,12 +396,14 @@ class Bounded(Transform):
 
     def __init__(self, index: int, spec, kind: str, arrow_type: str, step: int, keep: str | None,
                  lo: float | None = None, hi: float | None = None):
-        self.index, self.spec, self.kind, self.arrow_type, self.step, self.keep = index, spec, kind, arrow_type, step, keep
+        self.index, self.spec, self.kind, self.arrow_type = index, spec, kind, arrow_type
+        self.step, self.keep = step, keep
         self.lo, self.hi = lo, hi  # constant bounds in the model's units (ticks // step for datetimes)
         if spec.kind == "inequality":
             self.target, self.low_col, self.high_col, self.strict = spec.high, spec.low, None, spec.strict
         else:
-            self.target, self.low_col, self.high_col, self.strict = spec.column, spec.low_column, spec.high_column, False
+            self.target, self.low_col, self.high_col = spec.column, spec.low_column, spec.high_column
+            self.strict = False
         two = (lo is not None or self.low_col is not None) and (hi is not None or self.high_col is not None)
         self.two_sided = two
         self.name = f"logit({self.target})" if two else (
@@ -760,7 +763,8 @@ class Constraints:
             lo = _const(s.min, kind, t, step, up=True, where=label(i, s))
             hi = _const(s.max, kind, t, step, up=False, where=label(i, s))
             if lo is not None and hi is not None and lo > hi:
-                raise ConfigError(f"{label(i, s)}: no {kind_name(kind)} value lies between min and max; widen the range")
+                raise ConfigError(f"{label(i, s)}: no {kind_name(kind)} value lies between min and max; "
+                                  "widen the range")
         return Bounded(i, s, kind, str(t), step, keep, lo, hi)
 
     # -- the transforms -------------------------------------------------------------------------
@@ -891,7 +895,8 @@ class Constraints:
         for t in d["transforms"]:
             spec = adapter.validate_python(t["spec"])
             if t["type"] == "Bounded":
-                out.append(Bounded(t["index"], spec, t["kind"], t["arrow_type"], t["step"], t["keep"], t["lo"], t["hi"]))
+                out.append(Bounded(t["index"], spec, t["kind"], t["arrow_type"], t["step"], t["keep"], t["lo"],
+                                   t["hi"]))
             elif t["type"] == "Combinations":
                 out.append(Combinations(t["index"], spec, t["types"], t["combos"], t["counts"]))
             elif t["type"] == "FormulaColumn":
