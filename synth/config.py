@@ -118,9 +118,6 @@ class RunConfig(Strict):
         if self.privacy.enabled:
             raise ValueError("constraints are not implemented for private runs yet (their transforms read the data "
                              "outside the privacy budget); drop `constraints` or turn privacy.enabled off")
-        if self.scaling.num_workers > 0:
-            raise ValueError("constraints are applied by in-process fits only for now; set scaling.num_workers to 0 "
-                             "or drop `constraints`")
         if FAMILIES[self.model.family].fit is not None:
             raise ValueError(f"model.family {self.model.family} does not take constraints")
         from synth.errors import ConfigError

@@ -150,6 +150,17 @@ def test_bulk_synthesis_on_ray_applies_the_rules(ray_session, adult_model, adult
     assert_adult_rules(t, adult_data)
 
 
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_train_fits_apply_the_rules(ray_session, adult_data, tmp_path):
+    cfg = RunConfig.parse(run(tmp_path, adult_data, ADULT_RULES, steps=6, data={"constraint_violations": "drop"},
+                              scaling={"num_workers": 1, "cpus_per_worker": 1}, evaluate={"check": "off"}))
+    engine = load_engine(fit(cfg).artifact_uri)
+    m = engine.manifest
+    assert m["workers"] == 1 and m["constraints"]["rows_dropped"] > 0 and "logit(age)" in engine.codec.by_name
+    assert_adult_rules(engine.sample(5000, seed=4, **FAST), adult_data)
+
+
 def test_scoring_encodes_rows_through_the_rules(adult_model, adult_data):
     from synth.engine.likelihood import log_prob_rows
 

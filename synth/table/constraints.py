@@ -668,10 +668,12 @@ class Constraints:
         self.owner = {c: t for t in transforms for c in t.spec.targets()}
 
     @classmethod
-    def fit(cls, specs: list, table: pa.Table, codec_cfg, violations: str = "refuse") -> tuple["Constraints", pa.Table]:
+    def fit(cls, specs: list, table: pa.Table, codec_cfg, violations: str = "refuse",
+            schema: pa.Schema | None = None) -> tuple["Constraints", pa.Table]:
         """Check the constraints against the data and learn what the transforms need (combinations,
         datetime steps). Rows that break a constraint are refused (the error counts them, per
-        constraint, without a value) or, with violations="drop", left out. Returns (constraints,
+        constraint, without a value) or, with violations="drop", left out. `table` may hold only the
+        constraints' columns when `schema` gives the whole table's (Ray Train). Returns (constraints,
         the rows kept)."""
         check_specs(specs, codec_cfg)
         names = table.schema.names
@@ -721,7 +723,7 @@ class Constraints:
                                 "data.constraint_violations: drop to leave those rows out of training")
             table = table.filter(pa.array(~bad))
             transforms = [cls._fit_one(i, s, table, codec_cfg, kinds[i]) for i, s in enumerate(specs)]
-        return cls(transforms, table.schema, _order(specs), int(bad.sum())), table
+        return cls(transforms, schema or table.schema, _order(specs), int(bad.sum())), table
 
     @staticmethod
     def _fit_one(i: int, s, table: pa.Table, codec_cfg, kinds: dict) -> Transform:
@@ -770,8 +772,7 @@ class Constraints:
     # -- the transforms -------------------------------------------------------------------------
     def forward(self, table: pa.Table) -> pa.Table:
         """Rows in the output schema -> the model table the codec encodes (the rules' inverse order, reversed)."""
-        used = dict.fromkeys(c for t in self.transforms for c in t.spec.targets() + t.spec.reads())
-        missing = [c for c in used if c not in table.schema.names]
+        missing = [c for c in self.columns() if c not in table.schema.names]
         if missing:
             raise DataError(f"the rows lack columns {missing} that the model's constraints read")
         try:
@@ -787,6 +788,17 @@ class Constraints:
         for i in self.order:
             table = self.transforms[i].inverse(table, uniforms)
         return table.select([f.name for f in self.output_fields(table)]).cast(pa.schema(self.output_fields(table)))
+
+    def columns(self) -> list[str]:
+        """Every column a constraint rewrites or reads."""
+        return list(dict.fromkeys(c for t in self.transforms for c in t.spec.targets() + t.spec.reads()))
+
+    def valid(self, table: pa.Table) -> np.ndarray:
+        """Per row: does it meet every constraint (rows where a rule is off do)?"""
+        bad = np.zeros(table.num_rows, dtype=bool)
+        for t in self.transforms:
+            bad |= t.violations(table)
+        return ~bad
 
     def model_kinds(self) -> dict[str, str]:
         """Codec kinds the model columns must have (added to data.codec.overrides): a joint column is
