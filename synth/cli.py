@@ -162,7 +162,12 @@ def _parse_conditions(items: list[str]) -> dict:
 def _coerce_conditions(engine, conditions: dict) -> dict:
     """CLI values arrive as strings: convert to each column's value type."""
     out = {}
+    cons = engine.constraints
     for name, value in conditions.items():
+        if cons is not None and name in cons.owner:  # a constraint's column: it maps (or refuses) the condition
+            values = cons.condition_values(name)
+            out[name] = value if values is None else {str(c): c for c in values}.get(value, value)
+            continue
         col = engine.codec.categorical(name)
         known = {str(c): c for c in col.categories + col.tail_values}
         if value not in known:

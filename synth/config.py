@@ -11,6 +11,7 @@ from synth.errors import validated, with_overrides
 from synth.families import DEFAULT, FAMILIES, PRIVATE_DEFAULT, trainable
 from synth.privacy.config import PrivacyConfig
 from synth.table import CodecConfig
+from synth.table.constraints import Constraint, check_specs
 from synth.train.config import TrainConfig
 
 
@@ -23,6 +24,9 @@ class DataConfig(Strict):
     codec: CodecConfig = Field(default_factory=CodecConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     target: str | None = Field(None, description="column used for ML-efficacy evaluation")
+    constraint_violations: Literal["refuse", "drop"] = Field(
+        "refuse", description="rows of the data that break a declared constraint: refuse the run (the error counts "
+                              "them per constraint) or drop those rows only (docs/constraints.md)")
 
 
 class ScalingConfig(Strict):
@@ -69,6 +73,8 @@ class RunConfig(Strict):
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig, description="differential privacy (docs/privacy.md)")
+    constraints: list[Constraint] = Field(default_factory=list, description="business rules every sampled row meets "
+                                                                           "(docs/constraints.md)")
 
     @model_validator(mode="before")
     @classmethod
@@ -103,6 +109,23 @@ class RunConfig(Strict):
             if self.scaling.num_workers > 0 and self.scaling.data_mode != "memory":
                 raise ValueError("private runs need scaling.data_mode memory: Poisson sampling draws every step "
                                  "from all training rows, which a streamed shard cannot give")
+        return self
+
+    @model_validator(mode="after")
+    def _constraints(self):
+        if not self.constraints:
+            return self
+        if self.privacy.enabled:
+            raise ValueError("constraints are not implemented for private runs yet (their transforms read the data "
+                             "outside the privacy budget); drop `constraints` or turn privacy.enabled off")
+        if FAMILIES[self.model.family].fit is not None:
+            raise ValueError(f"model.family {self.model.family} does not take constraints")
+        from synth.errors import ConfigError
+
+        try:
+            check_specs(self.constraints, self.data.codec)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
         return self
 
     @property

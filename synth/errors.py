@@ -34,7 +34,7 @@ def format_validation_error(e, source: str, model=None, raw=None) -> str:
         where: list[str] = []
         node, cls, parent, known = raw, model, None, None
         for part in err["loc"]:
-            if isinstance(cls, list):  # a discriminated union: pydantic's tag, not a field the user wrote
+            if isinstance(cls, list) and isinstance(part, str):  # a union's tag, not a field the user wrote
                 cls = _tagged(cls, part)
                 if cls is not None:
                     continue

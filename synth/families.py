@@ -14,12 +14,13 @@ done when `tests/test_family_contract.py` passes for it.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from pydantic import BaseModel
 
-from synth.io.artifact import Artifact, read_artifact, write_artifact
+from synth.io.artifact import CONSTRAINTS, Artifact, read_artifact, write_artifact
 from synth.engine.array import ArrayConfig, ArrayEngine
 from synth.engine.autoregressive import AutoregressiveConfig, AutoregressiveEngine
 from synth.engine.base import Engine
@@ -30,6 +31,7 @@ from synth.engine.gan import GANConfig, GANEngine
 from synth.engine.vae import VAEConfig, VAEEngine
 from synth.engine import marginal
 from synth.errors import ArtifactError, ConfigError
+from synth.table.constraints import Constraints
 from synth.train import gan as gan_training
 from synth.train.loop import train_denoising
 from synth.train.monitored import train_monitored
@@ -110,6 +112,8 @@ def load_engine(uri: str, *, require_signature: bool = False, public_key: str | 
         raise ArtifactError(f"artifact {uri!r} holds a {name!r} model, which this synth does not know; "
                             f"known families: {sorted(FAMILIES)}")
     engine = FAMILIES[name].load(art)
+    if CONSTRAINTS in art.extra:
+        engine.constraints = load_constraints(uri, art.extra[CONSTRAINTS])
     engine.manifest = art.manifest
     engine.uri = uri
     return engine
@@ -117,6 +121,16 @@ def load_engine(uri: str, *, require_signature: bool = False, public_key: str | 
 
 def save_engine(engine: Engine, uri: str, manifest: dict) -> str:
     """Write the engine as an artifact at `uri`; returns the artifact id."""
+    extra = None if engine.constraints is None else {CONSTRAINTS: json.dumps(engine.constraints.to_dict()).encode()}
     art = write_artifact(uri, family=engine.family, config=engine.config_dict(), codec=engine.codec.to_dict(),
-                         tensors=engine.sampling_state(), manifest=manifest)
+                         tensors=engine.sampling_state(), manifest=manifest, extra=extra)
     return art.artifact_id
+
+
+def load_constraints(uri: str, data: bytes) -> Constraints:
+    """The constraints stored in an artifact (hash-verified bytes)."""
+    try:
+        return Constraints.from_dict(json.loads(data))
+    except (ValueError, KeyError, TypeError, ConfigError) as e:
+        raise ArtifactError(f"{CONSTRAINTS} in artifact {uri!r} cannot be read by this synth "
+                            f"({str(e).splitlines()[0][:200]}); retrain the model with this version") from None

@@ -85,12 +85,13 @@ def _finish(cfg: DistillConfig, teacher: DiffusionEngine, student: DiffusionEngi
             history: list[dict], wall: dict, workers: int) -> DistillResult:
     tm = teacher.manifest or {}
     spec = student.config.distilled
+    student.constraints = teacher.constraints  # the teacher's rules hold on the student's rows too
     manifest = base_manifest(
         "model",
         run=cfg.name,
         # the student models the teacher's data: same input, split and columns, so evaluation and
         # bulk synthesis treat it like any model
-        **{k: tm[k] for k in ("input", "split", "columns") if k in tm},
+        **{k: tm[k] for k in ("input", "split", "columns", "constraints") if k in tm},
         teacher={"artifact_id": tm.get("artifact_id"), "uri": cfg.teacher, "sampler": cfg.teacher_sampler,
                  "steps": cfg.teacher_steps, "family": teacher.family},
         distillation={"method": "trajectory distillation (multi-segment progressive-distillation target) "

@@ -76,7 +76,7 @@ def log_prob_rows(engine, rows: pa.Table, fn: Callable[[Tensor, torch.Generator]
     """log p(row) in nats for every row: `fn(features, generator)` on batches of encoded rows.
     The generator (seeded by `seed`, one per call) feeds any estimator's draws (dequantisation,
     importance samples), so a score is reproducible."""
-    x = encode_rows(engine.codec, rows)
+    x = encode_rows(engine.codec, engine.model_rows(rows))
     gen = torch.Generator().manual_seed(int(seed))
     out = [fn(x[i:i + batch_size], gen).double().cpu() for i in range(0, x.shape[0], batch_size)]
     return torch.cat(out).numpy() if out else np.zeros(0)

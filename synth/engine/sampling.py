@@ -77,8 +77,12 @@ class SamplingEngine(Engine):
     def null_conditions(self, n: int, device: torch.device | str = "cpu") -> Tensor:
         return torch.tensor(self.cond_cards, dtype=torch.long, device=device).expand(n, -1).clone()
 
-    def encode_conditions(self, n: int, conditions: Conditions | None) -> tuple[Tensor, dict[str, list]]:
-        """Condition slots (n, k) and the requested value of each conditioned column per row."""
+    def encode_conditions(self, n: int, conditions: Conditions | None, seed: int = 0,
+                          start: int = 0) -> tuple[Tensor, dict[str, list]]:
+        """Condition slots (n, k) and the requested value of each conditioned column per row (of the
+        model table: conditions on a constraint's columns are mapped by it, drawn per (seed, row))."""
+        if self.constraints is not None:
+            conditions = self.constraints.conditions(n, conditions, RowUniforms(seed, start, n))
         cond = self.null_conditions(n)
         requested: dict[str, list] = {}
         for name, value in (conditions or {}).items():
@@ -105,11 +109,12 @@ class SamplingEngine(Engine):
     def decode(self, feats: Tensor | np.ndarray, requested: dict[str, list], seed: int, start: int = 0) -> pa.Table:
         """Rows start..start+n-1 of a seed; per-row draws (rare categories) are keyed by (seed, row)."""
         feats = feats.numpy() if isinstance(feats, Tensor) else feats
-        table = self.codec.decode(feats, RowUniforms(seed, start, feats.shape[0]))
+        uniforms = RowUniforms(seed, start, feats.shape[0])
+        table = self.codec.decode(feats, uniforms)
         for name, values in requested.items():  # requested values are met exactly
             i = table.schema.get_field_index(name)
             table = table.set_column(i, table.schema.field(i), self.codec.categorical(name).to_arrow(values))
-        return table
+        return table if self.constraints is None else self.constraints.inverse(table, uniforms)
 
     def settings(self, sampler: str | None = None, steps: int | None = None,
                  guidance: float | None = None) -> tuple[str, int, float]:
@@ -126,7 +131,7 @@ class SamplingEngine(Engine):
         or split into calls (up to float rounding of differently shaped batches), ddpm excepted."""
         sampler, steps, guidance = self.settings(sampler, steps, guidance)
         self.validate_request(n, sampler, steps, guidance)
-        cond, requested = self.encode_conditions(n, conditions)
+        cond, requested = self.encode_conditions(n, conditions, seed, start)
         x = self.row_prior(seed, start, n)
         gen = step_generator(seed)  # only the stochastic sampler draws from it
         bs = self.config.sample_batch_size

@@ -23,7 +23,7 @@ WEAK = {"column_shapes": 0.95, "pair_trends": 0.90, "c2st_auc": 0.90}
 def held_out_check(engine, reference: pa.Table | None, *, rows: int = 4000, seed: int = 0) -> dict:
     """Scores of `rows` sampled rows against at most `rows` real held-out rows, with a verdict:
     "ok", "weak" (learnt, but far from real-vs-real) or "failed" (did not learn)."""
-    kinds = {c: k for c, k in engine.codec.kinds().items() if k in TABULAR_KINDS}  # not arrays, not ids
+    kinds = {c: k for c, k in engine.output_kinds().items() if k in TABULAR_KINDS}  # not arrays, not ids
     held = 0 if reference is None else reference.num_rows
     if held < 50 or not kinds:
         return {"verdict": "not checked", "reasons": [f"only {held} held-out rows" if kinds else "no tabular columns"]}

@@ -4,6 +4,7 @@
     codec.json           fitted table codec state
     weights.safetensors  network weights (never pickle)
     train_state.*        training checkpoints only: the loop's state (synth.train.checkpoint)
+    constraints.json     optional: the run's constraints (synth.table.constraints), applied by every sample path
     manifest.json        inputs, seeds, settings, metrics, versions, sha256 of every file above
     signature.json       optional: an Ed25519 signature of the artifact id (synth.io.signing)
 
@@ -30,11 +31,12 @@ from synth.io import signing, storage
 FORMAT_VERSION = 2  # 2: the artifact id is the hash of the whole manifest (1: of the file hashes only)
 ENGINE, CODEC, WEIGHTS, MANIFEST = "engine.json", "codec.json", "weights.safetensors", "manifest.json"
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
+CONSTRAINTS = "constraints.json"
 REQUIRED = (ENGINE, CODEC, WEIGHTS)
-OPTIONAL = (STATE_TENSORS, STATE_JSON)
+OPTIONAL = (STATE_TENSORS, STATE_JSON, CONSTRAINTS)
 _MiB, _GiB = 1 << 20, 1 << 30
 MAX_BYTES = {MANIFEST: 16 * _MiB, ENGINE: 1 * _MiB, CODEC: 1 * _GiB, WEIGHTS: 64 * _GiB,
-             STATE_TENSORS: 64 * _GiB, STATE_JSON: 64 * _MiB, signing.SIGNATURE: 64 * 1024}
+             STATE_TENSORS: 64 * _GiB, STATE_JSON: 64 * _MiB, CONSTRAINTS: 256 * _MiB, signing.SIGNATURE: 64 * 1024}
 
 
 @dataclass

@@ -29,7 +29,7 @@ def score_table(engine, rows: pa.Table, seed: int = 0) -> pa.Table:
     lp = engine.log_prob(rows, seed=seed)
     d = dimensions(engine.codec)
     return pa.table({"log_prob": pa.array(lp, pa.float64()), "bpd": pa.array(-lp / (d * LN2), pa.float64()),
-                     "unseen_values": pa.array(unseen_values(engine.codec, rows), pa.int64())})
+                     "unseen_values": pa.array(unseen_values(engine.codec, engine.model_rows(rows)), pa.int64())})
 
 
 def score_file(artifact: str, data: str, output: str, *, seed: int = 0, scores_only: bool = False,

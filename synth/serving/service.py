@@ -107,7 +107,8 @@ class SamplingService:
         for name, value in conditions.items():
             if len(errors) >= MAX_ERRORS:
                 break
-            if name not in engine.cond_columns:
+            constrained = engine.constraints is not None and name in engine.constraints.owner  # mapped or refused
+            if name not in engine.cond_columns and not constrained:
                 errors.append(_problem(("conditions", _short(name)), f"{_short(name)!r} is not a condition column "
                                                                      "of this model (GET /v1/model lists them)"))
                 continue
@@ -118,7 +119,10 @@ class SamplingService:
             try:
                 engine.encode_conditions(1, {name: value[:1] if isinstance(value, list) else value})
                 if isinstance(value, list) and len(value) > 1:
-                    engine.codec.categorical(name).codes(value)
+                    if constrained:
+                        engine.encode_conditions(len(value), {name: value})
+                    else:
+                        engine.codec.categorical(name).codes(value)
             except ConfigError as e:
                 errors.append(_problem(("conditions", name), str(e)))
             except (TypeError, ValueError) as e:
@@ -130,14 +134,14 @@ class SamplingService:
             raise RequestProblem(errors[:MAX_ERRORS])
 
         guidance = self.defaults["guidance"] if req.guidance is None else float(req.guidance)
-        cond, requested = engine.encode_conditions(n, dict(req.conditions))
+        seeded = req.seed is not None
+        seed = req.seed if seeded else secrets.randbits(63)
+        cond, requested = engine.encode_conditions(n, dict(req.conditions), seed)
         steps = self.choose_steps(sampler, n, guidance) if req.steps is None else req.steps
         try:
             engine.validate_request(n, sampler, steps, guidance)
         except ConfigError as e:
             raise RequestProblem([_problem((), str(e))]) from None
-        seeded = req.seed is not None
-        seed = req.seed if seeded else secrets.randbits(63)
         job = make_job(engine, n, cond, requested, sampler, steps, guidance, seed, seeded, req.format)
         predicted = self.latency.predict(sampler, steps, n * job.net_factor)
         if predicted > a.max_request_s:
@@ -257,11 +261,12 @@ class SamplingService:
 
     def model_info(self) -> dict[str, Any]:
         e, a = self.engine, self.args
-        kinds = e.codec.kinds()
+        kinds = e.output_kinds()
         conds = []
-        for name in e.cond_columns:
-            col = e.codec.categorical(name)
-            values = list(col.categories) + list(col.tail_values)
+        mapped = e.constraints.condition_columns(e.cond_columns) if e.constraints is not None else None
+        for name in e.cond_columns if mapped is None else mapped:
+            col = e.codec.categorical(name) if mapped is None or mapped[name] is None else None
+            values = list(col.categories) + list(col.tail_values) if col is not None else mapped[name]
             conds.append({"name": name, "values": values[:MAX_LISTED_VALUES],
                           "truncated": len(values) > MAX_LISTED_VALUES})
         manifest = getattr(e, "manifest", None) or {}
@@ -270,7 +275,7 @@ class SamplingService:
             "artifact_id": manifest.get("artifact_id"),
             "family": getattr(e, "family", "unknown"),
             "schema": [{"name": f.name, "arrow_type": str(f.type), "kind": kinds.get(f.name, "unknown"),
-                        "nullable": f.nullable} for f in e.codec.schema],
+                        "nullable": f.nullable} for f in e.output_schema()],
             "condition_columns": conds,
             "samplers": [{"name": s, "nfe_per_step": e.cost(s, 8, 1.0, conditioned=False) / 8,
                           "stochastic": SAMPLERS[s].stochastic}

@@ -64,6 +64,7 @@ def fit(cfg: RunConfig, report: Callable | None = None) -> FitResult:
         outcome = family.trainer(engine, cfg, data, LocalSession(report))
         metrics, history, extra = outcome.metrics, outcome.history, {}
     t_train = time.perf_counter() - t1
+    engine.constraints = prep.constraints  # every sample path applies them (SamplingEngine.decode)
     privacy = None
     if prep.privacy is not None:  # the steps the accountant counted, re-derived and cross-checked
         privacy = prep.privacy.manifest(int(metrics["step"]), accountant_epsilon=metrics.get("epsilon"))
@@ -108,7 +109,7 @@ def model_manifest(cfg: RunConfig, prep: Prepared, engine, metrics: dict, wall: 
         run=cfg.name,
         input=fp,
         split=prep.split,
-        columns=prep.codec.kinds(),
+        columns=engine.output_kinds(),
         seeds={"train": cfg.train.seed, "split": cfg.data.split.seed},
         **engine.describe(),
         train=cfg.train.model_dump(mode="json"),
@@ -116,6 +117,7 @@ def model_manifest(cfg: RunConfig, prep: Prepared, engine, metrics: dict, wall: 
         metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))},
         wall_s=wall,
         privacy=privacy or {"dp": False},
+        **({"constraints": prep.constraints.describe()} if prep.constraints is not None else {}),
     )
 
 

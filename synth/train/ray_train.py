@@ -25,6 +25,7 @@ from synth.config import RunConfig, ScalingConfig
 from synth.io.data import SplitConfig, input_digest, parquet_files, row_hashes, split_labels
 from synth.errors import ConfigError, SynthError
 from synth.table import TableCodec, TableStats
+from synth.table.constraints import Constraints
 from synth.families import FAMILIES, load_engine
 from synth.privacy import PrivacyPlan
 from synth.train.config import TrainConfig, resolve_eval_every
@@ -60,6 +61,26 @@ def distributed_stats(ds, schema: pa.Schema) -> TableStats:
     for row in partials.iter_rows():
         total.merge(TableStats.from_dict(json.loads(row["stats"])))
     return total
+
+
+def _constrain(batch: pa.Table, state: dict, drop: bool) -> pa.Table:
+    """Rows -> the model table of the run's constraints (training rows that break one left out)."""
+    cons = Constraints.from_dict(state)
+    if drop:
+        batch = batch.filter(pa.array(cons.valid(batch)))
+    return cons.forward(batch)
+
+
+def fit_constraints(train_ds, schema: pa.Schema, cfg: RunConfig) -> Constraints:
+    """The run's constraints fitted on the training split; only the columns they use reach the driver."""
+    import ray
+
+    names = [c for c in dict.fromkeys(c for s in cfg.constraints for c in s.targets() + s.reads())
+             if c in schema.names]  # an unknown column is refused by Constraints.fit, naming the constraint
+    refs = train_ds.select_columns(names).to_arrow_refs() if names else []
+    blocks = [t for t in ray.get(refs) if t.num_rows]
+    table = pa.concat_tables(blocks) if blocks else pa.schema([schema.field(c) for c in names]).empty_table()
+    return Constraints.fit(cfg.constraints, table, cfg.data.codec, cfg.data.constraint_violations, schema=schema)[0]
 
 
 def _encode(batch: pa.Table, codec_state: dict, seed: int | None) -> dict[str, np.ndarray]:
@@ -228,14 +249,21 @@ def train_on_ray(cfg: RunConfig) -> tuple[Prepared, Any, dict, list[dict], dict]
     split = cfg.data.split.model_dump()
     parts = [ds.map_batches(_split_filter, fn_kwargs={"split": split, "part": k}, batch_format="pyarrow",
                             num_cpus=0.5) for k in range(3)]
-    plan = None
+    plan, constraints, codec_cfg, model_schema = None, None, cfg.data.codec, schema
+    if cfg.constraints:  # train and val rows become the model table (docs/constraints.md); test rows stay
+        constraints = fit_constraints(parts[0], schema, cfg)
+        parts[:2] = [p.map_batches(_constrain, fn_kwargs={"state": constraints.to_dict(), "drop": k == 0},
+                                   batch_format="pyarrow", num_cpus=0.5) for k, p in enumerate(parts[:2])]
+        codec_cfg = codec_cfg.model_copy(update={"overrides": {**codec_cfg.overrides, **constraints.model_kinds()}})
+        model_schema = constraints.forward(schema.empty_table()).schema
     if cfg.privacy.enabled:
         codec, plan, train_rows = _private_codec(parts[0], schema, cfg, storage_path)
     else:
-        stats = distributed_stats(parts[0], schema)
-        codec = TableCodec.from_stats(stats, cfg.data.codec)
+        stats = distributed_stats(parts[0], model_schema)
+        codec = TableCodec.from_stats(stats, codec_cfg)
         train_rows = int(stats.num_rows)
-    if cfg.data.target is not None and cfg.data.target not in codec.by_name:
+    if cfg.data.target is not None and cfg.data.target not in codec.by_name and not (
+            constraints is not None and cfg.data.target in constraints.owner):
         raise ConfigError(f"data.target names column {cfg.data.target!r}, which is not modelled")
     enc = lambda d, seed: d.map_batches(_encode, fn_kwargs={"codec_state": codec.to_dict(), "seed": seed},  # noqa: E731
                                         batch_format="pyarrow", num_cpus=0.5)
@@ -247,7 +275,7 @@ def train_on_ray(cfg: RunConfig) -> tuple[Prepared, Any, dict, list[dict], dict]
         held_out = pa.concat_tables([t for t in ray.get(refs) if t.num_rows]) if refs else None
     cfg = cfg.model_copy(update={"train": resolve_eval_every(cfg.train, train_rows)})
     prep = Prepared(codec, None, None, held_out, input_digest(cfg.data.uri),
-                    {"method": "row-content hash", **split, "rows": {"train": train_rows}}, plan)
+                    {"method": "row-content hash", **split, "rows": {"train": train_rows}}, plan, constraints)
     prepare_s = time.perf_counter() - t0
     engine, metrics = run_trainer(
         train_loop_per_worker,
