@@ -160,9 +160,15 @@ def _parse_conditions(items: list[str]) -> dict:
 
 
 def _coerce_conditions(engine, conditions: dict) -> dict:
-    """CLI values arrive as strings: convert to each column's value type."""
+    """CLI values arrive as strings: a category is converted to its column's value type; a numeric
+    condition (a value, min..max, min.., ..max, ISO datetimes) is parsed by the engine's codec."""
     out = {}
     for name, value in conditions.items():
+        if name in engine.range_columns:
+            out[name] = value
+            continue
+        if name not in engine.cond_columns:
+            engine.refuse_condition(name)
         col = engine.codec.categorical(name)
         known = {str(c): c for c in col.categories + col.tail_values}
         if value not in known:
@@ -175,7 +181,8 @@ def _coerce_conditions(engine, conditions: dict) -> dict:
 def sample_cmd(artifact: str = typer.Argument(..., help="model artifact URI"),
                rows: int = typer.Option(..., "--rows", "-n", help="number of rows"),
                output: str = typer.Option(..., "--output", "-o", help="Parquet file to write"),
-               condition: list[str] = typer.Option([], "--condition", help="column=value (repeatable)"),
+               condition: list[str] = typer.Option([], "--condition", help="column=value, or for a numeric or datetime "
+                                                   "column column=min..max (either end may be left out; repeatable)"),
                sampler: Optional[str] = typer.Option(None, help="ddpm, ddim, dpmpp_2m, unipc, euler, heun"),
                steps: Optional[int] = typer.Option(None, help="sampler steps"),
                guidance: Optional[float] = typer.Option(None, help="classifier-free guidance scale"),
@@ -203,7 +210,8 @@ def synthesize_cmd(artifact: str = typer.Argument(..., help="model artifact URI"
                    output: str = typer.Option(..., "--output", "-o", help="shard folder (local, s3://, gs://)"),
                    shard_rows: int = typer.Option(100_000, help="rows per Parquet shard"),
                    actors: int = typer.Option(2, help="sampler actors"),
-                   condition: list[str] = typer.Option([], "--condition", help="column=value for every row"),
+                   condition: list[str] = typer.Option([], "--condition", help="column=value (numeric: or min..max) for "
+                                                       "every row"),
                    sampler: Optional[str] = typer.Option(None), steps: Optional[int] = typer.Option(None),
                    guidance: Optional[float] = typer.Option(None), seed: int = typer.Option(0)):
     """Bulk synthesis on Ray Data: deterministic, resumable Parquet shards and a run manifest."""

@@ -50,6 +50,9 @@ def point_values(col: NumericColumn, bins: int) -> bool:
 
 class AutoregressiveConfig(ConditionalOnePassConfig):
     family: Literal["autoregressive"] = "autoregressive"
+    condition_columns: list[str] | None = Field(
+        None, description="columns usable as conditions (categorical: a value; numeric, integer, datetime: a value "
+                          "or a range); null = every column")
     hidden: int = Field(64, ge=8, description="width of each column head (64 beat 128 and 256 on adult, credit "
                                               "and diamonds: a smaller head overfits later)")
     depth: int = Field(2, ge=1, description="layers per column head")
@@ -60,6 +63,9 @@ class AutoregressiveConfig(ConditionalOnePassConfig):
                                                               "before it as 'not seen' (against memorising rows: "
                                                               "held-out C2ST loans 0.76 -> 0.68, credit 0.63 -> "
                                                               "0.60, caravan 0.80 -> 0.77; adult, diamonds even)")
+    numeric_reveal: float = Field(0.5, ge=0, le=1, description="in training rows that reveal conditions, chance each "
+                                                                "numeric condition column is drawn first (from the "
+                                                                "revealed columns alone), as a numeric condition is")
     numeric_bins: tuple[int, int] = Field((32, 32), description="coarse and fine equal-mass bins per numeric column "
                                                                "(a column of at most 4 x coarse point values: one "
                                                                "class per value)")
@@ -68,6 +74,7 @@ class AutoregressiveConfig(ConditionalOnePassConfig):
 class AutoregressiveEngine(EMAWeights, OnePassEngine):
     family = "autoregressive"
     config_class = AutoregressiveConfig
+    range_enforcement = "truncation"
 
     def __init__(self, config: AutoregressiveConfig, codec: TableCodec):
         self.config = config
@@ -100,11 +107,19 @@ class AutoregressiveEngine(EMAWeights, OnePassEngine):
                 raise ConfigError(f"column {col.name!r} is {col.kind}; the autoregressive family models tabular "
                                   "columns only: use model.family array for fixed-shape arrays")
         self.cards = cards
-        names = codec.categorical_names() if config.condition_columns is None else config.condition_columns
-        self.cond_columns = [codec.categorical(c).name for c in names]
+        names = [c.name for c in codec.columns] if config.condition_columns is None else config.condition_columns
+        for name in names:
+            if name not in codec.by_name:
+                codec.categorical(name)  # an unknown column is named
+        self.cond_columns = [c for c in names if isinstance(codec.by_name[c], CategoricalColumn)]
         self.cond_cards = [codec.categorical(c).width for c in self.cond_columns]
         col_index = {c.name: i for i, c in enumerate(codec.columns)}
         self.cond_tokens = [self.tokens.index((col_index[c], "cat")) for c in self.cond_columns]
+        # numeric conditions: the column's tokens are drawn first, from p(column | given), truncated
+        self.range_columns = [c for c in names if isinstance(codec.by_name[c], NumericColumn)]
+        self.range_tokens = [[j for j, (i, _) in enumerate(self.tokens) if i == col_index[c]] for c in self.range_columns]
+        numeric = [i for i, part in self.tokens if part == "coarse"]
+        self.range_within = [numeric.index(col_index[c]) for c in self.range_columns]  # its uniform in the prior
         n_tok = len(cards)
         dim = config.embed_dim or max(4, min(16, 768 // max(n_tok, 1)))
         self.n_numeric = sum(1 for _, p in self.tokens if p == "coarse")
@@ -177,11 +192,18 @@ class AutoregressiveEngine(EMAWeights, OnePassEngine):
         tokens = self.to_tokens(x0)
         n, dev = tokens.shape[0], tokens.device
         given = torch.zeros(tokens.shape, dtype=torch.bool, device=dev)
-        if net.training and self.cond_tokens:
-            moved = torch.rand(n, len(self.cond_tokens), generator=generator, device=dev) >= self.config.cond_drop_each
-            keep = torch.rand(n, 1, generator=generator, device=dev) >= self.config.cond_drop_all
+        first = None
+        if net.training and (self.cond_tokens or self.range_tokens):
+            c = self.config
+            moved = torch.rand(n, len(self.cond_tokens), generator=generator, device=dev) >= c.cond_drop_each
+            keep = torch.rand(n, 1, generator=generator, device=dev) >= c.cond_drop_all
             given[:, self.cond_tokens] = moved & keep
-        logits = net(tokens, given).float()
+            if self.range_tokens:  # numeric columns drawn first, each with chance numeric_reveal, and scored
+                first = torch.zeros_like(given)
+                drawn = (torch.rand(n, len(self.range_tokens), generator=generator, device=dev) < c.numeric_reveal) & keep
+                for r, toks in enumerate(self.range_tokens):
+                    first[:, toks] = drawn[:, r:r + 1]
+        logits = net(tokens, given, first).float()
         nll = -torch.log_softmax(logits, dim=-1).gather(-1, tokens[..., None])[..., 0]
         nll = nll.masked_fill(given, 0.0).sum(dim=1)
         return nll.mean() if reduce else nll
@@ -194,23 +216,77 @@ class AutoregressiveEngine(EMAWeights, OnePassEngine):
     @torch.no_grad()
     def sample_features(self, x: Tensor, cond: Tensor, *, sampler: str = "ddim", steps: int = 1,
                         guidance: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+        """Categorical conditions are given tokens. A numeric condition's tokens are drawn first, in
+        canonical order, each from its head seeing the given tokens and the condition tokens before
+        it, with the classes outside the row's u-interval masked (truncation: no rejection), and u
+        uniform inside the drawn cell's part of the interval; then every other token in canonical
+        order, seeing all of them."""
         self.ema.eval()
         dev = next(self.ema.parameters()).device
         n, n_tok = x.shape[0], len(self.cards)
         tokens = torch.zeros(n, n_tok, dtype=torch.long, device=dev)
         given = torch.zeros(n, n_tok, dtype=torch.bool, device=dev)
+        slots, low, high = self.split_conditions(cond.to(dev))
         for c, (j, card) in enumerate(zip(self.cond_tokens, self.cond_cards)):
-            g = cond[:, c].to(dev) < card
-            tokens[:, j] = torch.where(g, cond[:, c].to(dev), 0)
+            g = slots[:, c] < card
+            tokens[:, j] = torch.where(g, slots[:, c], 0)
             given[:, j] = g
         u = x[:, :n_tok].to(dev)
+        within = x[:, n_tok:].clone()
+        first = torch.zeros_like(given)
+        bounds: dict[int, tuple[Tensor, Tensor]] = {}  # token -> the rows' u-interval of its column
+        for r, toks in enumerate(self.range_tokens):
+            g = (low[:, r] > 0.0) | (high[:, r] < 1.0)
+            first[:, toks] = g[:, None]
+            for j in toks:
+                bounds[j] = (low[:, r], high[:, r])
+
+        def draw(j: int, logits: Tensor) -> Tensor:  # inverse CDF, never a class of probability 0
+            probs = torch.softmax(logits.double(), dim=1)
+            last = torch.where(probs > 0, torch.arange(probs.shape[1], device=dev), 0).amax(dim=1)
+            return torch.minimum((probs.cumsum(dim=1) < u[:, j:j + 1].clamp(min=1e-300)).sum(dim=1), last)
+
+        if first.any():
+            for j in range(n_tok):
+                rows = first[:, j]
+                if rows.any():
+                    cells = self.cells(j, tokens)
+                    a, b = bounds[j]
+                    ok = (cells[1] > a[:, None]) & ((cells[0] < b[:, None]) | ((a == b)[:, None] & (cells[0] <= a[:, None])))
+                    logits = self.ema.head(j, tokens, self.ema.seen_by(j, given, first))
+                    tokens[:, j] = torch.where(rows, draw(j, logits.masked_fill(~ok, float("-inf"))), tokens[:, j])
+            for r, toks in enumerate(self.range_tokens):  # u uniform inside the drawn cell's part of the interval
+                rows, k = first[:, toks[0]], self.range_within[r]
+                lo, hi = (t[torch.arange(n, device=dev), tokens[:, toks[-1]]] for t in self.cells(toks[-1], tokens))
+                a, b = torch.maximum(lo, low[:, r]), torch.minimum(hi, high[:, r])
+                inside = ((a - lo) + within[:, k].to(dev) * (b - a).clamp(min=0.0)) / (hi - lo)
+                within[:, k] = torch.where(rows, inside, within[:, k].to(dev)).cpu()
+        shown = given | first
         for j in range(n_tok):
-            todo = ~given[:, j]
+            todo = ~shown[:, j]
             if todo.any():
-                probs = torch.softmax(self.ema.head(j, tokens, self.ema.seen_by(j, given)).double(), dim=1)
-                draw = (probs.cumsum(dim=1) < u[:, j:j + 1]).sum(dim=1).clamp(max=self.cards[j] - 1)
-                tokens[:, j] = torch.where(todo, draw, tokens[:, j])
-        return torch.from_numpy(self.to_features(tokens.cpu(), x[:, n_tok:].cpu()))
+                tokens[:, j] = torch.where(todo, draw(j, self.ema.head(j, tokens, self.ema.seen_by(j, shown))),
+                                           tokens[:, j])
+        return torch.from_numpy(self.to_features(tokens.cpu(), within))
+
+    def cells(self, j: int, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """The u-interval [low, high) of every class of numeric token j per row (n, card): a coarse
+        class's bin (the null class, if any, is empty: a numeric condition means a value), or the fine
+        bins of the row's coarse class."""
+        i, part = self.tokens[j]
+        cuts = self.cuts[i].to(tokens.device)
+        n, n_cls = tokens.shape[0], len(cuts) - 1
+        if part == "coarse":
+            lo, hi = cuts[:-1], cuts[1:]
+            if self.cards[j] > n_cls:  # nullable: the null class holds no u
+                lo, hi = torch.cat([lo, lo.new_ones(1)]), torch.cat([hi, hi.new_zeros(1)])
+            return lo.expand(n, -1), hi.expand(n, -1)
+        k2 = self.cards[j]
+        c = tokens[:, j - 1].clamp(max=n_cls - 1)
+        width = (cuts[c + 1] - cuts[c])[:, None]
+        steps = torch.arange(k2 + 1, device=tokens.device, dtype=cuts.dtype)[None, :] / k2
+        edges = cuts[c][:, None] + steps * width
+        return edges[:, :-1], edges[:, 1:]
 
     # -- likelihood (synth.engine.likelihood) ----------------------------------------------
     likelihood_kind = ("exact: the tokens' likelihood in canonical order, each numeric's density uniform inside "

@@ -51,6 +51,7 @@ def sample_to_file(engine, artifact: str, rows: int, output: str | None, conditi
     meta = generation_metadata(engine, sampler, steps, guidance, seed, conditioned=bool(conditions))
     record = json.loads(meta[GENERATION_KEY])
     record.update(kind="sample", artifact_uri=artifact, rows=rows, conditions=conditions,
+                  enforced=engine.enforcement(conditions),
                   requested={"sampler": sampler, "steps": steps, "guidance": guidance},
                   precision="fp32",  # sampling never autocasts (training's mixed precision stays in training)
                   versions=library_versions(), content_sha256=table_digest(table))

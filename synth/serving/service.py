@@ -18,6 +18,7 @@ from synth.serving.control import SLOController
 from synth.serving.metrics import NullMetrics
 from synth.serving.schemas import MEDIA_TYPES, SampleRequest
 from synth.serving.slo import LatencyModel, SLOTracker, calibrate
+from synth.table.columns import NumericColumn
 
 MAX_LISTED_VALUES = 1000
 MAX_ERRORS = 20  # field errors in one 422; validation stops there
@@ -98,16 +99,22 @@ class SamplingService:
             errors.append(_problem(("sampler",), f"sampler {sampler!r} is not available for this model; choose one "
                                                  f"of {engine.samplers()}"))
         n = min(req.rows, a.max_rows)
-        conditions = req.conditions
-        if len(conditions) > len(engine.cond_columns):
+        conditions = req.plain_conditions()
+        usable = len(engine.cond_columns) + len(engine.range_columns)
+        if len(conditions) > usable:
             errors.append(_problem(("conditions",), f"{len(conditions)} conditions given but this model has "
-                                                    f"{len(engine.cond_columns)} condition columns (GET /v1/model "
-                                                    "lists them)"))
+                                                    f"{usable} condition columns (GET /v1/model lists them)"))
             conditions = {}
         for name, value in conditions.items():
             if len(errors) >= MAX_ERRORS:
                 break
-            if name not in engine.cond_columns:
+            if name not in engine.cond_columns and name not in engine.range_columns:
+                if isinstance(engine.codec.by_name.get(name), NumericColumn):
+                    try:
+                        engine.refuse_condition(name)
+                    except ConfigError as e:
+                        errors.append(_problem(("conditions", name), str(e)))
+                        continue
                 errors.append(_problem(("conditions", _short(name)), f"{_short(name)!r} is not a condition column "
                                                                      "of this model (GET /v1/model lists them)"))
                 continue
@@ -116,9 +123,7 @@ class SamplingService:
                                                              f"{req.rows} rows; give one value or one per row"))
                 continue
             try:
-                engine.encode_conditions(1, {name: value[:1] if isinstance(value, list) else value})
-                if isinstance(value, list) and len(value) > 1:
-                    engine.codec.categorical(name).codes(value)
+                engine.encode_conditions(len(value) if isinstance(value, list) else 1, {name: value})
             except ConfigError as e:
                 errors.append(_problem(("conditions", name), str(e)))
             except (TypeError, ValueError) as e:
@@ -130,7 +135,7 @@ class SamplingService:
             raise RequestProblem(errors[:MAX_ERRORS])
 
         guidance = self.defaults["guidance"] if req.guidance is None else float(req.guidance)
-        cond, requested = engine.encode_conditions(n, dict(req.conditions))
+        cond, requested = engine.encode_conditions(n, conditions)
         steps = self.choose_steps(sampler, n, guidance) if req.steps is None else req.steps
         try:
             engine.validate_request(n, sampler, steps, guidance)
@@ -139,6 +144,7 @@ class SamplingService:
         seeded = req.seed is not None
         seed = req.seed if seeded else secrets.randbits(63)
         job = make_job(engine, n, cond, requested, sampler, steps, guidance, seed, seeded, req.format)
+        job.enforced = engine.enforcement(conditions)
         predicted = self.latency.predict(sampler, steps, n * job.net_factor)
         if predicted > a.max_request_s:
             raise RequestProblem([_problem((), f"this request would take about {predicted:.1f} s of model time "
@@ -234,7 +240,7 @@ class SamplingService:
 
     def meta(self, job: Job) -> dict[str, Any]:
         return {"sampler": job.sampler, "steps": job.steps, "nfe": job.nfe, "guidance": job.guidance,
-                "seed": job.seed if self.seed_reproducible(job) else None}
+                "seed": job.seed if self.seed_reproducible(job) else None, "enforced": job.enforced}
 
     def headers(self, job: Job) -> dict[str, str]:
         h = {"X-Synth-Sampler": job.sampler, "X-Synth-Steps": str(job.steps), "X-Synth-NFE": str(job.nfe),
@@ -262,8 +268,10 @@ class SamplingService:
         for name in e.cond_columns:
             col = e.codec.categorical(name)
             values = list(col.categories) + list(col.tail_values)
-            conds.append({"name": name, "values": values[:MAX_LISTED_VALUES],
+            conds.append({"name": name, "kind": col.kind, "values": values[:MAX_LISTED_VALUES],
                           "truncated": len(values) > MAX_LISTED_VALUES})
+        for name in e.range_columns:  # a value or a range; no values listed (they would be the data's)
+            conds.append({"name": name, "kind": e.codec.by_name[name].kind, "values": [], "truncated": False})
         manifest = getattr(e, "manifest", None) or {}
         return {
             "artifact_uri": a.artifact_uri,
