@@ -204,6 +204,25 @@ def sample_cmd(artifact: str = typer.Argument(..., help="model artifact URI"),
     console.print(f"wrote {table.num_rows} rows to [bold]{output}[/] in {dt:.2f} s ({table.num_rows / dt:,.0f} rows/s)")
 
 
+@app.command("impute")
+def impute_cmd(artifact: str = typer.Argument(..., help="model artifact URI"),
+               data: str = typer.Argument(..., help="Parquet file (local, s3://, gs://) with the model's columns"),
+               output: str = typer.Option(..., "--output", "-o", help="Parquet file to write"),
+               seed: int = typer.Option(0, help="seed (same seed, same draws)")):
+    """Fill the null cells of real rows with draws consistent with each row's known cells; known
+    cells are written back unchanged (docs/conditions.md)."""
+    try:
+        from synth.families import load_engine
+        from synth.pipelines.sample import impute_file
+
+        t0 = time.perf_counter()
+        filled, cells = impute_file(load_engine(artifact), data, output, seed)
+    except SynthError as e:
+        _fail(e)
+    console.print(f"filled {cells} null cells of {filled.num_rows} rows into [bold]{output}[/] in "
+                  f"{time.perf_counter() - t0:.2f} s")
+
+
 @app.command("synthesize")
 def synthesize_cmd(artifact: str = typer.Argument(..., help="model artifact URI"),
                    rows: int = typer.Option(..., "--rows", "-n", help="total rows (exact)"),

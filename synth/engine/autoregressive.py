@@ -107,6 +107,13 @@ class AutoregressiveEngine(EMAWeights, OnePassEngine):
                 raise ConfigError(f"column {col.name!r} is {col.kind}; the autoregressive family models tabular "
                                   "columns only: use model.family array for fixed-shape arrays")
         self.cards = cards
+        self.null_class: list[int | None] = []  # each token's class that means null, if any
+        for i, part in self.tokens:
+            col = codec.columns[i]
+            if part == "cat":
+                self.null_class.append(col.categories.index(None) if None in col.categories else None)
+            else:
+                self.null_class.append(len(self.cuts[i]) - 1 if part == "coarse" and col.nullable else None)
         names = [c.name for c in codec.columns] if config.condition_columns is None else config.condition_columns
         for name in names:
             if name not in codec.by_name:
@@ -241,11 +248,6 @@ class AutoregressiveEngine(EMAWeights, OnePassEngine):
             for j in toks:
                 bounds[j] = (low[:, r], high[:, r])
 
-        def draw(j: int, logits: Tensor) -> Tensor:  # inverse CDF, never a class of probability 0
-            probs = torch.softmax(logits.double(), dim=1)
-            last = torch.where(probs > 0, torch.arange(probs.shape[1], device=dev), 0).amax(dim=1)
-            return torch.minimum((probs.cumsum(dim=1) < u[:, j:j + 1].clamp(min=1e-300)).sum(dim=1), last)
-
         if first.any():
             for j in range(n_tok):
                 rows = first[:, j]
@@ -254,20 +256,72 @@ class AutoregressiveEngine(EMAWeights, OnePassEngine):
                     a, b = bounds[j]
                     ok = (cells[1] > a[:, None]) & ((cells[0] < b[:, None]) | ((a == b)[:, None] & (cells[0] <= a[:, None])))
                     logits = self.ema.head(j, tokens, self.ema.seen_by(j, given, first))
-                    tokens[:, j] = torch.where(rows, draw(j, logits.masked_fill(~ok, float("-inf"))), tokens[:, j])
+                    tokens[:, j] = torch.where(rows, self.draw(logits.masked_fill(~ok, float("-inf")), u[:, j]),
+                                               tokens[:, j])
             for r, toks in enumerate(self.range_tokens):  # u uniform inside the drawn cell's part of the interval
                 rows, k = first[:, toks[0]], self.range_within[r]
                 lo, hi = (t[torch.arange(n, device=dev), tokens[:, toks[-1]]] for t in self.cells(toks[-1], tokens))
                 a, b = torch.maximum(lo, low[:, r]), torch.minimum(hi, high[:, r])
                 inside = ((a - lo) + within[:, k].to(dev) * (b - a).clamp(min=0.0)) / (hi - lo)
                 within[:, k] = torch.where(rows, inside, within[:, k].to(dev)).cpu()
-        shown = given | first
-        for j in range(n_tok):
+        self.draw_rest(tokens, given | first, u)
+        return torch.from_numpy(self.to_features(tokens.cpu(), within))
+
+    @staticmethod
+    def draw(logits: Tensor, u: Tensor) -> Tensor:
+        """Inverse-CDF draws (n,) of classes from logits (n, card) and uniforms u (n,), never a class
+        of probability 0 (a masked one)."""
+        probs = torch.softmax(logits.double(), dim=1)
+        last = torch.where(probs > 0, torch.arange(probs.shape[1], device=probs.device), 0).amax(dim=1)
+        return torch.minimum((probs.cumsum(dim=1) < u[:, None].clamp(min=1e-300)).sum(dim=1), last)
+
+    def draw_rest(self, tokens: Tensor, shown: Tensor, u: Tensor, valued: bool = False) -> None:
+        """Draw every token not `shown` (B, J) in canonical order, each head seeing the tokens before
+        it and every shown one (in place). valued=True never draws a null (imputation fills nulls)."""
+        for j in range(len(self.cards)):
             todo = ~shown[:, j]
             if todo.any():
-                tokens[:, j] = torch.where(todo, draw(j, self.ema.head(j, tokens, self.ema.seen_by(j, shown))),
-                                           tokens[:, j])
-        return torch.from_numpy(self.to_features(tokens.cpu(), within))
+                logits = self.ema.head(j, tokens, self.ema.seen_by(j, shown))
+                if valued and self.null_class[j] is not None:
+                    logits[:, self.null_class[j]] = float("-inf")
+                tokens[:, j] = torch.where(todo, self.draw(logits, u[:, j]), tokens[:, j])
+
+    @torch.no_grad()
+    def impute(self, table, seed: int = 0):
+        """The rows of `table` with every null cell of a modelled column filled by a draw given the
+        row's known cells (revealed first, as conditions are); known cells are returned as given,
+        byte for byte, and columns the model does not hold pass through. Row i's draws depend on
+        (seed, i) only."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from synth.engine.rowstreams import RowUniforms
+
+        self.ema.eval()
+        dev = next(self.ema.parameters()).device
+        missing = [c.name for c in self.codec.columns if c.name not in table.schema.names]
+        if missing:
+            raise ConfigError(f"the table to impute lacks {len(missing)} of the model's columns (first: "
+                              f"{missing[0]!r}); give a table with the columns the model was fitted on")
+        n, n_tok = table.num_rows, len(self.cards)
+        x = torch.from_numpy(self.codec.encode(table, strict=False)).to(dev)
+        tokens = self.to_tokens(x)
+        null = {c.name: np.asarray(table.column(c.name).is_null().to_numpy(zero_copy_only=False))
+                for c in self.codec.columns}
+        known = torch.from_numpy(np.stack([~null[self.codec.columns[i].name] for i, _ in self.tokens], axis=1)).to(dev)
+        prior = self.row_prior(seed, 0, n)
+        bs = self.config.sample_batch_size
+        for lo in range(0, n, bs):
+            self.draw_rest(tokens[lo:lo + bs], known[lo:lo + bs], prior[lo:lo + bs, :n_tok].to(dev), valued=True)
+        filled = self.codec.decode(self.to_features(tokens.cpu(), prior[:, n_tok:]), RowUniforms(seed, 0, n))
+        out = []
+        for f in table.schema:
+            col = table.column(f.name)
+            if f.name in null and null[f.name].any():
+                new = filled.column(f.name).cast(f.type)
+                col = pc.if_else(pa.array(~null[f.name]), col.combine_chunks(), new.combine_chunks())
+            out.append(col)
+        return pa.Table.from_arrays(out, schema=table.schema)
 
     def cells(self, j: int, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """The u-interval [low, high) of every class of numeric token j per row (n, card): a coarse

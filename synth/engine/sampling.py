@@ -164,6 +164,12 @@ class SamplingEngine(Engine):
         return {name: "exact-slot" if name in self.cond_columns else self.range_enforcement
                 for name in (conditions or {})}
 
+    def impute(self, table: pa.Table, seed: int = 0) -> pa.Table:
+        """`table` with its null cells filled by draws given each row's known cells (`synth impute`);
+        families that can override this."""
+        raise ConfigError(f"the {self.family} family cannot impute missing cells; fit the autoregressive (default) "
+                          "family, which draws them given the row's known cells")
+
     def row_prior(self, seed: int, start: int, n: int) -> Tensor:
         """The prior of rows start..start+n-1 of a seed: row i's draws depend on (seed, i) only."""
         return row_prior(self.prior, seed, start, n)

@@ -62,6 +62,24 @@ def sample_to_file(engine, artifact: str, rows: int, output: str | None, conditi
     return table, seconds
 
 
+def impute_file(engine, data: str, output: str, seed: int = 0) -> tuple[pa.Table, int]:
+    """`synth impute`: the rows of the Parquet file `data` with their null cells filled by the model
+    (known cells unchanged), written to `output`. Returns the table and the number of cells filled."""
+    from synth.io.data import iter_batches
+
+    if not storage.exists(data):
+        raise ConfigError(f"no file at {data!r}; give the Parquet file whose null cells to fill")
+    batches = list(iter_batches(data))
+    if not batches:
+        raise ConfigError(f"{data} has no rows to impute")
+    table = pa.Table.from_batches(batches)
+    modelled = [c.name for c in engine.codec.columns if c.name in table.schema.names]
+    cells = sum(table.column(c).null_count for c in modelled)
+    filled = engine.impute(table, seed)
+    write_parquet(filled, output)
+    return filled, cells
+
+
 def read_record(uri: str) -> tuple[dict, pa.Table]:
     """The `synth sample` record of a Parquet file and its rows, or a clear error."""
     if not storage.exists(uri):
