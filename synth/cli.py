@@ -177,12 +177,36 @@ def _coerce_conditions(engine, conditions: dict) -> dict:
     return out
 
 
+def _parse_rebalance(engine, items: list[str]) -> dict:
+    """--rebalance column=value:share (repeatable, one column) -> {column: {value: share}}."""
+    out: dict = {}
+    for item in items:
+        column, sep, rest = item.partition("=")
+        value, colon, share = rest.rpartition(":")
+        if not sep or not colon or not column.strip():
+            raise ConfigError(f"--rebalance {item!r} must look like column=value:share, e.g. income='>50K':0.5")
+        try:
+            fraction = float(share)
+        except ValueError:
+            raise ConfigError(f"--rebalance {item!r}: the share {share!r} is not a number in [0, 1]") from None
+        column = column.strip()
+        (coerced,) = _coerce_conditions(engine, {column: value.strip()}).values()
+        out.setdefault(column, {})[coerced] = fraction
+    if len(out) > 1:
+        raise ConfigError(f"--rebalance takes one column, got {sorted(out)}; condition on the others or rebalance "
+                          "them in another run")
+    return out
+
+
 @app.command("sample")
 def sample_cmd(artifact: str = typer.Argument(..., help="model artifact URI"),
                rows: int = typer.Option(..., "--rows", "-n", help="number of rows"),
                output: str = typer.Option(..., "--output", "-o", help="Parquet file to write"),
                condition: list[str] = typer.Option([], "--condition", help="column=value, or for a numeric or datetime "
                                                    "column column=min..max (either end may be left out; repeatable)"),
+               rebalance: list[str] = typer.Option([], "--rebalance", help="column=value:share, e.g. "
+                                                   "income='>50K':0.5: that share of the rows have the value, the "
+                                                   "column's other values split the rest (repeatable, one column)"),
                sampler: Optional[str] = typer.Option(None, help="ddpm, ddim, dpmpp_2m, unipc, euler, heun"),
                steps: Optional[int] = typer.Option(None, help="sampler steps"),
                guidance: Optional[float] = typer.Option(None, help="classifier-free guidance scale"),
@@ -198,7 +222,7 @@ def sample_cmd(artifact: str = typer.Argument(..., help="model artifact URI"),
         engine = load_engine(artifact)
         conds = _coerce_conditions(engine, _parse_conditions(condition))
         table, dt = sample_to_file(engine, artifact, rows, output, conds, sampler=sampler, steps=steps,
-                                   guidance=guidance, seed=seed)
+                                   guidance=guidance, seed=seed, rebalance=_parse_rebalance(engine, rebalance))
     except SynthError as e:
         _fail(e)
     console.print(f"wrote {table.num_rows} rows to [bold]{output}[/] in {dt:.2f} s ({table.num_rows / dt:,.0f} rows/s)")

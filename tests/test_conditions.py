@@ -291,3 +291,40 @@ def test_impute_fills_nulls_given_the_known_cells_and_keeps_them_byte_identical(
 def test_impute_is_refused_by_families_that_cannot(tiny_artifact):
     with pytest.raises(ConfigError, match="the diffusion family cannot impute missing cells; fit the autoregressive"):
         load_engine(tiny_artifact).impute(ADULT.slice(0, 10))
+
+
+# --------------------------------------------------------------------------- rebalancing
+def test_rebalance_draws_the_requested_shares_by_conditioning(adult_ar, tmp_path):
+    from synth.cli import app
+    from synth.pipelines.sample import rebalanced, replay_sample
+
+    out = tmp_path / "rich.parquet"
+    r = CliRunner().invoke(app, ["sample", adult_ar, "-n", "2000", "-o", str(out), "--rebalance", "income=>50K:0.5",
+                                 "--condition", "age=25..35"])
+    assert r.exit_code == 0, r.output
+    t = pq.read_table(out)
+    income = _values(t, "income")
+    assert np.sum(income == ">50K") == 1000 and np.sum(income == "<=50K") == 1000  # exact counts, not a filter
+    # the rest of each row is consistent with its income: the rich are mostly husbands, as in the data
+    rel = _values(t, "relationship")
+    assert np.mean(rel[income == ">50K"] == "Husband") > np.mean(rel[income == "<=50K"] == "Husband") + 0.2
+    assert ((_values(t, "age") >= 25) & (_values(t, "age") <= 35)).all()
+    assert replay_sample(str(out))["matched"]
+    engine = load_engine(adult_ar)
+    race = rebalanced(engine, "race", {"Black": 0.3}, 1000, seed=0)
+    shares = {v: race.count(v) / 1000 for v in set(race)}
+    real = _values(ADULT, "race")
+    white = 0.7 * np.mean(real == "White") / np.mean(real != "Black")  # the others keep their proportions
+    assert shares["Black"] == 0.3 and abs(shares["White"] - white) < 0.005, (shares, white)
+    for spec, says in [({"income": {">50K": 0.7, "<=50K": 0.6}}, "the shares sum to 1.3, over 1"),
+                       ({"income": {">50K": 1.5}}, "shares must be numbers in [0, 1]"),
+                       ({"income": {">50K": 0.5, "<=50K": 0.4}}, "no other value to fill the rest"),
+                       ({"age": {30: 0.5}}, "rebalancing takes a categorical or boolean column"),
+                       ({"income": {"rich": 0.5}}, "'income' has no category 'rich'")]:
+        (column, shares), = spec.items()
+        with pytest.raises(ConfigError, match="") as e:
+            rebalanced(engine, column, shares, 100, seed=0)
+        assert says in str(e.value), str(e.value)
+    r = CliRunner().invoke(app, ["sample", adult_ar, "-n", "5", "-o", str(tmp_path / "x.parquet"),
+                                 "--rebalance", "income>50K"])
+    assert r.exit_code == 2 and "must look like column=value:share" in " ".join(r.output.split())

@@ -14,9 +14,12 @@ fine bin, so numerics are continuous between the codec's support points and poin
 segments) come back exactly.
 
 Conditioning is exact: the training loss mixes rows scored in canonical column order with rows
-that reveal a random subset of the condition columns first and are scored on the rest given them,
-so a request that fixes some categorical columns generates the rest from p(rest | given) in one
-pass, no rejection and no guidance. The loss is an exact negative log-likelihood of tokens (nats
+that reveal a random subset of the categorical condition columns first, draw a random subset of the
+numeric columns next (each scored from the revealed columns and the numeric ones before it only) and
+score the rest given them. So a request that fixes categorical columns generates the rest from
+p(rest | given) in one pass, and a numeric value or range is met by drawing that column first from
+p(column | given) with the classes outside its u-interval masked (truncation), then the rest given
+it: no rejection and no guidance (docs/conditions.md). The loss is an exact negative log-likelihood of tokens (nats
 per row); in canonical order (validation) it is the held-out likelihood of whole rows.
 
 Sampling is one head evaluation per token column and draws every token by inverse CDF from the

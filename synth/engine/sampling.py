@@ -8,6 +8,10 @@
     feats = engine.sample_features(x, cond, sampler=..., steps=..., guidance=..., generator=...)
     table = engine.decode(feats, requested, seed)           # requested values are met exactly
 
+Conditions are categorical slots for every family; a family that also conditions on numeric columns
+(`range_columns`) gets each row's u-interval of them in the same tensor and says how it meets them
+(`range_enforcement`); the others refuse numeric conditions by name (docs/conditions.md).
+
 `SamplingEngine` implements everything but `prior` and `sample_features` (the family's own
 generation); `DenoisingEngine` adds what the denoising families (tabular and array diffusion)
 share: the classifier-free-guidance training loss, EMA, sampling with a solver on any device.
