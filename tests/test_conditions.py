@@ -355,3 +355,19 @@ def test_heads_see_the_same_tokens_in_training_and_sampling():
     assert torch.allclose(net(tokens, given), torch.stack(
         [torch.nn.functional.pad(net.head(j, tokens, net.seen_by(j, given)), (0, max(cards) - c), value=float("-inf"))
          for j, c in enumerate(cards)], dim=1), atol=1e-5)
+
+
+def test_bulk_synthesis_shards_meet_numeric_conditions(adult_ar, tmp_path):
+    """What each sampler actor runs (no Ray here): planned shards of a run with a range condition."""
+    from synth.pipelines.synthesize import SynthesizeConfig, conditioned_columns, plan_shards, sample_shard
+
+    engine = load_engine(adult_ar)
+    cfg = SynthesizeConfig(artifact=adult_ar, rows=700, shard_rows=300, batch_rows=128, output=str(tmp_path / "o"),
+                           conditions={"fixed": {"age": {"min": 60}, "income": ">50K"}})
+    shards = [sample_shard(engine, cfg, spec) for spec in plan_shards(cfg, engine)]
+    assert [s.num_rows for s in shards] == [300, 300, 100]
+    assert all((_values(s, "age") >= 60).all() and set(s.column("income").to_pylist()) == {">50K"} for s in shards)
+    assert engine.enforcement(conditioned_columns(cfg.conditions)) == {"age": "truncation", "income": "exact-slot"}
+    bad = SynthesizeConfig(artifact=adult_ar, rows=10, output=str(tmp_path / "b"), conditions={"fixed": {"age": "90..80"}})
+    with pytest.raises(ConfigError, match="the range's min is above its max"):
+        plan_shards(bad, engine)
