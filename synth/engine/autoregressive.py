@@ -66,6 +66,10 @@ class AutoregressiveConfig(ConditionalOnePassConfig):
                                                               "before it as 'not seen' (against memorising rows: "
                                                               "held-out C2ST loans 0.76 -> 0.68, credit 0.63 -> "
                                                               "0.60, caravan 0.80 -> 0.77; adult, diamonds even)")
+    cond_drop_all: float = Field(0.25, ge=0, le=1, description="share of training rows that reveal no condition "
+                                                               "(0.25: a range condition on adult's later columns "
+                                                               "came closer to the real rows in the range than with "
+                                                               "0.5, unconditional fidelity even; docs/conditions.md)")
     numeric_reveal: float = Field(0.5, ge=0, le=1, description="in training rows that reveal conditions, chance each "
                                                                 "numeric condition column is drawn first (from the "
                                                                 "revealed columns alone), as a numeric condition is")
