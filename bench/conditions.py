@@ -98,16 +98,15 @@ def main() -> None:
         ranges.append(entry)
         print(json.dumps(entry))
 
-    speed = {}
     rows = args.speed_rows
     engine.sample(1000, seed=0)  # warm up
-    for name, cond in SPEED.items():
-        best = float("inf")
-        for rep in range(3):
+    best = {name: float("inf") for name in SPEED}
+    for rep in range(3):  # interleaved, best of 3: a busy machine slows every setting alike
+        for name, cond in SPEED.items():
             t0 = time.perf_counter()
             engine.sample(rows, cond or None, seed=rep)
-            best = min(best, time.perf_counter() - t0)
-        speed[name] = round(rows / best, 1)
+            best[name] = min(best[name], time.perf_counter() - t0)
+    speed = {name: round(rows / s, 1) for name, s in best.items()}
     result = {"artifact": artifact, "family": engine.family, "fit_s": fit_s, "seed": args.seed,
               "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()},
               "ranges": ranges, "rows_per_s": speed,

@@ -61,9 +61,14 @@ class ColumnHeads(nn.Module):
         delta = self.emb(tokens + self.offset) - unseen
         return delta.reshape(delta.shape[0], -1), unseen.reshape(-1)
 
-    def _masked(self, mask: Tensor) -> Tensor:
+    def _masked(self, mask: Tensor, heads: Tensor | None = None) -> Tensor:
+        """First-layer weights (J * dim, heads * hidden) with the [token, head] `mask` applied (all heads,
+        or only `heads`)."""
         j, d, hid = len(self.cards), self.dim, self.hidden
-        return (self.w_in.view(j, d, j, hid) * mask[:, None, :, None]).view(j * d, j * hid)
+        w = self.w_in.view(j, d, j, hid)
+        if heads is not None:
+            w, mask = w[:, :, heads], mask[:, heads]
+        return (w * mask[:, None, :, None]).reshape(j * d, -1)
 
     def forward(self, tokens: Tensor, given: Tensor | None = None, first: Tensor | None = None) -> Tensor:
         """Logits (B, J, max card) of every head for (B, J) tokens of which `given` (B, J), if any,
@@ -84,12 +89,14 @@ class ColumnHeads(nn.Module):
             rows = shown.any(dim=1).nonzero()[:, 0]
             pre = pre.index_add(0, rows, self._spread(shown[rows], delta[rows]) @ self._masked(self.sees_given))
         if first is not None and first.any():  # heads of `first` tokens: given tokens, and `first` ones before
-            rows = first.any(dim=1).nonzero()[:, 0]
-            early = self._spread(shown[rows], delta[rows]) @ self._masked(self.sees)
+            rows, heads = first.any(dim=1).nonzero()[:, 0], first.any(dim=0).nonzero()[:, 0]  # only those heads
+            early = self._spread(shown[rows], delta[rows]) @ self._masked(self.sees, heads)
             if given is not None:
-                early = early + self._spread(given[rows], delta[rows]) @ self._masked(self.sees_given)
-            mixed = torch.where(first[rows].repeat_interleave(self.hidden, dim=1), bias + early, pre[rows])
-            pre = pre.index_copy(0, rows, mixed)
+                early = early + self._spread(given[rows], delta[rows]) @ self._masked(self.sees_given, heads)
+            early = early.view(len(rows), len(heads), self.hidden) + bias.view(j, self.hidden)[heads]
+            block = pre[rows].view(len(rows), j, self.hidden).clone()
+            block[:, heads] = torch.where(first[rows][:, heads, None], early, block[:, heads])
+            pre = pre.index_copy(0, rows, block.view(len(rows), -1))
         h = self.act(pre.view(n, j, self.hidden)).transpose(0, 1)  # (J, B, hidden)
         for i in range(self.depth - 1):
             h = h + self.act(torch.baddbmm(self.b_mid[i][:, None], self.drop(h), self.w_mid[i]))
