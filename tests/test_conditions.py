@@ -374,3 +374,17 @@ def test_bulk_synthesis_shards_meet_numeric_conditions(adult_ar, tmp_path):
     bad = SynthesizeConfig(artifact=adult_ar, rows=10, output=str(tmp_path / "b"), conditions={"fixed": {"age": "90..80"}})
     with pytest.raises(ConfigError, match="the range's min is above its max"):
         plan_shards(bad, engine)
+
+
+def test_a_model_trained_before_numeric_conditions_refuses_them(adult_ar, tmp_path):
+    """Its training never drew a numeric column first, so truncating one would not condition the rest."""
+    from synth.engine.autoregressive import AutoregressiveEngine
+    from synth.io.artifact import read_artifact
+
+    art = read_artifact(adult_ar)
+    art.engine["config"].pop("numeric_reveal")  # as an artifact of the version before wrote it
+    old = AutoregressiveEngine.from_artifact(art)
+    assert old.range_columns == [] and old.sample(5, {"sex": "Female"}).num_rows == 5
+    with pytest.raises(ConfigError, match="column 'age' is integer; this autoregressive model was trained before "
+                                          "numeric conditions"):
+        old.sample(5, {"age": "30..40"})

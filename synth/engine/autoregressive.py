@@ -140,6 +140,15 @@ class AutoregressiveEngine(EMAWeights, OnePassEngine):
         self.net = ColumnHeads(cards, dim, config.hidden, config.depth, config.dropout, config.token_dropout)
         self.ema = copy.deepcopy(self.net).requires_grad_(False)
 
+    @classmethod
+    def from_artifact(cls, art):
+        engine = super().from_artifact(art)
+        if "numeric_reveal" not in art.engine["config"]:  # trained before numeric conditions: never drew one first
+            engine.range_columns, engine.range_tokens, engine.range_within = [], [], []
+            engine.range_refusal = ("this autoregressive model was trained before numeric conditions (its training "
+                                    "never drew a numeric column first); retrain it with this version")
+        return engine
+
     # -- features <-> tokens --------------------------------------------------------------
     def to_tokens(self, x: Tensor) -> Tensor:
         """Encoded rows (n, codec.width) -> tokens (n, J)."""

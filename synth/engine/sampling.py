@@ -46,6 +46,7 @@ class SamplingEngine(Engine):
     cond_cards: list[int]  # their category counts (slot == card means "not given")
     range_columns: list[str] = []  # numeric columns a request may condition on (values and ranges)
     range_enforcement: ClassVar[str] = ""  # how the family meets them ("truncation", "conditional-gaussian")
+    range_refusal: str | None = None  # why this model refuses numeric conditions, when its family takes them
     max_steps: ClassVar[int | None] = MAX_STEPS  # None: steps are accepted and ignored (one-pass families)
     sampler_hint: ClassVar[str] = ""  # appended to the unknown-sampler message
 
@@ -130,8 +131,9 @@ class SamplingEngine(Engine):
             raise ConfigError(f"unknown column {str(name)[:64]!r}: this model has no such column (names are compared "
                               "exactly, by case; `synth inspect MODEL` lists them)")
         if isinstance(col, NumericColumn):
-            raise ConfigError(f"column {name!r} is {col.kind}; the {self.family} family conditions on categorical "
-                              "columns only: fit the autoregressive (default) family for numeric conditions")
+            raise ConfigError(f"column {name!r} is {col.kind}; " + (self.range_refusal or (
+                f"the {self.family} family conditions on categorical columns only: fit the autoregressive "
+                "(default) family for numeric conditions")))
         self.codec.categorical(name)  # a kind no family conditions on is named as such
         raise ConfigError(f"column {name!r} is not a condition column of this model; condition columns are "
                           f"{self.cond_columns}")

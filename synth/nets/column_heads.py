@@ -95,7 +95,7 @@ class ColumnHeads(nn.Module):
                 early = early + self._spread(given[rows], delta[rows]) @ self._masked(self.sees_given, heads)
             early = early.view(len(rows), len(heads), self.hidden) + bias.view(j, self.hidden)[heads]
             block = pre[rows].view(len(rows), j, self.hidden).clone()
-            block[:, heads] = torch.where(first[rows][:, heads, None], early, block[:, heads])
+            block[:, heads] = torch.where(first[rows][:, heads, None], early.to(block.dtype), block[:, heads])
             pre = pre.index_copy(0, rows, block.view(len(rows), -1))
         h = self.act(pre.view(n, j, self.hidden)).transpose(0, 1)  # (J, B, hidden)
         for i in range(self.depth - 1):
