@@ -160,7 +160,8 @@ def _parse_conditions(items: list[str]) -> dict:
 
 
 def _coerce_conditions(engine, conditions: dict) -> dict:
-    """CLI values arrive as strings: convert to each column's value type."""
+    """CLI values arrive as strings: a category is converted to its column's value type; a numeric
+    condition (a value, min..max, min.., ..max, ISO datetimes) is parsed by the engine's codec."""
     out = {}
     cons = engine.constraints
     for name, value in conditions.items():
@@ -168,6 +169,11 @@ def _coerce_conditions(engine, conditions: dict) -> dict:
             values = cons.condition_values(name)
             out[name] = value if values is None else {str(c): c for c in values}.get(value, value)
             continue
+        if name in engine.range_columns:
+            out[name] = value
+            continue
+        if name not in engine.cond_columns:
+            engine.refuse_condition(name)
         col = engine.codec.categorical(name)
         known = {str(c): c for c in col.categories + col.tail_values}
         if value not in known:
@@ -176,11 +182,36 @@ def _coerce_conditions(engine, conditions: dict) -> dict:
     return out
 
 
+def _parse_rebalance(engine, items: list[str]) -> dict:
+    """--rebalance column=value:share (repeatable, one column) -> {column: {value: share}}."""
+    out: dict = {}
+    for item in items:
+        column, sep, rest = item.partition("=")
+        value, colon, share = rest.rpartition(":")
+        if not sep or not colon or not column.strip():
+            raise ConfigError(f"--rebalance {item!r} must look like column=value:share, e.g. income='>50K':0.5")
+        try:
+            fraction = float(share)
+        except ValueError:
+            raise ConfigError(f"--rebalance {item!r}: the share {share!r} is not a number in [0, 1]") from None
+        column = column.strip()
+        (coerced,) = _coerce_conditions(engine, {column: value.strip()}).values()
+        out.setdefault(column, {})[coerced] = fraction
+    if len(out) > 1:
+        raise ConfigError(f"--rebalance takes one column, got {sorted(out)}; condition on the others or rebalance "
+                          "them in another run")
+    return out
+
+
 @app.command("sample")
 def sample_cmd(artifact: str = typer.Argument(..., help="model artifact URI"),
                rows: int = typer.Option(..., "--rows", "-n", help="number of rows"),
                output: str = typer.Option(..., "--output", "-o", help="Parquet file to write"),
-               condition: list[str] = typer.Option([], "--condition", help="column=value (repeatable)"),
+               condition: list[str] = typer.Option([], "--condition", help="column=value, or for a numeric or datetime "
+                                                   "column column=min..max (either end may be left out; repeatable)"),
+               rebalance: list[str] = typer.Option([], "--rebalance", help="column=value:share, e.g. "
+                                                   "income='>50K':0.5: that share of the rows have the value, the "
+                                                   "column's other values split the rest (repeatable, one column)"),
                sampler: Optional[str] = typer.Option(None, help="ddpm, ddim, dpmpp_2m, unipc, euler, heun"),
                steps: Optional[int] = typer.Option(None, help="sampler steps"),
                guidance: Optional[float] = typer.Option(None, help="classifier-free guidance scale"),
@@ -196,10 +227,29 @@ def sample_cmd(artifact: str = typer.Argument(..., help="model artifact URI"),
         engine = load_engine(artifact)
         conds = _coerce_conditions(engine, _parse_conditions(condition))
         table, dt = sample_to_file(engine, artifact, rows, output, conds, sampler=sampler, steps=steps,
-                                   guidance=guidance, seed=seed)
+                                   guidance=guidance, seed=seed, rebalance=_parse_rebalance(engine, rebalance))
     except SynthError as e:
         _fail(e)
     console.print(f"wrote {table.num_rows} rows to [bold]{output}[/] in {dt:.2f} s ({table.num_rows / dt:,.0f} rows/s)")
+
+
+@app.command("impute")
+def impute_cmd(artifact: str = typer.Argument(..., help="model artifact URI"),
+               data: str = typer.Argument(..., help="Parquet file (local, s3://, gs://) with the model's columns"),
+               output: str = typer.Option(..., "--output", "-o", help="Parquet file to write"),
+               seed: int = typer.Option(0, help="seed (same seed, same draws)")):
+    """Fill the null cells of real rows with draws consistent with each row's known cells; known
+    cells are written back unchanged (docs/conditions.md)."""
+    try:
+        from synth.families import load_engine
+        from synth.pipelines.sample import impute_file
+
+        t0 = time.perf_counter()
+        filled, cells = impute_file(load_engine(artifact), data, output, seed)
+    except SynthError as e:
+        _fail(e)
+    console.print(f"filled {cells} null cells of {filled.num_rows} rows into [bold]{output}[/] in "
+                  f"{time.perf_counter() - t0:.2f} s")
 
 
 @app.command("synthesize")
@@ -208,7 +258,8 @@ def synthesize_cmd(artifact: str = typer.Argument(..., help="model artifact URI"
                    output: str = typer.Option(..., "--output", "-o", help="shard folder (local, s3://, gs://)"),
                    shard_rows: int = typer.Option(100_000, help="rows per Parquet shard"),
                    actors: int = typer.Option(2, help="sampler actors"),
-                   condition: list[str] = typer.Option([], "--condition", help="column=value for every row"),
+                   condition: list[str] = typer.Option([], "--condition", help="column=value (numeric: or min..max) for "
+                                                       "every row"),
                    sampler: Optional[str] = typer.Option(None), steps: Optional[int] = typer.Option(None),
                    guidance: Optional[float] = typer.Option(None), seed: int = typer.Option(0)):
     """Bulk synthesis on Ray Data: deterministic, resumable Parquet shards and a run manifest."""

@@ -10,10 +10,12 @@ codec, so the engine plugs into `synth sample`, bulk synthesis and the Serve end
 the same `prior -> sample_features -> decode` path as diffusion. There is one pass and no
 sampler: `sampler`, `steps` and `guidance` are accepted and ignored.
 
-Conditions on categorical columns constrain their latent dimensions to the category's
-interval: conditioned dimensions are drawn one after the other from their conditional
-normal truncated to the interval (the GHK construction; exact for one condition column, an
-approximation for several), the rest from the conditional normal given them.
+Conditions constrain latent dimensions to an interval: a category's interval of its column's
+dimension, a numeric value or range the interval of normal scores that decodes into it (and a
+nullable numeric's null dimension to "not null"). Conditioned dimensions are drawn one after the
+other from their conditional normal truncated to the interval (the GHK construction; exact for one
+condition column, an approximation for several), the rest from the conditional normal given them,
+so every row meets its conditions with no rejection.
 """
 from __future__ import annotations
 
@@ -93,6 +95,7 @@ def codec_from_fingerprint(fp: Fingerprint) -> TableCodec:
 
 class CopulaEngine(OnePassEngine):
     family = "fingerprint"
+    range_enforcement = "conditional-gaussian"
 
     def __init__(self, config: CopulaConfig, codec: TableCodec, correlation: np.ndarray):
         self.config = config
@@ -105,6 +108,7 @@ class CopulaEngine(OnePassEngine):
         self.dim_of = {d: i for i, d in enumerate(self.dims)}
         self.cond_columns = codec.categorical_names()
         self.cond_cards = [codec.categorical(c).width for c in self.cond_columns]
+        self.range_columns = [c.name for c in codec.columns if isinstance(c, NumericColumn)]
         self.cuts = {c.name: np.concatenate([[0.0], np.cumsum(c.probs)])
                      for c in codec.columns if isinstance(c, CategoricalColumn)}
         for cut in self.cuts.values():
@@ -125,28 +129,39 @@ class CopulaEngine(OnePassEngine):
     def to(self, device: torch.device | str) -> "CopulaEngine":
         return self  # numpy on the CPU; nothing to move
 
-    def latent(self, e: np.ndarray, cond: np.ndarray) -> np.ndarray:
-        """Correlated latent normals from iid normals `e` (n, d), honouring condition slots."""
+    def latent(self, e: np.ndarray, slots: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+        """Correlated latent normals from iid normals `e` (n, d), honouring condition slots and the
+        u-intervals of numeric conditions (a conditioned numeric is never null)."""
         cards = np.asarray(self.cond_cards)
-        given = cond < cards[None, :] if len(cards) else np.zeros((len(e), 0), bool)
+        given = np.concatenate([slots < cards[None, :], (low > 0.0) | (high < 1.0)], axis=1)
         z = np.empty_like(e)
         patterns, inverse = np.unique(given, axis=0, return_inverse=True)
-        for k, pattern in enumerate(patterns):
-            rows = np.flatnonzero(inverse.reshape(-1) == k)
-            cols = [j for j, g in enumerate(pattern) if g]
-            if not cols:
+        k = len(self.cond_columns)
+        for p, pattern in enumerate(patterns):
+            rows = np.flatnonzero(inverse.reshape(-1) == p)
+            if not pattern.any():
                 z[rows] = e[rows] @ self.chol.T
                 continue
-            cdims = [self.dim_of[(self.cond_columns[j], "value")] for j in cols]
+            limits = []  # (latent dim, low u, high u) of each conditioned dimension, per row
+            for j in np.flatnonzero(pattern):
+                if j < k:
+                    name = self.cond_columns[j]
+                    cut, slot = self.cuts[name], slots[rows, j]
+                    limits.append((self.dim_of[(name, "value")], cut[slot], cut[slot + 1]))
+                    continue
+                name = self.range_columns[j - k]
+                limits.append((self.dim_of[(name, "value")], low[rows, j - k], high[rows, j - k]))
+                if (name, "null") in self.dim_of:
+                    share = self.config.null_share.get(name, 0.0)
+                    limits.append((self.dim_of[(name, "null")], np.full(len(rows), share), np.ones(len(rows))))
+            cdims = [d for d, _, _ in limits]
             order = cdims + [i for i in range(len(self.dims)) if i not in cdims]
             L = np.linalg.cholesky(self.corr[np.ix_(order, order)])
             eo = e[np.ix_(rows, order)].copy()
-            for i, j in enumerate(cols):  # truncate each conditioned dimension to its interval
-                cut = self.cuts[self.cond_columns[j]]
-                slot = cond[rows, j]
+            for i, (_, a, b) in enumerate(limits):  # truncate each conditioned dimension to its interval
                 m = eo[:, :i] @ L[i, :i]
-                a = ndtr((ndtri(np.clip(cut[slot], 0, 1)) - m) / L[i, i])
-                b = ndtr((ndtri(np.clip(cut[slot + 1], 0, 1)) - m) / L[i, i])
+                a = ndtr((ndtri(np.clip(a, 0, 1)) - m) / L[i, i])
+                b = ndtr((ndtri(np.clip(b, 0, 1)) - m) / L[i, i])
                 u = a + ndtr(eo[:, i]) * (b - a)
                 eo[:, i] = ndtri(np.clip(u, U_CLIP, 1 - U_CLIP))
             zo = eo @ L.T
@@ -173,7 +188,8 @@ class CopulaEngine(OnePassEngine):
     @torch.no_grad()
     def sample_features(self, x: Tensor, cond: Tensor, *, sampler: str, steps: int, guidance: float,
                         generator: torch.Generator | None) -> Tensor:
-        z = self.latent(x.double().cpu().numpy(), cond.cpu().numpy())
+        slots, low, high = (t.cpu().numpy() for t in self.split_conditions(cond))
+        z = self.latent(x.double().cpu().numpy(), slots, low, high)
         return torch.from_numpy(self.features(z))
 
     # -- artifact -------------------------------------------------------------------------------

@@ -61,33 +61,60 @@ class ColumnHeads(nn.Module):
         delta = self.emb(tokens + self.offset) - unseen
         return delta.reshape(delta.shape[0], -1), unseen.reshape(-1)
 
-    def _masked(self, mask: Tensor) -> Tensor:
+    def _masked(self, mask: Tensor, heads: Tensor | None = None) -> Tensor:
+        """First-layer weights (J * dim, heads * hidden) with the [token, head] `mask` applied (all heads,
+        or only `heads`)."""
         j, d, hid = len(self.cards), self.dim, self.hidden
-        return (self.w_in.view(j, d, j, hid) * mask[:, None, :, None]).view(j * d, j * hid)
+        w = self.w_in.view(j, d, j, hid)
+        if heads is not None:
+            w, mask = w[:, :, heads], mask[:, heads]
+        return (w * mask[:, None, :, None]).reshape(j * d, -1)
 
-    def forward(self, tokens: Tensor, given: Tensor | None = None) -> Tensor:
+    def forward(self, tokens: Tensor, given: Tensor | None = None, first: Tensor | None = None) -> Tensor:
         """Logits (B, J, max card) of every head for (B, J) tokens of which `given` (B, J), if any,
-        are revealed first; padded classes are -inf."""
+        are revealed first and `first` (B, J), if any, are generated next, before the rest: the head
+        of a `first` token sees the given tokens and the `first` tokens before it only (a numeric
+        condition drawn from p(column | given) before the columns that depend on it); padded
+        classes are -inf."""
         n, j = tokens.shape
         delta, base = self._delta(tokens)
         seen = delta
         if self.training and self.token_dropout > 0:  # show an earlier token as "not seen" at random (a
             keep = torch.rand(n, j, device=delta.device) >= self.token_dropout  # regulariser); conditions stay
             seen = delta * keep.repeat_interleave(self.dim, dim=1).to(delta.dtype)
-        pre = torch.addmm(self.b_in.view(-1) + base @ self.w_in, seen, self._masked(self.sees))  # (B, J * hidden)
-        if given is not None and given.any():
-            rows = given.any(dim=1).nonzero()[:, 0]
-            shown = given[rows].repeat_interleave(self.dim, dim=1).to(delta.dtype) * delta[rows]
-            pre = pre.index_add(0, rows, shown @ self._masked(self.sees_given))
+        bias = self.b_in.view(-1) + base @ self.w_in
+        pre = torch.addmm(bias, seen, self._masked(self.sees))  # (B, J * hidden)
+        shown = given if first is None else first if given is None else given | first
+        if shown is not None and shown.any():
+            rows = shown.any(dim=1).nonzero()[:, 0]
+            pre = pre.index_add(0, rows, self._spread(shown[rows], delta[rows]) @ self._masked(self.sees_given))
+        if first is not None and first.any():  # heads of `first` tokens: given tokens, and `first` ones before
+            rows, heads = first.any(dim=1).nonzero()[:, 0], first.any(dim=0).nonzero()[:, 0]  # only those heads
+            early = self._spread(shown[rows], delta[rows]) @ self._masked(self.sees, heads)
+            if given is not None:
+                early = early + self._spread(given[rows], delta[rows]) @ self._masked(self.sees_given, heads)
+            early = early.view(len(rows), len(heads), self.hidden) + bias.view(j, self.hidden)[heads]
+            block = pre[rows].view(len(rows), j, self.hidden).clone()
+            block[:, heads] = torch.where(first[rows][:, heads, None], early.to(block.dtype), block[:, heads])
+            pre = pre.index_copy(0, rows, block.view(len(rows), -1))
         h = self.act(pre.view(n, j, self.hidden)).transpose(0, 1)  # (J, B, hidden)
         for i in range(self.depth - 1):
             h = h + self.act(torch.baddbmm(self.b_mid[i][:, None], self.drop(h), self.w_mid[i]))
         out = torch.baddbmm(self.b_out[:, None], self.drop(h), self.w_out)  # (J, B, C)
         return out.transpose(0, 1) + self.logit_mask
 
-    def seen_by(self, j: int, given: Tensor) -> Tensor:
-        """(B, J) mask of the tokens head j sees in rows whose `given` (B, J) tokens are revealed."""
-        return self.sees[:, j].bool() | (given & self.sees_given[:, j].bool())
+    def _spread(self, mask: Tensor, delta: Tensor) -> Tensor:
+        """The embedding offsets (B, J * dim) of the tokens a (B, J) mask shows, zero elsewhere."""
+        return mask.repeat_interleave(self.dim, dim=1).to(delta.dtype) * delta
+
+    def seen_by(self, j: int, given: Tensor, first: Tensor | None = None) -> Tensor:
+        """(B, J) mask of the tokens head j sees in rows whose `given` (B, J) tokens are revealed
+        and whose `first` tokens, if any, are generated before the rest (as in `forward`)."""
+        shown = given if first is None else given | first
+        canonical = self.sees[:, j].bool() | (shown & self.sees_given[:, j].bool())
+        if first is None:
+            return canonical
+        return torch.where(first[:, j:j + 1], given | (first & self.sees[:, j].bool()), canonical)
 
     def head(self, j: int, tokens: Tensor, seen: Tensor) -> Tensor:
         """Logits (B, card_j) of head j alone, seeing the tokens `seen` (B, J) marks (sampling)."""

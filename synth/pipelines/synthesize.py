@@ -34,7 +34,9 @@ class Conditions(BaseModel):
     """What the rows are conditioned on (at most one of the three)."""
 
     model_config = ConfigDict(extra="forbid")
-    fixed: dict[str, Any] = Field(default_factory=dict, description="column -> value for every row")
+    fixed: dict[str, Any] = Field(default_factory=dict, description="column -> value for every row (a numeric or "
+                                                                    "datetime column: also a range, {min: 30, max: "
+                                                                    "40} or '30..40')")
     reference: list[str] = Field(default_factory=list,
                                  description="columns drawn from their reference distribution")
     mix: dict[str, dict[str, int]] = Field(default_factory=dict,
@@ -131,6 +133,11 @@ def plan_shards(cfg: SynthesizeConfig, engine) -> list[dict]:
             s["mix"] = {"column": col, "runs": parts}
             start = hi
     return specs
+
+
+def conditioned_columns(c: Conditions) -> dict:
+    """The columns a run conditions on (the keys of its conditions, whichever kind)."""
+    return {name: None for name in [*c.fixed, *c.reference, *c.mix]}
 
 
 def shard_conditions(engine, spec: dict, c: Conditions, seed: int = 0) -> dict | None:
@@ -327,7 +334,8 @@ def synthesize(cfg: SynthesizeConfig, progress=None) -> dict:
         **gen, seed=cfg.seed, protocol=PROTOCOL,
         shard_rows=cfg.shard_rows, batch_rows=cfg.batch_rows, cpus_per_actor=cfg.cpus_per_actor,
         threads_per_actor=cfg.threads_per_actor, use_gpu=cfg.use_gpu,
-        conditions=cfg.conditions.model_dump(), rows=total,
+        conditions=cfg.conditions.model_dump(), enforced=engine.enforcement(conditioned_columns(cfg.conditions)),
+        rows=total,
         shards=[records[i] for i in sorted(records)],
         resumed_shards=len(done), wall_s=wall, rows_per_s=written / wall if written else None,
         actors=cfg.actors)

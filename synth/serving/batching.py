@@ -28,7 +28,7 @@ class Job:
     """One validated request, ready for the model (made by `make_job`)."""
 
     rows: int
-    cond: Tensor  # (rows, k) condition indices
+    cond: Tensor  # (rows, k) condition slots, plus numeric u-intervals (engine.encode_conditions)
     requested: dict[str, list]  # conditioned columns -> value per row (met exactly on decode)
     sampler: str
     steps: int
@@ -39,6 +39,7 @@ class Job:
     row_cost: int  # rows x network evaluations one of its rows may cost in a shared model batch
     net_factor: int  # network rows per sample row in a model batch (2 with classifier-free guidance)
     fmt: str = "json"
+    enforced: dict[str, str] = field(default_factory=dict)  # how each condition is met (engine.enforcement)
     batch_requests: int = 1  # requests in the @serve.batch call that ran this job
     # lifecycle (synth.serving.scheduler, synth.serving.http): the caller went away; a model thread
     # holds the job; the replica's admission counters no longer count it

@@ -21,17 +21,36 @@ MEDIA_TYPES = {
 }
 
 
+class Range(BaseModel):
+    """A numeric or datetime condition's range; either end may be left out (open)."""
+
+    model_config = ConfigDict(extra="forbid")
+    min: Union[StrictInt, StrictFloat, StrictStr, None] = Field(None, description="lowest value (a datetime: ISO text)")
+    max: Union[StrictInt, StrictFloat, StrictStr, None] = Field(None, description="highest value")
+
+
+Condition = Union[Scalar, Range]
+
+
 class SampleRequest(BaseModel):
     """POST /v1/sample. Everything but `rows` is optional."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [{"rows": 5, "conditions": {"sex": "Female", "income": ">50K"}, "seed": 7, "format": "json"}]})
+        "examples": [{"rows": 5, "conditions": {"sex": "Female", "income": ">50K"}, "seed": 7, "format": "json"},
+                     {"rows": 5, "conditions": {"age": {"min": 30, "max": 40}, "hours-per-week": 40}}]})
 
     rows: StrictInt = Field(1, ge=1, description="rows to generate (1..max_rows, see GET /v1/model)")
-    conditions: dict[str, Union[Scalar, list[Scalar]]] = Field(
+    conditions: dict[str, Union[Condition, list[Condition]]] = Field(
         default_factory=dict,
-        description="condition column -> one value for every row, or a list with one value per row; "
-                    "every generated row has exactly the requested values")
+        description="condition column -> one value for every row, or a list with one value per row; a numeric "
+                    "or datetime column (families that support it, GET /v1/model) also takes a range "
+                    "{\"min\": 30, \"max\": 40} or \"30..40\"; every generated row meets its conditions exactly")
+
+    def plain_conditions(self) -> dict[str, Any]:
+        """The conditions as the engine takes them (a range as {"min": ..., "max": ...} without open ends)."""
+        def plain(v):
+            return v.model_dump(exclude_none=True) if isinstance(v, Range) else v
+        return {k: [plain(x) for x in v] if isinstance(v, list) else plain(v) for k, v in self.conditions.items()}
     guidance: float | None = Field(
         None, ge=0, allow_inf_nan=False,
         description="classifier-free guidance scale (1 = plain conditional model); default: the model's")
@@ -55,6 +74,8 @@ class SampleResponse(BaseModel):
     nfe: int
     guidance: float
     seed: int | None
+    enforced: dict[str, str] = Field(default_factory=dict, description="how each condition was met: exact-slot (a "
+                                     "category), truncation or conditional-gaussian (a numeric value or range)")
 
 
 class FieldInfo(BaseModel):
@@ -66,7 +87,9 @@ class FieldInfo(BaseModel):
 
 class ConditionColumn(BaseModel):
     name: str
-    values: list[Any] = Field(description="values a condition may take (the most frequent first)")
+    kind: str = Field("categorical", description="categorical/boolean: one of `values`; continuous, integer, "
+                                                 "datetime: a value or a range")
+    values: list[Any] = Field(description="values a categorical condition may take (the most frequent first)")
     truncated: bool = Field(False, description="true when only the first values are listed")
 
 

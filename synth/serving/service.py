@@ -18,6 +18,7 @@ from synth.serving.control import SLOController
 from synth.serving.metrics import NullMetrics
 from synth.serving.schemas import MEDIA_TYPES, SampleRequest
 from synth.serving.slo import LatencyModel, SLOTracker, calibrate
+from synth.table.columns import NumericColumn
 
 MAX_LISTED_VALUES = 1000
 MAX_ERRORS = 20  # field errors in one 422; validation stops there
@@ -98,17 +99,24 @@ class SamplingService:
             errors.append(_problem(("sampler",), f"sampler {sampler!r} is not available for this model; choose one "
                                                  f"of {engine.samplers()}"))
         n = min(req.rows, a.max_rows)
-        conditions = req.conditions
-        if len(conditions) > len(engine.cond_columns):
+        conditions = req.plain_conditions()
+        usable = len(engine.cond_columns) + len(engine.range_columns) + \
+            (len(engine.constraints.owner) if engine.constraints is not None else 0)
+        if len(conditions) > usable:
             errors.append(_problem(("conditions",), f"{len(conditions)} conditions given but this model has "
-                                                    f"{len(engine.cond_columns)} condition columns (GET /v1/model "
-                                                    "lists them)"))
+                                                    f"{usable} condition columns (GET /v1/model lists them)"))
             conditions = {}
         for name, value in conditions.items():
             if len(errors) >= MAX_ERRORS:
                 break
             constrained = engine.constraints is not None and name in engine.constraints.owner  # mapped or refused
-            if name not in engine.cond_columns and not constrained:
+            if name not in engine.cond_columns and name not in engine.range_columns and not constrained:
+                if isinstance(engine.codec.by_name.get(name), NumericColumn):
+                    try:
+                        engine.refuse_condition(name)
+                    except ConfigError as e:
+                        errors.append(_problem(("conditions", name), str(e)))
+                        continue
                 errors.append(_problem(("conditions", _short(name)), f"{_short(name)!r} is not a condition column "
                                                                      "of this model (GET /v1/model lists them)"))
                 continue
@@ -117,12 +125,7 @@ class SamplingService:
                                                              f"{req.rows} rows; give one value or one per row"))
                 continue
             try:
-                engine.encode_conditions(1, {name: value[:1] if isinstance(value, list) else value})
-                if isinstance(value, list) and len(value) > 1:
-                    if constrained:
-                        engine.encode_conditions(len(value), {name: value})
-                    else:
-                        engine.codec.categorical(name).codes(value)
+                engine.encode_conditions(len(value) if isinstance(value, list) else 1, {name: value})
             except ConfigError as e:
                 errors.append(_problem(("conditions", name), str(e)))
             except (TypeError, ValueError) as e:
@@ -136,13 +139,14 @@ class SamplingService:
         guidance = self.defaults["guidance"] if req.guidance is None else float(req.guidance)
         seeded = req.seed is not None
         seed = req.seed if seeded else secrets.randbits(63)
-        cond, requested = engine.encode_conditions(n, dict(req.conditions), seed)
+        cond, requested = engine.encode_conditions(n, conditions, seed)
         steps = self.choose_steps(sampler, n, guidance) if req.steps is None else req.steps
         try:
             engine.validate_request(n, sampler, steps, guidance)
         except ConfigError as e:
             raise RequestProblem([_problem((), str(e))]) from None
         job = make_job(engine, n, cond, requested, sampler, steps, guidance, seed, seeded, req.format)
+        job.enforced = engine.enforcement(conditions)
         predicted = self.latency.predict(sampler, steps, n * job.net_factor)
         if predicted > a.max_request_s:
             raise RequestProblem([_problem((), f"this request would take about {predicted:.1f} s of model time "
@@ -238,7 +242,7 @@ class SamplingService:
 
     def meta(self, job: Job) -> dict[str, Any]:
         return {"sampler": job.sampler, "steps": job.steps, "nfe": job.nfe, "guidance": job.guidance,
-                "seed": job.seed if self.seed_reproducible(job) else None}
+                "seed": job.seed if self.seed_reproducible(job) else None, "enforced": job.enforced}
 
     def headers(self, job: Job) -> dict[str, str]:
         h = {"X-Synth-Sampler": job.sampler, "X-Synth-Steps": str(job.steps), "X-Synth-NFE": str(job.nfe),
@@ -267,8 +271,11 @@ class SamplingService:
         for name in e.cond_columns if mapped is None else mapped:
             col = e.codec.categorical(name) if mapped is None or mapped[name] is None else None
             values = list(col.categories) + list(col.tail_values) if col is not None else mapped[name]
-            conds.append({"name": name, "values": values[:MAX_LISTED_VALUES],
+            conds.append({"name": name, "kind": col.kind if col is not None else "categorical",
+                          "values": values[:MAX_LISTED_VALUES],
                           "truncated": len(values) > MAX_LISTED_VALUES})
+        for name in e.range_columns:  # a value or a range; no values listed (they would be the data's)
+            conds.append({"name": name, "kind": e.codec.by_name[name].kind, "values": [], "truncated": False})
         manifest = getattr(e, "manifest", None) or {}
         return {
             "artifact_uri": a.artifact_uri,

@@ -18,12 +18,13 @@ import numpy as np
 import pyarrow as pa
 from scipy.special import ndtr, ndtri
 
-from synth.errors import DataError
+from synth.errors import ConfigError, DataError
 from synth.table.protection import protected_support
 from synth.table.stats import ColumnStats
 
 HEAVY_SHARE = 1e-3
 U_EPS = 1e-9
+U_SHRINK = 1e-10  # conditions: u-intervals are shrunk by this much (float round trips stay inside)
 
 
 @dataclass
@@ -125,6 +126,96 @@ class NumericColumn:
         x = np.clip(x, self.min, self.max)
         mask = feats[:, 1] > 0 if self.nullable else None
         return self._from_float(x, mask)
+
+    # -- conditions (synth.engine.sampling) -----------------------------------------------
+    def condition(self, value: Any) -> tuple[float, float, bool]:
+        """A condition a user gives for this column, as (low, high, exact) in the column's float
+        space (seconds since the epoch for datetimes): a value (`30`, `"2021-03-01"`), a range
+        `{"min": 30, "max": 40}` or the text `"30..40"`, either end open (`"30.."`, `"..40"`)."""
+        if isinstance(value, dict):
+            extra = set(value) - {"min", "max"}
+            if extra or not value:
+                raise ConfigError(f"condition on {self.name!r}: a range is {{\"min\": ..., \"max\": ...}} (either may be "
+                                  f"left out), got the keys {sorted(map(str, value))[:5]}")
+            lo, hi = value.get("min"), value.get("max")
+        elif isinstance(value, str) and ".." in value:
+            lo, hi = (p.strip() or None for p in value.split("..", 1))
+            if lo is None and hi is None:
+                raise ConfigError(f"condition on {self.name!r}: the range '..' has no end; give min..max, min.. or ..max")
+        else:
+            v = self.condition_value(value)
+            if self.kind == "integer" and not float(v).is_integer():
+                raise ConfigError(f"condition on {self.name!r} (integer): {str(value)[:40]!r} is not an integer; give "
+                                  "an integer, or a range min..max")
+            return v, v, True
+        low = -np.inf if lo is None else self.condition_value(lo)
+        high = np.inf if hi is None else self.condition_value(hi)
+        if low > high:
+            raise ConfigError(f"condition on {self.name!r}: the range's min is above its max; give min <= max")
+        return low, high, False
+
+    def condition_value(self, value: Any) -> float:
+        """One end of a condition, parsed as this column's kind, in its float space."""
+        what = "an ISO date or timestamp such as 2021-03-01 or 2021-03-01T12:00:00" if self.kind == "datetime" \
+            else ("an integer" if self.kind == "integer" else "a number")
+        bad = ConfigError(f"condition on {self.name!r} ({self.kind}): {str(value)[:40]!r} is not {what}; "
+                          f"give {what}, or a range min..max")
+        if value is None or isinstance(value, (bool, np.bool_)):
+            raise bad
+        if self.kind == "datetime":
+            import pandas as pd
+
+            if isinstance(value, (int, float, np.number)):
+                raise bad
+            try:
+                t = pd.Timestamp(value)
+            except (ValueError, TypeError, OverflowError):
+                raise bad from None
+            if t is pd.NaT:
+                raise bad
+            if t.tzinfo is not None:  # Arrow holds instants in UTC
+                t = t.tz_convert("UTC").tz_localize(None)
+            return (t - pd.Timestamp(0)).total_seconds()
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+        if not np.isfinite(v):
+            raise bad
+        return v
+
+    def u_interval(self, low: float, high: float) -> tuple[float, float] | None:
+        """The CDF values u (the quantile-normal feature is Phi^-1(u)) that decode into [low, high]:
+        an interval, since decoding is monotone, shrunk inward by a hair so that float round trips
+        stay inside. None when no value of [low, high] is ever generated (outside the support the
+        codec stores, or between the values of a column of point values)."""
+        low, high = max(low, self.min), min(high, self.max)
+        if self.kind in ("integer", "datetime"):  # decoded values are rounded to whole steps
+            base, step = (0.0, 1.0) if self.kind == "integer" else (self.min, self.resolution)
+            if step > 0:
+                first, last = np.ceil((low - base) / step - 1e-9), np.floor((high - base) / step + 1e-9)
+                if first > last:
+                    return None
+                low, high = base + (first - 0.5) * step, base + (last + 0.5) * step
+        if low > high:
+            return None
+        xs, us = self._polyline()
+        i = int(np.searchsorted(xs, low, side="left"))  # the first support point >= low
+        if i == len(xs):
+            return None
+        a = 0.0 if i == 0 else us[i - 1] + (low - xs[i - 1]) / (xs[i] - xs[i - 1]) * (us[i] - us[i - 1])
+        j = int(np.searchsorted(xs, high, side="right")) - 1  # the last support point <= high
+        if j < 0:
+            return None
+        b = 1.0 if j == len(xs) - 1 else us[j] + (high - xs[j]) / (xs[j + 1] - xs[j]) * (us[j + 1] - us[j])
+        if b < a or (b == a and self.kind != "continuous"):
+            return None
+        d = min(U_SHRINK, 0.25 * (b - a))
+        return float(a + d), float(b - d)
+
+    def to_arrow(self, values: np.ndarray) -> pa.Array:
+        """Values in the column's float space (conditions) as an array of its Arrow type."""
+        return self._from_float(np.asarray(values, dtype=np.float64), None)
 
     # -- Arrow <-> float ------------------------------------------------------------------
     def _to_float(self, arr: pa.Array) -> np.ndarray:
