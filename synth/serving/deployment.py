@@ -65,6 +65,11 @@ class SynthSampler:
         future = await self.submit_batch((model, job))
         return await future
 
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's custom autoscaling metrics (used by synth.serving.autoscale.SLOPolicy when the
+        deployment's autoscaling_config names it): measured p99 and backlog over target, 429 share."""
+        return self.host.autoscaling_stats()
+
     def check_health(self) -> None:
         if not self.host.ready:
             raise RuntimeError("model not ready")

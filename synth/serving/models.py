@@ -114,6 +114,7 @@ class ModelHost:
         self._resident: dict[str, LoadedModel] = {}
         self._costs: dict[str, dict] = {}  # id -> cost, kept after an eviction
         self._failures: dict[str, tuple[float, ModelUnavailable]] = {}
+        self._stat_counts: dict[str, tuple[int, int]] = {}  # for autoscaling_stats
         self.ready = False
 
     # -- which model --------------------------------------------------------------------------
@@ -188,6 +189,12 @@ class ModelHost:
 
     async def _keep_loaded(self, model_id: str) -> LoadedModel:
         return self._resident.get(model_id) or await self.load(model_id)
+
+    def autoscaling_stats(self) -> dict[str, float]:
+        """What this replica tells the SLO autoscaling policy (synth.serving.autoscale)."""
+        from synth.serving.autoscale import replica_stats
+
+        return replica_stats([m.service for m in list(self._resident.values())], self._stat_counts)
 
     # -- GET /v1/models -----------------------------------------------------------------------
     def listing(self) -> dict[str, Any]:
