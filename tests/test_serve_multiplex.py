@@ -67,6 +67,46 @@ def test_models_config_is_validated():
             ServeArgs.parse(raw)
 
 
+def test_require_signature_is_checked_per_model_when_it_loads(tiny_artifact, shop_artifact, tmp_path):
+    """In process (no Ray): the signed model serves, the unsigned one is refused alone (500)."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from synth.io.artifact import sign_artifact
+    from synth.serving.http import create_app
+    from synth.serving.models import ModelHost
+
+    key = Ed25519PrivateKey.generate()
+    (tmp_path / "k.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    (tmp_path / "k.pub").write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                                   serialization.PublicFormat.SubjectPublicKeyInfo))
+    signed, unsigned = tmp_path / "signed", tmp_path / "unsigned"
+    shutil.copytree(shop_artifact, signed)
+    shutil.copytree(tiny_artifact, unsigned)
+    sign_artifact(str(signed), str(tmp_path / "k.pem"))
+    args = ServeArgs.parse({"models": {"shop": str(signed), "adult": str(unsigned)}, "calibrate": False,
+                            "require_signature": True, "public_key": str(tmp_path / "k.pub")})
+    host = ModelHost(args, executor=ThreadPoolExecutor(1))
+    app = create_app(host)
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            return (await c.post("/v1/sample", json={"rows": 2}),  # the default model: shop
+                    await c.post("/v1/models/adult/sample", json={"rows": 2, "steps": 4}),
+                    await c.get("/v1/models"))
+
+    ok, refused, listing = asyncio.run(go())
+    assert ok.status_code == 200 and ok.headers["x-synth-model"] == "shop", ok.text
+    assert refused.status_code == 500 and "is not signed and a signature is required" in refused.json()["detail"]
+    by_id = {m["id"]: m for m in listing.json()["models"]}
+    assert by_id["shop"]["loaded"] and not by_id["adult"]["loaded"] and "not signed" in by_id["adult"]["load_error"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
