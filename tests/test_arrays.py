@@ -183,16 +183,6 @@ def test_array_configs_are_valid():
 
 
 # -- the endpoint over real HTTP (uvicorn on a free port, no Ray) -----------------------------------
-class _Backend:
-    token = None
-
-    def __init__(self, service):
-        self.service = service
-
-    async def submit(self, job):
-        return self.service.run([job])[0][0]
-
-
 @pytest.fixture(scope="module")
 def http(digits_artifact):
     import httpx
@@ -200,13 +190,16 @@ def http(digits_artifact):
 
     from synth.serving.config import ServeArgs
     from synth.serving.http import create_app
+    from synth.serving.models import ModelHost
     from synth.serving.service import SamplingService
     from tests.conftest import free_port
 
     svc = SamplingService(ServeArgs(artifact_uri=digits_artifact, calibrate=False))
     svc.warm_up()
+    host = ModelHost(svc.args, executor=None)
+    host.add(svc)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(_Backend(svc)), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(host), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 20

@@ -147,20 +147,14 @@ def http(typed_artifact):
 
     from synth.serving.config import ServeArgs
     from synth.serving.http import create_app
+    from synth.serving.models import ModelHost
     from synth.serving.service import SamplingService
-
-    class Backend:
-        token = None  # no auth
-
-        def __init__(self, service):
-            self.service = service
-
-        async def submit(self, job):
-            return self.service.run([job])[0][0]
 
     svc = SamplingService(ServeArgs(artifact_uri=typed_artifact, calibrate=False))
     svc.warm_up()
-    with TestClient(create_app(Backend(svc))) as client:
+    host = ModelHost(svc.args, executor=None)  # no auth; the model runs on the loop's default executor
+    host.add(svc)
+    with TestClient(create_app(host)) as client:
         yield client
 
 

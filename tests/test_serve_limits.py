@@ -14,7 +14,7 @@ import pytest
 from synth.serving.batching import make_job, run_jobs
 from synth.serving.config import ServeArgs
 from synth.serving.http import create_app
-from synth.serving.scheduler import ModelScheduler
+from synth.serving.models import ModelHost
 from synth.serving.service import SamplingService
 
 
@@ -25,19 +25,11 @@ def engine(tiny_artifact):
     return load_engine(tiny_artifact)
 
 
-class Backend:
+def Backend(service: SamplingService) -> ModelHost:
     """What the Serve deployment does around the service: the model on its own thread."""
-
-    token = None
-
-    def __init__(self, service: SamplingService):
-        self.service = service
-        self.scheduler = ModelScheduler(service.run, max_requests=8, max_cost=service.args.max_batch_cost,
-                                        executor=ThreadPoolExecutor(1), on_stats=service.observe_batches,
-                                        on_release=service.release)
-
-    async def submit(self, job):
-        return await self.scheduler.submit([job])[0]
+    host = ModelHost(service.args, executor=ThreadPoolExecutor(1))
+    host.add(service)
+    return host
 
 
 def service(tiny_artifact, engine, **args) -> SamplingService:
@@ -99,7 +91,7 @@ def test_a_client_that_goes_away_stops_the_model_and_stays_counted_until_then(ti
             task.cancel()
             await asyncio.sleep(0)
             counted_after_cancel = svc.inflight_requests
-            while backend.scheduler._task is not None and svc.inflight_requests:
+            while backend.resident(svc.model_id).scheduler._task is not None and svc.inflight_requests:
                 await asyncio.sleep(0.05)
             return counted_after_cancel
 

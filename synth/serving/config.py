@@ -1,6 +1,7 @@
 """Typed arguments of the online sampling application (the `args:` block of serve/config.yaml)."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -10,6 +11,9 @@ from synth.serving.control import ControlArgs
 
 # Rows x NFE that `max_batch_rows` is counted at: 4096 rows at 8 network evaluations.
 COST_REFERENCE_NFE = 8
+# A model id: safe in a URL path segment and an HTTP header (serve_multiplexed_model_id).
+MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DEFAULT_MODEL_ID = "default"  # the id of `artifact_uri`
 
 
 class ServeArgs(BaseModel):
@@ -17,8 +21,22 @@ class ServeArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    artifact_uri: str = Field(..., description="model artifact, or a release root whose latest.json names one "
-                                               "(the nightly job's root): local path, s3://, gs://")
+    artifact_uri: str | None = Field(
+        None, description="model artifact, or a release root whose latest.json names one (the nightly job's root): "
+                          f"local path, s3://, gs://. It is the model {DEFAULT_MODEL_ID!r} of `models`")
+    models: dict[str, str] = Field(
+        default_factory=dict,
+        description="several models from one deployment: model id -> artifact or release root, as artifact_uri. "
+                    "A request picks one by POST /v1/models/{id}/sample or the serve_multiplexed_model_id header")
+    default_model: str | None = Field(
+        None, description=f"the model of POST /v1/sample without a model id; default {DEFAULT_MODEL_ID!r} with "
+                          "artifact_uri, else the first of `models`")
+    max_models_per_replica: int = Field(
+        3, ge=1, description="models a replica keeps loaded (LRU); a request for another loads it and evicts the "
+                             "least recently used")
+    model_retry_s: float = Field(
+        30.0, ge=0, description="after a model failed to load, requests for it are refused (503) for this long "
+                                "before a replica tries again")
     # SLO and step selection
     slo_p99_ms: float = Field(150.0, gt=0, description="p99 latency target of POST /v1/sample, in ms")
     steps_candidates: list[int] = Field(
@@ -77,11 +95,33 @@ class ServeArgs(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "ServeArgs":
+        if self.artifact_uri is None and not self.models:
+            raise ValueError("give artifact_uri (one model) or models (id -> artifact), or both")
+        if self.artifact_uri is not None and self.models.get(DEFAULT_MODEL_ID, self.artifact_uri) != self.artifact_uri:
+            raise ValueError(f"artifact_uri is the model {DEFAULT_MODEL_ID!r}; models names another artifact under "
+                             "that id: rename one of them")
+        bad = [m for m in self.models if not MODEL_ID.match(m)]
+        if bad:
+            raise ValueError(f"model ids must match {MODEL_ID.pattern} (letters, digits, '_', '.', '-'; at most 64 "
+                             f"characters), got {bad}")
+        if self.default_model is not None and self.default_model not in self.catalogue:
+            raise ValueError(f"default_model {self.default_model!r} is not one of the models {list(self.catalogue)}")
         if self.num_replicas is not None and self.autoscaling_config is not None:
             raise ValueError("give num_replicas or autoscaling_config, not both")
         if any(s < 1 or s > self.max_steps for s in self.steps_candidates):
             raise ValueError(f"steps_candidates must lie in 1..max_steps ({self.max_steps})")
         return self
+
+    @property
+    def catalogue(self) -> dict[str, str]:
+        """Every model this deployment serves: id -> artifact URI (artifact_uri as the model 'default')."""
+        out = {DEFAULT_MODEL_ID: self.artifact_uri} if self.artifact_uri is not None else {}
+        return {**out, **self.models}
+
+    @property
+    def default_id(self) -> str:
+        """The model of POST /v1/sample when a request names none."""
+        return self.default_model or next(iter(self.catalogue))
 
     @property
     def max_batch_cost(self) -> int:

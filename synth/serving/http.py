@@ -1,34 +1,64 @@
 """The HTTP API (FastAPI): routes, auth, body limit, error mapping.
 
-`create_app(backend)` builds the app around a backend that has `.service` (a SamplingService),
-`.token` (bytes or None) and `async submit(job) -> bytes | BaseException`. The Serve deployment is
-one backend (with `@serve.batch`); tests can pass a plain in-process one.
+`create_app(host)` builds the app around a `ModelHost` (synth.serving.models): the models this
+endpoint serves, the ones loaded here, and how a job reaches a model. The Serve deployment's host
+loads through `@serve.multiplexed` and batches with `@serve.batch`; tests use a plain in-process one.
 
-Status codes: 200; 401 missing/wrong bearer token; 413 body over the limit; 422 invalid request
-(field-level `detail` like FastAPI's: loc, msg, type); 429 replica over its admission limits
-(Retry-After; the closed loop's limit is checked before the body is read); 503 from Serve when its queue is full (Retry-After, see backpressure_config) or
-from /readyz before the replica is ready. 5xx otherwise means a bug.
+A request names its model by the path (`/v1/models/{id}/...`) or by the `serve_multiplexed_model_id`
+header (which Serve's proxy also routes on); without either it is the default model, so
+`/v1/sample`, `/v1/model` and `/v1/slo` keep their single-model meaning.
+
+Status codes: 200; 400 the path and the header name different models; 401 missing/wrong bearer
+token; 404 unknown model id; 413 body over the limit; 422 invalid request (field-level `detail` like
+FastAPI's: loc, msg, type); 429 replica over its admission limits (Retry-After; the closed loop's
+limit is checked before the body is read); 500 the model's artifact was refused when loading it
+(damaged, unsigned); 503 from Serve when its queue is full (Retry-After, see backpressure_config),
+a model that failed to load for another reason (Retry-After), or /readyz before the replica is
+ready. 5xx otherwise means a bug.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from typing import Any
 
-from fastapi import FastAPI, Query, Request, Security
+from fastapi import FastAPI, Header, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from synth.serving.auth import authorized
-from synth.serving.schemas import MEDIA_TYPES, ModelInfo, SampleRequest, SampleResponse, SLOReport
+from synth.serving.models import MODEL_HEADER, LoadedModel, ModelHost, ModelUnavailable, UnknownModel
+from synth.serving.schemas import MEDIA_TYPES, ModelInfo, ModelList, SampleRequest, SampleResponse, SLOReport
 from synth.serving.service import Overloaded, RequestProblem, retry_after_header
 
 PROTECTED_PREFIX = "/v1/"
-SAMPLE_PATH = "/v1/sample"
+SAMPLE_PATH = re.compile(r"^/v1/(?:models/([^/]+)/)?sample$")  # group 1: the model id of the path form
 
 _bearer = HTTPBearer(auto_error=False, description="Bearer token (only when the deployment sets auth_token_env)")
+
+
+class ModelConflict(Exception):
+    """The path and the header name different models (400)."""
+
+
+def header_model(headers: dict[str, str]) -> str | None:
+    """The model id of the serve_multiplexed_model_id header (either spelling), if any."""
+    for key, value in headers.items():
+        if key.lower().replace("-", "_") == MODEL_HEADER and value:
+            return value
+    return None
+
+
+def requested_model(host: ModelHost, path_id: str | None, headers: dict[str, str]) -> str:
+    """The model a request names: the path's, else the header's, else the default."""
+    header = header_model(headers)
+    if path_id is not None and header is not None and header != path_id:
+        raise ModelConflict(f"the path names model {path_id[:64]!r} but the {MODEL_HEADER} header names "
+                            f"{header[:64]!r}; give one, or the same in both")
+    return host.check(path_id or header or host.default_model)
 
 
 def _route_path(scope: dict) -> str:
@@ -49,9 +79,9 @@ async def _send_json(send, status: int, body: dict, headers: dict[str, str] | No
 class GuardMiddleware:
     """Bearer auth on /v1/* and the body-size limit, before any parsing (pure ASGI)."""
 
-    def __init__(self, app, backend, max_body_bytes: int):
+    def __init__(self, app, host: ModelHost, max_body_bytes: int):
         self.app = app
-        self.backend = backend
+        self.host = host
         self.max_body = max_body_bytes
 
     async def __call__(self, scope, receive, send):
@@ -60,7 +90,7 @@ class GuardMiddleware:
         scope["synth.t0"] = time.perf_counter()  # the request's time in the replica
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         if _route_path(scope).startswith(PROTECTED_PREFIX) and \
-                not authorized(self.backend.token, headers.get("authorization")):
+                not authorized(self.host.token, headers.get("authorization")):
             return await _send_json(send, 401, {"detail": "missing or invalid bearer token"},
                                     {"WWW-Authenticate": "Bearer"})
         too_big = {"detail": [{"loc": ["body"], "type": "body_too_large",
@@ -77,9 +107,16 @@ class GuardMiddleware:
                 return await _send_json(send, 413, too_big)
         if scope.get("method") not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
-        if _route_path(scope) == SAMPLE_PATH:
-            try:  # the closed loop's admission limit, before the body is read or parsed (cheap refusals)
-                self.backend.service.shed()
+        sample = SAMPLE_PATH.match(_route_path(scope))
+        loaded = None
+        if sample is not None:
+            try:
+                loaded = self.host.resident(requested_model(self.host, sample.group(1), headers))
+            except (UnknownModel, ModelConflict):
+                pass  # the route answers it
+        if loaded is not None:
+            try:  # the model's closed-loop admission limit, before the body is read or parsed (cheap refusals)
+                loaded.service.shed()
             except Overloaded as e:
                 return await _send_json(send, 429, {"detail": f"replica is over its {e.reason} limit; retry later"},
                                         {"Retry-After": retry_after_header(e.retry_after_s)})
@@ -126,30 +163,52 @@ SAMPLE_RESPONSES: dict[int | str, dict[str, Any]] = {
                       MEDIA_TYPES["parquet"]: {"schema": {"type": "string", "format": "binary"}}}},
     401: {"description": "missing or invalid bearer token"},
     413: {"description": "request body over the limit"},
+    404: {"description": "unknown model id (GET /v1/models lists them)"},
     422: {"description": "invalid request; `detail` lists each bad field"},
     429: {"description": "replica over its admission limits; retry after Retry-After seconds"},
-    503: {"description": "Serve's queue is full or no replica is ready; retry after Retry-After seconds"},
+    500: {"description": "the model's artifact was refused when loading it (damaged, unsigned)"},
+    503: {"description": "Serve's queue is full, no replica is ready, or the model failed to load; retry after "
+                         "Retry-After seconds"},
 }
 
 
-def create_app(backend, *, max_body_bytes: int = 1 << 20) -> FastAPI:
+_MODEL_ID = Path(description="a model id (GET /v1/models lists them)", max_length=200)
+_HEADER_DOC = Header(None, alias=MODEL_HEADER, description="model id; Serve's proxy routes the request to a replica "
+                                                          "that has this model loaded. Default: the default model")
+
+
+def create_app(host: ModelHost, *, max_body_bytes: int = 1 << 20) -> FastAPI:
     app = FastAPI(
         title="synth sampling API",
         version="1",
-        description="Synthetic rows from a trained synth model, on demand. "
-                    "GET /v1/model describes the model; POST /v1/sample draws rows.",
+        description="Synthetic rows from trained synth models, on demand. GET /v1/models lists the models; "
+                    "GET /v1/model describes one; POST /v1/sample draws rows (the default model, or the one the "
+                    f"{MODEL_HEADER} header names); POST /v1/models/{{id}}/sample draws rows from model id.",
     )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": _clean_errors(exc.errors())})
 
-    @app.post("/v1/sample", response_class=Response, responses=SAMPLE_RESPONSES,
-              summary="Draw synthetic rows")
-    async def sample(req: SampleRequest, request: Request,
-                     _auth: HTTPAuthorizationCredentials | None = Security(_bearer)) -> Response:
+    @app.exception_handler(UnknownModel)
+    async def _unknown(_: Request, exc: UnknownModel) -> JSONResponse:
+        return JSONResponse(status_code=404, content={"detail": str(exc)})
+
+    @app.exception_handler(ModelConflict)
+    async def _conflict(_: Request, exc: ModelConflict) -> JSONResponse:
+        return JSONResponse(status_code=400, content={"detail": str(exc)})
+
+    @app.exception_handler(ModelUnavailable)
+    async def _unavailable(_: Request, exc: ModelUnavailable) -> JSONResponse:
+        return JSONResponse(status_code=exc.status, content={"detail": str(exc)},
+                            headers={"Retry-After": retry_after_header(exc.retry_after_s)})
+
+    async def model_of(request: Request, path_id: str | None = None) -> LoadedModel:
+        return await host.get(requested_model(host, path_id, dict(request.headers)))
+
+    async def sample(req: SampleRequest, request: Request, model: LoadedModel) -> Response:
         t0 = request.scope.get("synth.t0") or time.perf_counter()
-        svc = backend.service
+        svc = model.service
         try:
             job = svc.validate(req)
         except RequestProblem as e:
@@ -160,7 +219,7 @@ def create_app(backend, *, max_body_bytes: int = 1 << 20) -> FastAPI:
             return JSONResponse(status_code=429, headers={"Retry-After": retry_after_header(e.retry_after_s)},
                                 content={"detail": f"replica is over its {e.reason} limit; retry later"})
         try:
-            result = await backend.submit(job)
+            result = await host.submit(model, job)
         except asyncio.CancelledError:  # the client went away: the model stops at its next batch
             job.cancelled = True
             raise
@@ -173,26 +232,60 @@ def create_app(backend, *, max_body_bytes: int = 1 << 20) -> FastAPI:
         svc.record(job, latency_ms)
         headers = svc.headers(job)
         headers["X-Synth-Latency-Ms"] = f"{latency_ms:.2f}"
+        headers["X-Synth-Model"] = model.id
         return Response(content=result, media_type=MEDIA_TYPES[job.fmt], headers=headers)
 
-    @app.get("/v1/model", response_model=ModelInfo, response_model_by_alias=True,
-             summary="Schema, condition columns and values, samplers, defaults, SLO")
-    async def model(_auth: HTTPAuthorizationCredentials | None = Security(_bearer)) -> dict:
-        return backend.service.model_info()
+    @app.post("/v1/sample", response_class=Response, responses=SAMPLE_RESPONSES,
+              summary="Draw synthetic rows (the default model, or the header's)")
+    async def sample_default(req: SampleRequest, request: Request, _model: str | None = _HEADER_DOC,
+                             _auth: HTTPAuthorizationCredentials | None = Security(_bearer)) -> Response:
+        return await sample(req, request, await model_of(request))
 
-    @app.get("/v1/slo", response_model=SLOReport, summary="Recent latency of this replica against the p99 target")
-    async def slo(window_s: float | None = Query(None, gt=0, le=3600, description="default 300 s"),
+    @app.post("/v1/models/{model_id}/sample", response_class=Response, responses=SAMPLE_RESPONSES,
+              summary="Draw synthetic rows from one model")
+    async def sample_model(req: SampleRequest, request: Request, model_id: str = _MODEL_ID,
+                           _auth: HTTPAuthorizationCredentials | None = Security(_bearer)) -> Response:
+        return await sample(req, request, await model_of(request, model_id))
+
+    @app.get("/v1/models", response_model=ModelList,
+             summary="The models this endpoint serves, which are loaded on the answering replica, their cost")
+    async def models(_auth: HTTPAuthorizationCredentials | None = Security(_bearer)) -> dict:
+        return host.listing()
+
+    @app.get("/v1/model", response_model=ModelInfo, response_model_by_alias=True,
+             summary="Schema, condition columns and values, samplers, defaults, cost, SLO (default or header model)")
+    async def model(request: Request, _model: str | None = _HEADER_DOC,
+                    _auth: HTTPAuthorizationCredentials | None = Security(_bearer)) -> dict:
+        return (await model_of(request)).service.model_info()
+
+    @app.get("/v1/models/{model_id}", response_model=ModelInfo, response_model_by_alias=True,
+             summary="Schema, condition columns and values, samplers, defaults, cost, SLO of one model")
+    async def model_by_id(request: Request, model_id: str = _MODEL_ID,
+                          _auth: HTTPAuthorizationCredentials | None = Security(_bearer)) -> dict:
+        return (await model_of(request, model_id)).service.model_info()
+
+    window = Query(None, gt=0, le=3600, description="default 300 s")
+
+    @app.get("/v1/slo", response_model=SLOReport,
+             summary="Recent latency of this replica against the p99 target (default or header model)")
+    async def slo(request: Request, window_s: float | None = window, _model: str | None = _HEADER_DOC,
                   _auth: HTTPAuthorizationCredentials | None = Security(_bearer)) -> dict:
-        return backend.service.slo_report(window_s)
+        return (await model_of(request)).service.slo_report(window_s)
+
+    @app.get("/v1/models/{model_id}/slo", response_model=SLOReport,
+             summary="Recent latency of one model on this replica against the p99 target")
+    async def slo_by_id(request: Request, model_id: str = _MODEL_ID, window_s: float | None = window,
+                        _auth: HTTPAuthorizationCredentials | None = Security(_bearer)) -> dict:
+        return (await model_of(request, model_id)).service.slo_report(window_s)
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Readiness: model loaded and calibrated")
+    @app.get("/readyz", summary="Readiness: the default model loaded and calibrated")
     async def readyz() -> JSONResponse:
-        ready = bool(backend.service.ready)
+        ready = bool(host.ready)
         return JSONResponse(status_code=200 if ready else 503, content={"ready": ready})
 
-    app.add_middleware(GuardMiddleware, backend=backend, max_body_bytes=max_body_bytes)
+    app.add_middleware(GuardMiddleware, host=host, max_body_bytes=max_body_bytes)
     return app

@@ -37,6 +37,7 @@ class ModelScheduler:
         self._queue: deque[tuple[Job, asyncio.Future]] = deque()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self._closed = False
         self.runs = 0
 
     @property
@@ -57,6 +58,13 @@ class ModelScheduler:
         self._wakeup.set()
         return futures
 
+    def close(self) -> None:
+        """Finish what is queued, then stop the serving task (the model was unloaded); a later submit
+        still runs."""
+        self._closed = True
+        if self._wakeup is not None:
+            self._wakeup.set()
+
     def _take(self) -> list[tuple[Job, asyncio.Future]]:
         taken: list[tuple[Job, asyncio.Future]] = []
         cost = 0
@@ -76,6 +84,8 @@ class ModelScheduler:
         loop = asyncio.get_running_loop()
         while True:
             if not self._queue:
+                if self._closed:
+                    return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue

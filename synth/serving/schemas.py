@@ -108,9 +108,22 @@ class Limits(BaseModel):
     max_batch_cost: int = Field(description="rows x network evaluations per model batch")
 
 
+class ModelCost(BaseModel):
+    """One row's cost by the model's family (engine.cost), at the model's default settings."""
+
+    family: str
+    sampler: str
+    steps: int
+    guidance: float
+    nfe_per_row: int = Field(description="network evaluations per row at these settings")
+    fixed_steps: bool = Field(description="true when the model always runs these steps (one-pass, distilled)")
+
+
 class ModelInfo(BaseModel):
+    model_id: str = Field(description="the id requests name this model by (GET /v1/models lists them)")
     artifact_uri: str
     artifact_id: str | None
+    cost: ModelCost
     family: str
     schema_: list[FieldInfo] = Field(alias="schema")
     condition_columns: list[ConditionColumn]
@@ -158,6 +171,7 @@ class ControllerState(BaseModel):
 
 
 class SLOReport(BaseModel):
+    model_id: str = Field(description="the model this report is about (each has its own window and controller)")
     target_p99_ms: float
     window_s: float
     requests: int = Field(description="requests in the window (this replica)")
@@ -174,3 +188,24 @@ class SLOReport(BaseModel):
     latency_model: list[LatencyModelEntry]
     replica: str | None
     controller: ControllerState
+
+
+class ModelEntry(BaseModel):
+    """One model of GET /v1/models."""
+
+    id: str
+    default: bool = Field(description="the model of POST /v1/sample without a model id")
+    loaded: bool = Field(description="loaded in the replica that answered")
+    artifact_uri: str = Field(description="as configured (a release root resolved to the artifact it named at "
+                                          "deployment)")
+    cost: ModelCost | None = Field(description="known once the answering replica has loaded the model")
+    load_error: str | None = Field(None, description="why the last load on this replica failed, while it is "
+                                                     "refused (model_retry_s)")
+
+
+class ModelList(BaseModel):
+    models: list[ModelEntry]
+    default_model: str
+    max_models_per_replica: int
+    replica: str | None
+    header: str = Field(description="request header that picks a model and routes to a replica holding it")

@@ -54,11 +54,17 @@ def _short(name: str) -> str:
 
 
 class SamplingService:
+    """One model's endpoint state: its engine, latency model, SLO window, closed loop and admission.
+    A replica serving several models holds one per loaded model (synth.serving.models)."""
+
     def __init__(self, args: ServeArgs, engine: Any | None = None, metrics: Any | None = None,
-                 replica: str | None = None):
+                 replica: str | None = None, model_id: str | None = None):
         self.args = args
+        self.model_id = model_id or args.default_id
+        self.artifact_uri = args.catalogue[self.model_id]
+        # the artifact is verified here: integrity always, its signature with require_signature
         self.engine = engine if engine is not None else load_engine(
-            args.artifact_uri, require_signature=args.require_signature, public_key=args.public_key)
+            self.artifact_uri, require_signature=args.require_signature, public_key=args.public_key)
         self.metrics = metrics or NullMetrics()
         self.replica = replica
         self.latency = LatencyModel(max_cost=args.max_batch_cost,
@@ -278,8 +284,10 @@ class SamplingService:
             conds.append({"name": name, "kind": e.codec.by_name[name].kind, "values": [], "truncated": False})
         manifest = getattr(e, "manifest", None) or {}
         return {
-            "artifact_uri": a.artifact_uri,
+            "model_id": self.model_id,
+            "artifact_uri": self.artifact_uri,
             "artifact_id": manifest.get("artifact_id"),
+            "cost": self.cost(),
             "family": getattr(e, "family", "unknown"),
             "schema": [{"name": f.name, "arrow_type": str(f.type), "kind": kinds.get(f.name, "unknown"),
                         "nullable": f.nullable} for f in e.output_schema()],
@@ -296,8 +304,18 @@ class SamplingService:
                        "max_batch_cost": a.max_batch_cost},
         }
 
+    def cost(self) -> dict[str, Any]:
+        """What one row of this model costs, by its family's generator (`engine.cost`, the definition
+        manifests and contracts use): network evaluations per row at the model's default settings."""
+        e, d = self.engine, self.defaults
+        steps = e.fixed_steps() or d["steps"]
+        return {"family": getattr(e, "family", "unknown"), "sampler": d["sampler"], "steps": steps,
+                "guidance": d["guidance"], "nfe_per_row": e.cost(d["sampler"], steps, d["guidance"], conditioned=False),
+                "fixed_steps": e.fixed_steps() is not None}
+
     def slo_report(self, window_s: float | None = None) -> dict[str, Any]:
         rep = self.tracker.report(window_s=window_s)
+        rep["model_id"] = self.model_id
         rep["backlog_ms"] = 1000.0 * self.backlog_s()
         rep["auto_steps"] = {s: self.choose_steps(s, 1, self.defaults["guidance"]) for s in self.engine.samplers()}
         rep["latency_model"] = self.latency.report()

@@ -115,10 +115,12 @@ class SLOTracker:
         self.samples: deque[tuple[float, float]] = deque(maxlen=max_samples)
         self.violations_total = 0
         self.rejected_total = 0
+        self.requests_total = 0  # answered
 
     def record(self, latency_ms: float, now: float | None = None) -> bool:
         """Record one request; True when it violated the target."""
         self.samples.append((time.monotonic() if now is None else now, latency_ms))
+        self.requests_total += 1
         violated = latency_ms > self.target_ms
         self.violations_total += violated
         return violated
