@@ -313,6 +313,7 @@ def fit_marginal(engine: MarginalEngine, cfg, rows: pa.Table, privacy) -> dict:
         tensors[f"merge/{j}"] = torch.from_numpy(measured.merge[j].astype(np.int64))
         tensors[f"within/{j}"] = torch.from_numpy(np.asarray(measured.one_way[j], dtype=np.float64))
     engine.tensors, engine._sampler = tensors, None
+    pgm.release_compiled()
     # cpu_s: this process's CPU time (all its threads), which other jobs on the cores do not inflate as they do fit_s
     metrics = {"step": len(plan_.rounds_log), "fit_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
                "cliques": len(measured.cliques),
