@@ -73,6 +73,24 @@ def ray_session():
         cluster.shutdown()
 
 
+@pytest.fixture(scope="session")
+def serve_http(ray_session):
+    """Ray Serve's HTTP proxy on the session Ray, started once: {"base": its URL, "metrics": the
+    Prometheus export of the session Ray}. Tests deploy their apps under route prefixes of their own."""
+    import ray
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:  # Serve may already be running (started by a test with its own options): use its port
+        from ray.serve.context import _get_global_client
+
+        port = ray.get(_get_global_client()._controller.get_http_config.remote()).port
+    except Exception:  # noqa: BLE001 - private API; keep ours
+        pass
+    return {"base": f"http://127.0.0.1:{port}", "metrics": f"http://127.0.0.1:{ray_session['metrics_port']}/metrics"}
+
+
 # its held-out likelihood (synth evaluate, reports, contracts) on 200 test rows: the ODE costs a few ms a row
 TINY_MODEL = {"family": "diffusion", "net": {"width": 64, "depth": 1, "embed_dim": 32},
               "likelihood": {"held_out_rows": 200}}

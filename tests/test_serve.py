@@ -6,7 +6,6 @@ import asyncio
 import io
 import json
 import re
-import socket
 import time
 from pathlib import Path
 
@@ -36,12 +35,6 @@ def engine(tiny_artifact):
     from synth.families import load_engine
 
     return load_engine(tiny_artifact)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def assert_same_rows(a: pa.Table, b: pa.Table) -> None:
@@ -154,20 +147,11 @@ def test_serve_config_yaml_is_valid():
 # Ray Serve over real HTTP
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def cluster(ray_session, tiny_artifact):
-    import ray
+def cluster(serve_http, tiny_artifact):
     from ray import serve
 
     from serve.app import build_app
 
-    http_port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": http_port})
-    try:  # Serve may already be running (another module): use its port
-        from ray.serve.context import _get_global_client
-
-        http_port = ray.get(_get_global_client()._controller.get_http_config.remote()).port
-    except Exception:  # noqa: BLE001 - private API; keep ours
-        pass
     common = {"artifact_uri": tiny_artifact, "max_rows": 5000, "num_cpus": 1}
     # The token reaches the replica as an environment variable (in production: a Kubernetes secret).
     serve.run(build_app({**common, "auth_token_env": TOKEN_ENV, "max_batch_size": 32,
@@ -178,7 +162,7 @@ def cluster(ray_session, tiny_artifact):
     serve.run(build_app({**common, "max_batch_size": 4, "max_ongoing_requests": 2, "max_queued_requests": 2,
                          "max_inflight_rows": 3000, "max_request_s": 600, "retry_after_s": 1, "calibrate": False,
                          "deployment_name": "Tight"}), name="tight", route_prefix="/tight")
-    yield {"base": f"http://127.0.0.1:{http_port}", "metrics": f"http://127.0.0.1:{ray_session['metrics_port']}/metrics"}
+    yield serve_http
     serve.delete("synth")
     serve.delete("tight")
 

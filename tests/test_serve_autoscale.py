@@ -7,7 +7,6 @@ load stops."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -102,12 +101,6 @@ def test_the_rule_on_what_a_replica_measured(tiny_artifact, engine):
 # ---------------------------------------------------------------------------------------------
 # the policy in a real deployment
 # ---------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _replicas(app: str, deployment: str) -> int:
     """Replicas the controller wants now: running or starting (a replica process can take a minute
     to be scheduled on a loaded 2-core machine; the policy's decision is what is checked here)."""
@@ -117,22 +110,13 @@ def _replicas(app: str, deployment: str) -> int:
     return sum(n for state, n in states.items() if state not in ("STOPPING",))
 
 
-def test_slo_policy_scales_a_real_deployment_up_and_back_down(ray_session, tiny_artifact):
+def test_slo_policy_scales_a_real_deployment_up_and_back_down(serve_http, tiny_artifact):
     import httpx
-    import ray
     from ray import serve
 
     from serve.app import build_app
 
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:  # Serve may already be running (another module): use its port
-        from ray.serve.context import _get_global_client
-
-        port = ray.get(_get_global_client()._controller.get_http_config.remote()).port
-    except Exception:  # noqa: BLE001 - private API; keep ours
-        pass
-    base = f"http://127.0.0.1:{port}/auto"
+    base = f"{serve_http['base']}/auto"
     serve.run(build_app({
         "artifact_uri": tiny_artifact, "calibrate": False, "num_cpus": 0.5, "deployment_name": "Auto",
         "slo_p99_ms": 1.0, "max_backlog_s": 600,  # unmeetable: any load is over the target (and nothing refused)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import time
 
 import numpy as np
@@ -107,30 +106,8 @@ def test_require_signature_is_checked_per_model_when_it_loads(tiny_artifact, sho
     assert by_id["shop"]["loaded"] and not by_id["adult"]["loaded"] and "not signed" in by_id["adult"]["load_error"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def serve_base(ray_session):
-    import ray
-    from ray import serve
-
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:  # Serve may already be running (another module): use its port
-        from ray.serve.context import _get_global_client
-
-        port = ray.get(_get_global_client()._controller.get_http_config.remote()).port
-    except Exception:  # noqa: BLE001 - private API; keep ours
-        pass
-    return {"base": f"http://127.0.0.1:{port}", "metrics": f"http://127.0.0.1:{ray_session['metrics_port']}/metrics"}
-
-
-@pytest.fixture(scope="module")
-def mux(serve_base, tiny_artifact, shop_artifact, broken_artifact):
+def mux(serve_http, tiny_artifact, shop_artifact, broken_artifact):
     """One replica holding at most one model: every switch of model is a load and an LRU eviction."""
     import httpx
     from ray import serve
@@ -140,7 +117,7 @@ def mux(serve_base, tiny_artifact, shop_artifact, broken_artifact):
     serve.run(build_app({"models": {"adult": tiny_artifact, "shop": shop_artifact, "broken": broken_artifact},
                          "max_models_per_replica": 1, "num_replicas": 1, "num_cpus": 1, "calibrate": False,
                          "deployment_name": "Mux"}), name="mux", route_prefix="/mux")
-    with httpx.Client(base_url=f"{serve_base['base']}/mux", timeout=120) as c:
+    with httpx.Client(base_url=f"{serve_http['base']}/mux", timeout=120) as c:
         yield c
     serve.delete("mux")
 
@@ -206,7 +183,7 @@ def test_a_model_that_fails_to_load_fails_alone(mux):
     assert mux.post("/v1/models/adult/sample", json={"rows": 2, "steps": 4}).status_code == 200
 
 
-def test_each_model_keeps_its_own_slo_state_and_metrics(mux, serve_base):
+def test_each_model_keeps_its_own_slo_state_and_metrics(mux, serve_http):
     import httpx
 
     # (loaded again after eviction, each model's window starts fresh on this replica: count the delta)
@@ -232,7 +209,7 @@ def test_each_model_keeps_its_own_slo_state_and_metrics(mux, serve_base):
     text, deadline = "", time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            text = httpx.get(serve_base["metrics"], timeout=5).text
+            text = httpx.get(serve_http["metrics"], timeout=5).text
         except httpx.HTTPError:
             text = ""
         if all(re.search(w, text) for w in wanted):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import threading
 import time
 
@@ -138,28 +137,6 @@ def test_service_choice_respects_the_cap(tiny_artifact):
 # ---------------------------------------------------------------------------------------------
 # a real replica, real HTTP, a real CPU hog
 # ---------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def serve_base(ray_session):
-    import ray
-    from ray import serve
-
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:  # Serve may already be running (another module): use its port
-        from ray.serve.context import _get_global_client
-
-        port = ray.get(_get_global_client()._controller.get_http_config.remote()).port
-    except Exception:  # noqa: BLE001 - private API; keep ours
-        pass
-    yield {"base": f"http://127.0.0.1:{port}", "metrics": f"http://127.0.0.1:{ray_session['metrics_port']}/metrics"}
-
-
 def deploy(tiny_artifact, name: str, **args):
     from ray import serve
 
@@ -226,13 +203,13 @@ BODY = {"rows": 32, "sampler": "heun"}
 LEVELS = [2, 4, 8, 16]
 
 
-def test_closed_loop_lowers_steps_under_pressure_and_raises_them_after(serve_base, tiny_artifact):
+def test_closed_loop_lowers_steps_under_pressure_and_raises_them_after(serve_http, tiny_artifact):
     import httpx
     from ray import serve
 
     # the SLO comes from this machine's own speed: 3x the in-replica p95 at the top step count
     deploy(tiny_artifact, "slobase", slo_p99_ms=60_000, control={"enabled": False})
-    base = f"{serve_base['base']}/slobase"
+    base = f"{serve_http['base']}/slobase"
     drive(base, {**BODY, "steps": LEVELS[-1]}, 4, 2.0)  # warm-up
     calm = [ms for code, ms, _ in drive(base, {**BODY, "steps": LEVELS[-1]}, 4, 4.0) if code == 200]
     assert len(calm) >= 10
@@ -242,7 +219,7 @@ def test_closed_loop_lowers_steps_under_pressure_and_raises_them_after(serve_bas
     deploy(tiny_artifact, "slo", slo_p99_ms=target / share, steps_candidates=LEVELS, max_ongoing_requests=16,
            max_rows=5000, control={"replica_share": share, "interval_s": 0.5, "min_samples": 10, "window_s": 10,
                                    "calm_share": 0.7, "raise_after_s": 1.0, "shed": False})
-    base = f"{serve_base['base']}/slo"
+    base = f"{serve_http['base']}/slo"
 
     def state():
         return httpx.get(f"{base}/v1/slo", timeout=60).json()["controller"]
@@ -283,7 +260,7 @@ def test_closed_loop_lowers_steps_under_pressure_and_raises_them_after(serve_bas
     text, deadline = "", time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            text = httpx.get(serve_base["metrics"], timeout=5).text
+            text = httpx.get(serve_http["metrics"], timeout=5).text
         except httpx.HTTPError:
             text = ""
         if all(w in text for w in wanted) and re.search(r'ray_synth_slo_adjustments_total\{[^}]*action="down"', text):
@@ -294,12 +271,12 @@ def test_closed_loop_lowers_steps_under_pressure_and_raises_them_after(serve_bas
     serve.delete("slo")
 
 
-def test_overload_is_shed_with_429_instead_of_queued(serve_base, tiny_artifact):
+def test_overload_is_shed_with_429_instead_of_queued(serve_http, tiny_artifact):
     import httpx
     from ray import serve
 
     deploy(tiny_artifact, "shed", slo_p99_ms=60_000, control={"enabled": False}, max_ongoing_requests=64)
-    base = f"{serve_base['base']}/shed"
+    base = f"{serve_http['base']}/shed"
     drive(base, {"rows": 1, "steps": 8}, 1, 2.0)
     one = [ms for code, ms, _ in drive(base, {"rows": 1, "steps": 8}, 1, 3.0) if code == 200]
     serve.delete("shed")
@@ -307,7 +284,7 @@ def test_overload_is_shed_with_429_instead_of_queued(serve_base, tiny_artifact):
     target = 3 * float(np.percentile(one, 95))
     deploy(tiny_artifact, "shed2", slo_p99_ms=target / 0.7, max_ongoing_requests=64, max_batch_size=8,
            control={"interval_s": 0.5, "min_samples": 10, "window_s": 5, "min_concurrency": 2})
-    base = f"{serve_base['base']}/shed2"
+    base = f"{serve_http['base']}/shed2"
     RETRY_AFTER.clear()
     answers = drive(base, {"rows": 1, "steps": 8}, 48, 12.0)
     codes = {code for code, _, _ in answers}
