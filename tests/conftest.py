@@ -36,6 +36,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def scrape_until(url: str, ready, timeout_s: float = 60.0) -> str:
+    """The Prometheus text at `url`, polled every 2 s until `ready(text)` or `timeout_s` (Ray's
+    metrics agent exports with a delay); the last text either way, for the test's assertions."""
+    import time
+
+    import httpx
+
+    text, deadline = "", time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            text = httpx.get(url, timeout=5).text
+        except httpx.HTTPError:
+            text = ""
+        if ready(text):
+            break
+        time.sleep(2)
+    return text
+
+
 CLUSTER_ENV = "SYNTH_TEST_CLUSTER"  # =1: the session Ray is a ray.cluster_utils.Cluster (tests/test_multinode.py)
 
 

@@ -6,7 +6,6 @@ import asyncio
 import io
 import json
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from synth.errors import ConfigError
 from synth.serving import ServeArgs
 from synth.serving.batching import make_job, plan_batches, run_jobs
 from synth.serving.slo import LatencyModel, SLOTracker
+from tests.conftest import scrape_until
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN_ENV = "SYNTH_TEST_SERVE_TOKEN"
@@ -340,21 +340,11 @@ def test_backpressure_answers_429_or_503_with_retry_after(cluster):
 
 
 def test_metrics_are_exported(cluster, client):
-    import httpx
-
     client.post("/v1/sample", json={"rows": 3, "steps": 4, "sampler": "ddim"})
     wanted = ["ray_synth_request_latency_ms_bucket", "ray_synth_rows_generated", "ray_synth_nfe",
               "ray_synth_batch_size_bucket", "ray_synth_inflight_requests"]
-    deadline, text = time.monotonic() + 60, ""
-    while time.monotonic() < deadline:
-        try:
-            text = httpx.get(cluster["metrics"], timeout=5).text
-        except httpx.HTTPError:
-            text = ""
-        if all(w in text for w in wanted) and \
-                re.search(r'ray_synth_request_latency_ms_bucket\{[^}]*sampler="ddim"[^}]*\}', text):
-            break
-        time.sleep(2)
+    text = scrape_until(cluster["metrics"], lambda t: all(w in t for w in wanted) and re.search(
+        r'ray_synth_request_latency_ms_bucket\{[^}]*sampler="ddim"[^}]*\}', t))
     missing = [w for w in wanted if w not in text]
     assert not missing, missing
     line = next(ln for ln in text.splitlines()

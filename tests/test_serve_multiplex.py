@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 import shutil
-import time
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
+from tests.conftest import scrape_until
 
 from synth.errors import ConfigError
 from synth.serving import ServeArgs
@@ -184,8 +185,6 @@ def test_a_model_that_fails_to_load_fails_alone(mux):
 
 
 def test_each_model_keeps_its_own_slo_state_and_metrics(mux, serve_http):
-    import httpx
-
     # (loaded again after eviction, each model's window starts fresh on this replica: count the delta)
     for _ in range(4):
         assert mux.post("/v1/models/adult/sample", json={"rows": 2, "steps": 4}).status_code == 200
@@ -206,13 +205,5 @@ def test_each_model_keeps_its_own_slo_state_and_metrics(mux, serve_http):
               r'ray_synth_model_loads_total\{[^}]*model="broken"[^}]*outcome="failed"|'
               r'ray_synth_model_loads_total\{[^}]*outcome="failed"[^}]*model="broken"',
               r'ray_synth_model_loaded\{[^}]*model="shop"[^}]*\} 1']
-    text, deadline = "", time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            text = httpx.get(serve_http["metrics"], timeout=5).text
-        except httpx.HTTPError:
-            text = ""
-        if all(re.search(w, text) for w in wanted):
-            break
-        time.sleep(2)
+    text = scrape_until(serve_http["metrics"], lambda t: all(re.search(w, t) for w in wanted))
     assert all(re.search(w, text) for w in wanted), [w for w in wanted if not re.search(w, text)]

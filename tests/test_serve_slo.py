@@ -15,6 +15,8 @@ import time
 import numpy as np
 import pytest
 
+from tests.conftest import scrape_until
+
 from synth.serving.control import AdmissionLimiter, ControlArgs, LatencyWindow, SLOController, StepController
 
 
@@ -257,15 +259,8 @@ def test_closed_loop_lowers_steps_under_pressure_and_raises_them_after(serve_htt
 
     # the controller's state is exported as Prometheus metrics (Ray's metrics agent)
     wanted = ["ray_synth_slo_steps_cap", "ray_synth_slo_admission_limit", "ray_synth_slo_adjustments_total"]
-    text, deadline = "", time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            text = httpx.get(serve_http["metrics"], timeout=5).text
-        except httpx.HTTPError:
-            text = ""
-        if all(w in text for w in wanted) and re.search(r'ray_synth_slo_adjustments_total\{[^}]*action="down"', text):
-            break
-        time.sleep(2)
+    text = scrape_until(serve_http["metrics"], lambda t: all(w in t for w in wanted) and re.search(
+        r'ray_synth_slo_adjustments_total\{[^}]*action="down"', t))
     assert all(w in text for w in wanted), [w for w in wanted if w not in text]
     assert re.search(r'ray_synth_slo_adjustments_total\{[^}]*action="down"', text)
     serve.delete("slo")

@@ -41,8 +41,8 @@ from synth.errors import ConfigError
 from synth.nets.column_heads import ColumnHeads
 from synth.table import TableCodec
 from synth.table.columns import CategoricalColumn, NumericColumn
+from synth.table.columns.numeric import U_EPS
 
-U_EPS = 1e-9
 
 
 def point_values(col: NumericColumn, bins: int) -> bool:

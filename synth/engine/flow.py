@@ -45,9 +45,8 @@ from synth.errors import ConfigError
 from synth.nets.flow import ConditionalFlow
 from synth.table import TableCodec
 from synth.table.columns import CategoricalColumn, NumericColumn
+from synth.table.columns.numeric import U_EPS, Z_MAX
 
-U_EPS = 1e-9
-Z_MAX = float(torch.special.ndtri(torch.tensor(1 - U_EPS, dtype=torch.float64)))
 
 
 class FlowConfig(ConditionalOnePassConfig):

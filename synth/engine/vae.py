@@ -47,8 +47,8 @@ from synth.errors import ConfigError
 from synth.nets.vae import TabularVAE
 from synth.table import TableCodec
 from synth.table.columns import CategoricalColumn, NumericColumn
+from synth.table.columns.numeric import Z_MAX
 
-Z_MAX = float(torch.special.ndtri(torch.tensor(1 - 1e-9, dtype=torch.float64)))
 LOG_SCALE = (-6.0, 2.0)  # bounds of a numeric's log standard deviation (in y units)
 
 

@@ -23,7 +23,8 @@ from synth.table.protection import protected_support
 from synth.table.stats import ColumnStats
 
 HEAVY_SHARE = 1e-3
-U_EPS = 1e-9
+U_EPS = 1e-9  # the codec's u stays in [U_EPS, 1 - U_EPS]
+Z_MAX = float(ndtri(1 - U_EPS))  # so its quantile-normal feature z stays in [-Z_MAX, Z_MAX]
 U_SHRINK = 1e-10  # conditions: u-intervals are shrunk by this much (float round trips stay inside)
 
 
@@ -92,8 +93,7 @@ class NumericColumn:
         return 2 if self.nullable else 1
 
     def bounds(self) -> tuple[list[float], list[float]]:
-        z = float(ndtri(1 - U_EPS))
-        return ([-z, -1.0], [z, 1.0]) if self.nullable else ([-z], [z])
+        return ([-Z_MAX, -1.0], [Z_MAX, 1.0]) if self.nullable else ([-Z_MAX], [Z_MAX])
 
     def encode(self, arr: pa.Array, rng: np.random.Generator | None = None, strict: bool = True) -> np.ndarray:
         n = len(arr)
