@@ -19,6 +19,7 @@ val rows for its validation loss), samples 10,000 rows, and is judged the same w
     python bench/compare.py --datasets credit --synth-steps 200 --sdv gaussian_copula,ctgan:1 \\
         --max-train-rows 1500 --rows 1000 --tag smoke                         # a few minutes
     python bench/compare.py --extra adult:student=runs/adult-distilled-4 --resume   # add a student model
+    python bench/compare.py --merge bench/results/compare-families-vae.json   # a tagged run into BENCHMARKS.md
 
 Writes bench/results/compare[-TAG].json after every model (with --resume, models already in that
 file with the same settings are kept) and regenerates BENCHMARKS.md from it (untagged runs only,
@@ -298,7 +299,15 @@ def main(argv=None) -> None:
     ap.add_argument("--tag", default="")
     ap.add_argument("--resume", action="store_true", help="keep finished models of the results file")
     ap.add_argument("--markdown", help="table file to regenerate (default BENCHMARKS.md for untagged runs)")
+    ap.add_argument("--merge", action="append", default=[], metavar="RESULTS_JSON",
+                    help="fit nothing: add the runs (and commands) of other results files of this harness to "
+                         "this one (a run of the same dataset, model and settings is replaced) and regenerate "
+                         "its table, e.g. --merge bench/results/compare-families-vae.json (repeatable)")
     args = ap.parse_args(argv)
+    if args.merge:
+        merge_results(args.merge, RESULTS / f"compare{'-' + args.tag if args.tag else ''}.json",
+                      args.markdown or ("BENCHMARKS.md" if not args.tag else None))
+        return
 
     import torch
 
@@ -484,6 +493,28 @@ def main(argv=None) -> None:
     print(f"wrote {out_path}" + (f" and {args.markdown or 'BENCHMARKS.md'}" if args.markdown or not args.tag else ""))
 
 
+def merge_results(sources: list[str], out_path: Path, markdown: str | None) -> None:
+    """Runs of several invocations (e.g. tagged family runs) in one results file and table. Only
+    files made with the same --rows and --max-train-rows are merged: the judge must be the same."""
+    result = json.loads(out_path.read_text()) if out_path.exists() else {"commands": [], "datasets": {}, "runs": []}
+    for src in sources:
+        other = json.loads(Path(src).read_text())
+        if (other.get("rows_sampled"), other.get("max_train_rows")) != (result.get("rows_sampled", other.get(
+                "rows_sampled")), result.get("max_train_rows", other.get("max_train_rows"))):
+            raise SystemExit(f"--merge {src}: made with other --rows/--max-train-rows than {out_path.name}")
+        for key in ("machine", "versions", "rows_sampled", "max_train_rows", "split"):
+            result.setdefault(key, other.get(key))
+        incoming = {run_key(r): r for r in other.get("runs", []) if r.get("status") == "ok"}
+        result["runs"] = [r for r in result.get("runs", []) if run_key(r) not in incoming] + list(incoming.values())
+        result["commands"] = result.get("commands", []) + [c for c in other.get("commands", [])
+                                                           if c not in result.get("commands", [])]
+        result["datasets"] = {**result.get("datasets", {}), **other.get("datasets", {})}
+    out_path.write_text(json.dumps(result, indent=1, default=str))
+    if markdown:
+        Path(markdown).write_text(render_markdown(result))
+    print(f"merged {len(sources)} file(s) into {out_path}" + (f" and {markdown}" if markdown else ""))
+
+
 # --------------------------------------------------------------------------- markdown
 def _f(v, spec=".3f"):
     return "n/a" if v is None else format(v, spec)
@@ -520,7 +551,7 @@ def render_markdown(result: dict) -> str:
         "- **ML efficacy**: train on synthetic, test on the real test rows (macro F1 for a categorical target, "
         "R^2 for a numeric one), with train-on-real in brackets.",
         "- **DCR share**: share of synthetic rows closer to a training row than to a holdout row (0.5 ideal, "
-        "near 1 = copying); **copies**: share of synthetic rows identical to a training row."
+        "near 1 = copying); **copies**: share of synthetic rows identical to a training row.",
         "- **held-out NLL**: negative log-likelihood of the test rows under the model, in nats per row (bits per "
         "column in brackets; lower is better), for synth families with a likelihood (synth.evaluate.likelihood: "
         "categoricals discrete, numerics a density over their codec CDF value; *bound*: an upper bound on the NLL, "

@@ -47,6 +47,7 @@ from synth.table import TableCodec
 from synth.table.columns import CategoricalColumn, NumericColumn
 from synth.table.columns.numeric import U_EPS, Z_MAX
 
+INV_CHECK_ROWS = 64  # validation rows of the invertibility check (monitor)
 
 
 class FlowConfig(ConditionalOnePassConfig):
@@ -193,7 +194,10 @@ class FlowEngine(EMAWeights, OnePassEngine):
     @torch.no_grad()
     def monitor(self, x_val: Tensor, seed: int) -> dict:
         """Measures of the EMA flow on validation rows: the invertibility error max |f^-1(f(y)) - y|
-        (and its mean) and the validation bpd of the one-draw bound."""
+        (and its mean) on the first `INV_CHECK_ROWS` of them, and the validation bpd of the one-draw
+        bound on up to 4,096. The inverse costs one pass per dimension and transform (seconds per
+        evaluation on a wide table at 4,096 rows), so it is checked on a sample: the error is a
+        property of the transform, not of the rows."""
         self.ema.eval()
         dev = next(self.ema.parameters()).device
         x = x_val[:4096].to(dev)
@@ -201,7 +205,8 @@ class FlowEngine(EMAWeights, OnePassEngine):
         y, corr = self.dequantise(x, gen)
         cond = self.condition_mask(x, False, None)
         y = y.float()
-        err = (self.ema.from_base(self.ema.to_base(y, cond), cond) - y).abs()
+        yc, cc = y[:INV_CHECK_ROWS], cond[:INV_CHECK_ROWS]
+        err = (self.ema.from_base(self.ema.to_base(yc, cc), cc) - yc).abs()
         nll = -(self.ema(y, cond).double() + corr).mean()
         return {"inv_error": float(err.max()), "inv_error_mean": float(err.mean()),
                 "val_bpd": float(nll) / (len(self.codec.columns) * math.log(2))}
