@@ -100,7 +100,9 @@ def serve_http(ray_session):
     from ray import serve
 
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    # one proxy, on the head: the extra nodes of tests/test_multinode.py share this machine's
+    # 127.0.0.1, where a proxy per node could not bind the same port
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
     try:  # Serve may already be running (started by a test with its own options): use its port
         from ray.serve.context import _get_global_client
 

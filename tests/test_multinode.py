@@ -230,3 +230,123 @@ def test_bulk_synthesis_across_nodes_with_a_killed_node(ray_session, tiny_artifa
     for n in names:
         assert (out / n).read_bytes() == (ref / n).read_bytes(), n
     assert not list(out.glob(".tmp-*"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Serve: replicas on 2 nodes under a closed-loop HTTP load, one node killed
+# ---------------------------------------------------------------------------------------------
+CLIENTS = 4
+# Requests the proxy may still send to the lost replica after the kill, before its router has
+# dropped it (each client at most one): beyond the requests in flight on that node at the kill.
+ROUTING_ALLOWANCE = CLIENTS
+RECOVERY_S = 30.0  # p99 back within the bound within this long after the kill
+WINDOW_S = 5.0  # the p99 after the kill is taken over windows this long
+# After the kill one replica carries the load two did, on the same CPU: the bound on the p99 of a
+# window after the kill is this factor x the p99 before it (and at least the SLO).
+RECOVERED_FACTOR = 2.0
+
+
+class ClosedLoop:
+    """`n` client threads, each sending its next request when its last one returns; every answer
+    is logged as (sent, answered, status, replica id or None). Status 599: no HTTP answer."""
+
+    def __init__(self, url: str, body: dict, n: int):
+        self.url, self.body, self.log, self.stop = url, body, [], threading.Event()
+        self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(n)]
+        for th in self.threads:
+            th.start()
+
+    def _client(self) -> None:
+        import httpx
+
+        with httpx.Client(timeout=60) as c:
+            while not self.stop.is_set():
+                t0 = time.monotonic()
+                try:
+                    r = c.post(self.url, json=self.body)
+                    code, replica = r.status_code, r.headers.get("x-synth-replica")
+                except httpx.HTTPError:
+                    code, replica = 599, None
+                self.log.append((t0, time.monotonic(), code, replica))
+
+    def close(self) -> None:
+        self.stop.set()
+        for th in self.threads:
+            th.join(timeout=90)
+
+
+def p99(ms: list[float]) -> float:
+    import numpy as np
+
+    return float(np.percentile(ms, 99))
+
+
+def replica_nodes(app: str) -> dict[str, str]:
+    """Serve replica id -> node id of the live replicas of `app`."""
+    import ray
+    from ray.util.state import list_actors
+
+    return {a.name.rsplit("#", 1)[-1]: a.node_id for a in list_actors(
+        address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")], limit=10_000)
+        if a.name and a.name.startswith(f"SERVE_REPLICA::{app}#")}
+
+
+def test_serve_on_two_nodes_routes_around_a_killed_node(ray_session, serve_http, tiny_artifact):
+    """Two replicas (one per extra node) behind the proxy on the head; a node lost under load."""
+    from ray import serve
+
+    from serve.app import build_app
+
+    cluster, slo_ms = ray_session["cluster"], 150.0
+    with extra_nodes(cluster, 2, "synth_serve") as nodes:
+        a, b = nodes
+        serve.run(build_app({"artifact_uri": tiny_artifact, "num_cpus": 1, "num_replicas": 2, "slo_p99_ms": slo_ms,
+                             "deployment_name": "NodeLoss", "ray_actor_options": {"resources": {"synth_serve": 1}}}),
+                  name="nodeloss", route_prefix="/nodeloss")
+        load = None
+        try:
+            where = replica_nodes("nodeloss")
+            assert sorted(where.values()) == sorted([a.node_id, b.node_id]), where  # one replica per node
+            load = ClosedLoop(f"{serve_http['base']}/nodeloss/v1/sample", {"rows": 4, "steps": 8}, CLIENTS)
+            time.sleep(4.0)  # warm-up
+            t_base = time.monotonic()
+            time.sleep(8.0)
+            t_kill = time.monotonic()
+            kill_node(cluster, b)
+            time.sleep(RECOVERY_S + WINDOW_S)
+            load.close()
+        finally:
+            if load is not None:
+                load.close()
+            serve.delete("nodeloss")
+    log = load.log
+    node_of = lambda e: where.get(e[3])  # noqa: E731
+    before = [e for e in log if t_base <= e[0] and e[1] < t_kill]
+    assert before and all(e[2] == 200 for e in before), sorted({e[2] for e in before})
+    assert {node_of(e) for e in before} == {a.node_id, b.node_id}  # both replicas answered
+    base_p99 = p99([(e[1] - e[0]) * 1000 for e in before])
+    # errors: only those in flight on the lost node at the kill, plus the routing allowance
+    errors = [e for e in log if e[2] != 200]
+    in_flight = [e for e in log if e[0] < t_kill < e[1]]
+    in_flight_on_b = [e for e in in_flight if node_of(e) != a.node_id]  # not answered by the survivor
+    assert all(e[2] >= 500 for e in errors), sorted({e[2] for e in errors})  # connection or 5xx: no 4xx
+    assert all(e[1] >= t_kill for e in errors)  # nothing failed before the kill
+    late = [e for e in errors if e[0] >= t_kill]
+    assert len(errors) <= len(in_flight_on_b) + ROUTING_ALLOWANCE and len(late) <= ROUTING_ALLOWANCE, \
+        (len(errors), len(in_flight_on_b), len(late))
+    after = [e for e in log if e[0] >= t_kill]
+    assert all(node_of(e) == a.node_id for e in after if e[2] == 200)  # the survivor answers everything
+    # the proxy routes around it: requests keep succeeding, and the p99 recovers within RECOVERY_S
+    bound = max(RECOVERED_FACTOR * base_p99, slo_ms)
+    windows = []
+    for k in range(int(RECOVERY_S - WINDOW_S) + 1):
+        w0 = t_kill + k
+        ok = [(e[1] - e[0]) * 1000 for e in log if w0 <= e[0] and e[1] < w0 + WINDOW_S and e[2] == 200]
+        windows.append((k, len(ok), round(p99(ok), 1) if ok else None))
+    recovered = [w for w in windows if w[1] >= 10 and w[2] <= bound]
+    assert recovered, (round(base_p99, 1), round(bound, 1), windows)
+    tail = [(e[1] - e[0]) * 1000 for e in log if e[0] >= t_kill + RECOVERY_S - WINDOW_S and e[2] == 200]
+    assert len(tail) >= 10 and p99(tail) <= bound, (round(base_p99, 1), windows)
+    print(f"serve node loss: p99 before {base_p99:.0f} ms; {len(errors)} errors "
+          f"({len(in_flight_on_b)} in flight on the lost node, {len(late)} sent after the kill); "
+          f"p99 within {bound:.0f} ms from {recovered[0][0]} s after the kill; windows {windows}")
