@@ -55,31 +55,22 @@ def scrape_until(url: str, ready, timeout_s: float = 60.0) -> str:
     return text
 
 
-CLUSTER_ENV = "SYNTH_TEST_CLUSTER"  # =1: the session Ray is a ray.cluster_utils.Cluster (tests/test_multinode.py)
-
-
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray per test session (4 logical CPUs: avoids Ray Data/Train resource deadlocks
-    on 2 cores). Yields a dict with the metrics export port, and with SYNTH_TEST_CLUSTER=1 the
-    `ray.cluster_utils.Cluster` whose head it is, so tests can add nodes to this same Ray and kill
-    them (tests/test_multinode.py)."""
+    """One local Ray per test session: the head of a `ray.cluster_utils.Cluster` (4 logical CPUs:
+    avoids Ray Data/Train resource deadlocks on 2 cores), so tests/test_multinode.py can add nodes
+    to this same Ray and kill them; every other test runs on the head alone, as on a one-node Ray.
+    Yields a dict with the metrics export port and the Cluster."""
     import ray
+    from ray.cluster_utils import Cluster
 
     port = free_port()
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    cluster = None
-    if os.environ.get(CLUSTER_ENV) == "1":
-        from ray.cluster_utils import Cluster
-
-        cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 4, "include_dashboard": True, "metrics_export_port": port, "object_store_memory": 1 << 30,
-            "gcs_server_port": free_port(), "dashboard_port": free_port(), "dashboard_agent_listen_port": free_port()})
-        ray.init(address=cluster.address, log_to_driver=False,
-                 runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
-    else:
-        ray.init(address="local", num_cpus=4, include_dashboard=True, _metrics_export_port=port,
-                 log_to_driver=False, runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 4, "include_dashboard": True, "metrics_export_port": port, "object_store_memory": 1 << 30,
+        "gcs_server_port": free_port(), "dashboard_port": free_port(), "dashboard_agent_listen_port": free_port()})
+    ray.init(address=cluster.address, log_to_driver=False,
+             runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
     yield {"metrics_port": port, "cluster": cluster}
     try:
         from ray import serve
@@ -88,8 +79,7 @@ def ray_session():
     except Exception:  # noqa: BLE001
         pass
     ray.shutdown()
-    if cluster is not None:
-        cluster.shutdown()
+    cluster.shutdown()
 
 
 @pytest.fixture(scope="session")

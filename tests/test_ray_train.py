@@ -35,7 +35,8 @@ def test_two_workers_train_checkpoint_and_resume(ray_session, tmp_path):
     # same name + storage path: resumes from the last checkpoint (step 30) and trains 10 more
     seen.clear()
     fit(ray_run(tmp_path, "two", steps=40), report=lambda m, _o: seen.append(m))
-    assert load_engine(result.artifact_uri).manifest["metrics"]["step"] == 40
+    resumed = load_engine(result.artifact_uri).manifest
+    assert resumed["metrics"]["step"] == 40 and resumed["ray"]["resumed_from"] == [30]
     # a different model under the same run name is refused instead of loading foreign weights
     bad = ray_run(tmp_path, "two", steps=50)
     bad.model.net.width = 32
