@@ -433,7 +433,8 @@ async def drive_phases(base: str, body: dict, phase_s: float, hog_n: int, honor:
                 while time.perf_counter() - p0 < phase_s:
                     await asyncio.sleep(1.0)
                     now = time.perf_counter()
-                    if kill and t_kill is None and now - p0 >= phase_s / 3:
+                    # a third into the phase, or as soon after as two replicas run (until two thirds)
+                    if kill and t_kill is None and phase_s / 3 <= now - p0 <= 2 * phase_s / 3:
                         node_loss = await asyncio.to_thread(lose_a_replica_node, cluster, app)
                         if node_loss.get("killed"):
                             t_kill = time.perf_counter()
@@ -518,7 +519,7 @@ def run_phases(args: argparse.Namespace) -> dict:
                 "control": {"enabled": mode == "closed"}, "deployment_name": "Bench",
                 "ray_actor_options": {"resources": {"synth_serve": 1}},
                 "autoscaling_config": {
-                    "min_replicas": 1, "max_replicas": args.max_replicas, "initial_replicas": 1,
+                    "min_replicas": args.min_replicas, "max_replicas": args.max_replicas, "initial_replicas": args.initial_replicas,
                     "target_ongoing_requests": 24, "metrics_interval_s": 1.0, "look_back_period_s": 5.0,
                     "upscale_delay_s": 3.0, "downscale_delay_s": args.downscale_delay_s,
                     "policy": {"policy_function": POLICY_FUNCTION,
@@ -526,7 +527,7 @@ def run_phases(args: argparse.Namespace) -> dict:
                 name="bench", route_prefix="/")
             replicas = Replicas("bench", "Bench")
             try:
-                print(f"\n== {mode} loop: {args.nodes} nodes, 1..{args.max_replicas} replicas, "
+                print(f"\n== {mode} loop: {args.nodes} nodes, {args.min_replicas}..{args.max_replicas} replicas, "
                       f"{args.phase_s:.0f} s phases ==", flush=True)
                 runs[mode] = asyncio.run(drive_phases(base, body, args.phase_s, hog_n, not args.no_honor_retry_after,
                                                       args.slo_ms, replicas, cluster, "bench"))
@@ -547,7 +548,7 @@ def run_phases(args: argparse.Namespace) -> dict:
                         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
                         "note": "clients, Ray head, Serve proxy, replicas and hog share these cores"},
             "artifact": artifact, "family": args.family or "default", "request": body, "slo_p99_ms": args.slo_ms,
-            "nodes": args.nodes, "max_replicas": args.max_replicas, "hog_processes": hog_n,
+            "nodes": args.nodes, "min_replicas": args.min_replicas, "max_replicas": args.max_replicas, "hog_processes": hog_n,
             "phase_s": args.phase_s, "honor_retry_after": not args.no_honor_retry_after, "runs": runs}
 
 
@@ -586,7 +587,9 @@ def main() -> None:
     # profile "phases"
     p.add_argument("--phase-s", type=float, default=20.0, help="seconds per phase (phases profile)")
     p.add_argument("--nodes", type=int, default=3, help="worker nodes, one replica each at most (phases)")
-    p.add_argument("--max-replicas", type=int, default=3, help="autoscaling maximum (phases; minimum 1)")
+    p.add_argument("--max-replicas", type=int, default=3, help="autoscaling maximum (phases)")
+    p.add_argument("--min-replicas", type=int, default=1, help="autoscaling minimum (phases)")
+    p.add_argument("--initial-replicas", type=int, default=1, help="replicas at deployment (phases)")
     p.add_argument("--downscale-delay-s", type=float, default=30.0)
     p.add_argument("--hog", type=int, default=None, help="hog processes (default 4 per usable CPU)")
     p.add_argument("--no-honor-retry-after", action="store_true")

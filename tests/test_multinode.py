@@ -136,6 +136,7 @@ def test_train_on_two_nodes_survives_a_killed_node(ray_session, tmp_path):
             assert set(after) == {a.node_id, replacement.node_id}
         engine = load_engine(box["result"].artifact_uri)
         assert engine.manifest["metrics"]["step"] == steps and engine.manifest["workers"] == 2
+        assert engine.sample(20, seed=1).num_rows == 20
         # the run went on from a checkpoint taken before the kill (not from step 0), once
         resumed = engine.manifest["ray"]["resumed_from"]
         assert len(resumed) == 1 and registered <= resumed[0] < steps, (registered, resumed)
