@@ -503,7 +503,15 @@ def run_phases(args: argparse.Namespace) -> dict:
     hog_n = args.hog or 4 * len(os.sched_getaffinity(0))
     body = {"rows": args.rows}  # no steps: the replica picks them
     load_before = os.getloadavg()
+    from ray._common.utils import get_ray_address_file
+
+    record = Path(get_ray_address_file(None))  # Cluster records its head as the machine's Ray: put it back
+    before = record.read_text() if record.exists() else None
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True})
+    if before is None:
+        record.unlink(missing_ok=True)
+    else:
+        record.write_text(before)
     for _ in range(args.nodes):
         cluster.add_node(num_cpus=1, resources={"synth_serve": 1}, object_store_memory=200 << 20)
     cluster.wait_for_nodes()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,24 @@ def scrape_until(url: str, ready, timeout_s: float = 60.0) -> str:
     return text
 
 
+@contextmanager
+def machine_ray_record_kept():
+    """`Cluster` records its head as this machine's Ray (/tmp/ray/ray_current_cluster), which a
+    plain `ray.init()` or `serve run` of anyone on the machine would then join, and which points at
+    a dead Ray after the session: the record is put back as it was."""
+    from ray._common.utils import get_ray_address_file
+
+    record = Path(get_ray_address_file(None))
+    before = record.read_text() if record.exists() else None
+    try:
+        yield
+    finally:
+        if before is None:
+            record.unlink(missing_ok=True)
+        else:
+            record.write_text(before)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray per test session: the head of a `ray.cluster_utils.Cluster` (4 logical CPUs:
@@ -66,9 +85,10 @@ def ray_session():
 
     port = free_port()
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 4, "include_dashboard": True, "metrics_export_port": port, "object_store_memory": 1 << 30,
-        "gcs_server_port": free_port(), "dashboard_port": free_port(), "dashboard_agent_listen_port": free_port()})
+    with machine_ray_record_kept():
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 4, "include_dashboard": True, "metrics_export_port": port, "object_store_memory": 1 << 30,
+            "gcs_server_port": free_port(), "dashboard_port": free_port(), "dashboard_agent_listen_port": free_port()})
     ray.init(address=cluster.address, log_to_driver=False,
              runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
     yield {"metrics_port": port, "cluster": cluster}
