@@ -539,7 +539,8 @@ def run_phases(args: argparse.Namespace) -> dict:
                       f"{args.phase_s:.0f} s phases ==", flush=True)
                 runs[mode] = asyncio.run(drive_phases(base, body, args.phase_s, hog_n, not args.no_honor_retry_after,
                                                       args.slo_ms, replicas, cluster, "bench"))
-                runs[mode]["replicas_timeline"] = [(round(t - replicas.log[0][0], 1), r, o) for t, r, o in replicas.log]
+                t0 = replicas.log[0][0] if replicas.log else 0.0
+                runs[mode]["replicas_timeline"] = [(round(t - t0, 1), r, o) for t, r, o in replicas.log]  # running, other
             finally:
                 replicas.close()
                 serve.delete("bench")
