@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -55,31 +56,41 @@ def scrape_until(url: str, ready, timeout_s: float = 60.0) -> str:
     return text
 
 
-CLUSTER_ENV = "SYNTH_TEST_CLUSTER"  # =1: the session Ray is a ray.cluster_utils.Cluster (tests/test_multinode.py)
+@contextmanager
+def machine_ray_record_kept():
+    """`Cluster` records its head as this machine's Ray (/tmp/ray/ray_current_cluster), which a
+    plain `ray.init()` or `serve run` of anyone on the machine would then join, and which points at
+    a dead Ray after the session: the record is put back as it was."""
+    from ray._common.utils import get_ray_address_file
+
+    record = Path(get_ray_address_file(None))
+    before = record.read_text() if record.exists() else None
+    try:
+        yield
+    finally:
+        if before is None:
+            record.unlink(missing_ok=True)
+        else:
+            record.write_text(before)
 
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray per test session (4 logical CPUs: avoids Ray Data/Train resource deadlocks
-    on 2 cores). Yields a dict with the metrics export port, and with SYNTH_TEST_CLUSTER=1 the
-    `ray.cluster_utils.Cluster` whose head it is, so tests can add nodes to this same Ray and kill
-    them (tests/test_multinode.py)."""
+    """One local Ray per test session: the head of a `ray.cluster_utils.Cluster` (4 logical CPUs:
+    avoids Ray Data/Train resource deadlocks on 2 cores), so tests/test_multinode.py can add nodes
+    to this same Ray and kill them; every other test runs on the head alone, as on a one-node Ray.
+    Yields a dict with the metrics export port and the Cluster."""
     import ray
+    from ray.cluster_utils import Cluster
 
     port = free_port()
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    cluster = None
-    if os.environ.get(CLUSTER_ENV) == "1":
-        from ray.cluster_utils import Cluster
-
+    with machine_ray_record_kept():
         cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 4, "include_dashboard": True, "metrics_export_port": port, "object_store_memory": 1 << 30,
             "gcs_server_port": free_port(), "dashboard_port": free_port(), "dashboard_agent_listen_port": free_port()})
-        ray.init(address=cluster.address, log_to_driver=False,
-                 runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
-    else:
-        ray.init(address="local", num_cpus=4, include_dashboard=True, _metrics_export_port=port,
-                 log_to_driver=False, runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+    ray.init(address=cluster.address, log_to_driver=False,
+             runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
     yield {"metrics_port": port, "cluster": cluster}
     try:
         from ray import serve
@@ -88,8 +99,7 @@ def ray_session():
     except Exception:  # noqa: BLE001
         pass
     ray.shutdown()
-    if cluster is not None:
-        cluster.shutdown()
+    cluster.shutdown()
 
 
 @pytest.fixture(scope="session")
@@ -100,7 +110,9 @@ def serve_http(ray_session):
     from ray import serve
 
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    # one proxy, on the head: the extra nodes of tests/test_multinode.py share this machine's
+    # 127.0.0.1, where a proxy per node could not bind the same port
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
     try:  # Serve may already be running (started by a test with its own options): use its port
         from ray.serve.context import _get_global_client
 

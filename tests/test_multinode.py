@@ -1,10 +1,8 @@
 """Issue 22: several Ray nodes on one machine, and a whole node lost mid-run.
 
-Run in a session of its own: `SYNTH_TEST_CLUSTER=1 python -m pytest tests/test_multinode.py` (the
-session Ray is then a `ray.cluster_utils.Cluster`, tests/conftest.py; in the plain suite these tests
-skip). Nodes are added to the session's Ray,
-each advertising a custom resource so work lands on them and not on the head; a node is killed
-with its raylet, object store and every worker process (SIGKILL, no graceful shutdown), which is
+The session Ray is the head of a `ray.cluster_utils.Cluster` (tests/conftest.py), so these run in
+the plain suite. Nodes are added to the session's Ray, each advertising a custom resource so work
+lands on them and not on the head; a node is killed with its raylet, object store and every worker process (SIGKILL, no graceful shutdown), which is
 what losing a machine looks like to Ray. Storage (`storage_path`, the synthesis output) is a local
 folder every node of this machine sees: the shared storage a real cluster gets from S3/GCS/NFS."""
 from __future__ import annotations
@@ -25,26 +23,17 @@ from tests.conftest import tiny_run
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-@pytest.fixture(autouse=True)
-def _cluster_session():
-    from tests.conftest import CLUSTER_ENV
-
-    if os.environ.get(CLUSTER_ENV) != "1":
-        pytest.skip("needs the session Ray as a multi-node test cluster: "
-                    "SYNTH_TEST_CLUSTER=1 python -m pytest tests/test_multinode.py")
-
 NODE_STORE = 150 * 1024 * 1024
 
 
 def add_node(cluster, resource: str):
-    # 2 logical CPUs: with 1, Ray Data's ListFiles task (Parquet ingest of the Train test) sat for
-    # minutes waiting on the footer-reading tasks it starts (py-spy: FooterFileIndexer._read_footers)
+    # 2 logical CPUs: a Ray Train worker (1 CPU) and the Ray Data tasks of its ingest (0.5 CPU each)
     return cluster.add_node(num_cpus=2, resources={resource: 1}, object_store_memory=NODE_STORE)
 
 
 @contextmanager
 def extra_nodes(cluster, n: int, resource: str):
-    """A list of `n` worker nodes with 1 CPU and {resource: 1} each (append replacements to it);
+    """A list of `n` worker nodes with 2 CPUs and {resource: 1} each (append replacements to it);
     whatever is left of them is killed after."""
     added = [add_node(cluster, resource) for _ in range(n)]
     cluster.wait_for_nodes()
@@ -121,21 +110,18 @@ def train_cfg(tmp, name, steps):
     return RunConfig.parse(raw)
 
 
-@pytest.mark.skip(reason="unfinished (issue 22): on the extra nodes Ray Data's ListFiles task of the Parquet ingest "
-                         "sat for minutes (py-spy: FooterFileIndexer/_get_file_info_iterator_threaded) in all 3 runs on "
-                         "the loaded machine, so the workers were never placed; the test has not passed yet")
 def test_train_on_two_nodes_survives_a_killed_node(ray_session, tmp_path):
     cluster = ray_session["cluster"]
-    steps = 200
+    steps = 400
     with extra_nodes(cluster, 2, "synth_train") as nodes:
         a, b = nodes
         th, box = in_thread(lambda: fit(train_cfg(tmp_path, "multi", steps)))
         placed = wait_for(lambda: (lambda n: n if len(n) == 2 else None)(alive_actor_nodes("RayTrainWorker")),
                           600, "2 Ray Train workers")
         assert set(placed) == {a.node_id, b.node_id}  # one worker per node, none on the head
-        run_dir = tmp_path / "shared" / "multi"
-        wait_for(lambda: run_dir.exists() and any(d.startswith("checkpoint_") for d in os.listdir(run_dir)),
-                 600, "a first checkpoint")
+        # a checkpoint Ray Train has registered (its folder appears before that: killed then, the
+        # run rightly starts over from step 0)
+        registered = wait_for(lambda: registered_step(tmp_path / "shared" / "multi"), 600, "a registered checkpoint")
         assert th.is_alive(), box.get("error")
         kill_node(cluster, b)
         replacement = add_node(cluster, "synth_train")
@@ -150,16 +136,25 @@ def test_train_on_two_nodes_survives_a_killed_node(ray_session, tmp_path):
             assert set(after) == {a.node_id, replacement.node_id}
         engine = load_engine(box["result"].artifact_uri)
         assert engine.manifest["metrics"]["step"] == steps and engine.manifest["workers"] == 2
-        # the run resumed from a checkpoint (not step 0): `wall_s` restarts with the resumed attempt
-        hist = engine.manifest["history"]
-        drops = [i for i in range(1, len(hist)) if hist[i]["wall_s"] < hist[i - 1]["wall_s"]]
-        assert len(drops) == 1, [(h["step"], round(h["wall_s"], 2)) for h in hist]
-        resumed_at = hist[drops[0] - 1]["step"]
-        assert 0 < resumed_at < steps
-        assert [h["step"] for h in hist] == list(range(20, steps + 1, 20))
+        assert engine.sample(20, seed=1).num_rows == 20
+        # the run went on from a checkpoint taken before the kill (not from step 0), once
+        resumed = engine.manifest["ray"]["resumed_from"]
+        assert len(resumed) == 1 and registered <= resumed[0] < steps, (registered, resumed)
+        assert [h["step"] for h in engine.manifest["history"]] == list(range(20, steps + 1, 20))
     # The same final state as an *uninterrupted* run is not what the design gives: after a resume,
     # batches are drawn from (seed, resume step) (synth/train/loop.py). A resumed run equals any run
     # resumed from the same checkpoint (tests/test_ray_train.py resumes by name on one node).
+
+
+def registered_step(run_dir) -> int | None:
+    """The step of the latest checkpoint Ray Train registered for the run (its snapshot file)."""
+    import json
+
+    try:
+        snap = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+        return int(snap["latest_checkpoint_result"]["metrics"]["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,3 +225,148 @@ def test_bulk_synthesis_across_nodes_with_a_killed_node(ray_session, tiny_artifa
     for n in names:
         assert (out / n).read_bytes() == (ref / n).read_bytes(), n
     assert not list(out.glob(".tmp-*"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Serve: replicas on 2 nodes under a closed-loop HTTP load, one node killed
+# ---------------------------------------------------------------------------------------------
+CLIENTS = 4
+# Requests the proxy may still send to the lost replica after the kill, before its router has
+# dropped it (each client at most one): beyond the requests in flight on that node at the kill.
+ROUTING_ALLOWANCE = CLIENTS
+RECOVERY_S = 30.0  # the p99 of a window must be back within the bound this long after the kill
+WINDOW_S = 5.0  # the p99 after the kill is taken over windows this long, one starting every second
+WATCH_S = 20.0  # the load runs at least this long after the kill (the GCS marks the node dead at ~15 s)
+# After the kill one replica carries the load two did, on the same CPU: the bound on the p99 of a
+# window after the kill is this factor x the p99 before it (and at least the SLO).
+RECOVERED_FACTOR = 2.0
+
+
+class ClosedLoop:
+    """`n` client threads, each sending its next request when its last one returns; every answer
+    is logged as (sent, answered, status, replica id or None). Status 599: no HTTP answer."""
+
+    def __init__(self, url: str, body: dict, n: int):
+        self.url, self.body, self.log, self.stop = url, body, [], threading.Event()
+        self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(n)]
+        for th in self.threads:
+            th.start()
+
+    def _client(self) -> None:
+        import httpx
+
+        with httpx.Client(timeout=60) as c:
+            while not self.stop.is_set():
+                t0 = time.monotonic()
+                try:
+                    r = c.post(self.url, json=self.body)
+                    code, replica = r.status_code, r.headers.get("x-synth-replica")
+                except httpx.HTTPError:
+                    code, replica = 599, None
+                self.log.append((t0, time.monotonic(), code, replica))
+
+    def close(self) -> None:
+        self.stop.set()
+        for th in self.threads:
+            th.join(timeout=90)
+
+
+def p99(ms: list[float]) -> float:
+    import numpy as np
+
+    return float(np.percentile(ms, 99))
+
+
+def replica_nodes(app: str) -> dict[str, str]:
+    """Serve replica id -> node id of the live replicas of `app`."""
+    import ray
+    from ray.util.state import list_actors
+
+    return {a.name.rsplit("#", 1)[-1]: a.node_id for a in list_actors(
+        address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")], limit=10_000)
+        if a.name and a.name.startswith(f"SERVE_REPLICA::{app}#")}
+
+
+def test_serve_on_two_nodes_routes_around_a_killed_node(ray_session, serve_http, tiny_artifact):
+    """Two replicas (one per extra node) behind the proxy on the head; a node lost under load.
+
+    Seen here after the kill: the errors are the 2-3 requests in flight on the lost replica (500 from
+    the proxy), none later; the survivor answers at the same or a lower p99 from the first window on.
+    Ray cannot place the replacement replica (no node left with `synth_serve`), and while a task is
+    unplaceable every raylet asks its workers for a Python GC every 10 s: the proxy's pauses show as
+    ~450 ms answers every 10 s from ~15 s after the node is marked dead, which is why the test bounds
+    the recovery (a window within the bound) and not every later window."""
+    from ray import serve
+
+    from serve.app import build_app
+
+    cluster, slo_ms = ray_session["cluster"], 150.0  # recovery() bounds the p99 by at least this SLO
+    with extra_nodes(cluster, 2, "synth_serve") as nodes:
+        a, b = nodes
+        serve.run(build_app({"artifact_uri": tiny_artifact, "num_cpus": 1, "num_replicas": 2, "slo_p99_ms": slo_ms,
+                             "deployment_name": "NodeLoss", "ray_actor_options": {"resources": {"synth_serve": 1}}}),
+                  name="nodeloss", route_prefix="/nodeloss")
+        load = None
+        try:
+            where = replica_nodes("nodeloss")
+            assert sorted(where.values()) == sorted([a.node_id, b.node_id]), where  # one replica per node
+            load = ClosedLoop(f"{serve_http['base']}/nodeloss/v1/sample", {"rows": 4, "steps": 8}, CLIENTS)
+            time.sleep(4.0)  # warm-up
+            t_base = time.monotonic()
+            time.sleep(8.0)
+            t_kill = time.monotonic()
+            kill_node(cluster, b)
+            t_dead = time.monotonic()  # every process of the node has been sent SIGKILL
+            while time.monotonic() < t_kill + RECOVERY_S:
+                time.sleep(1.0)
+                if time.monotonic() >= t_kill + WATCH_S and recovery(load.log, t_kill, t_base, slo_ms)[0] is not None:
+                    break
+            load.close()
+        finally:
+            if load is not None:
+                load.close()
+            serve.delete("nodeloss")
+    log = load.log
+    node_of = lambda e: where.get(e[3])  # noqa: E731
+    before = [e for e in log if t_base <= e[0] and e[1] < t_kill]
+    assert before and all(e[2] == 200 for e in before), sorted({e[2] for e in before})
+    assert {node_of(e) for e in before} == {a.node_id, b.node_id}  # both replicas answered
+    base_p99 = p99([(e[1] - e[0]) * 1000 for e in before])
+    # errors: only those in flight on the lost node at the kill, plus the routing allowance
+    errors = [e for e in log if e[2] != 200]
+    in_flight = [e for e in log if e[0] < t_dead and e[1] > t_kill]  # sent before the node was gone
+    in_flight_on_b = [e for e in in_flight if node_of(e) != a.node_id]  # not answered by the survivor
+    assert all(e[2] >= 500 for e in errors), sorted({e[2] for e in errors})  # connection or 5xx: no 4xx
+    assert all(e[1] >= t_kill for e in errors)  # nothing failed before the kill
+    late = [e for e in errors if e[0] >= t_dead]
+    assert len(errors) <= len(in_flight_on_b) + ROUTING_ALLOWANCE and len(late) <= ROUTING_ALLOWANCE, \
+        (len(errors), len(in_flight_on_b), len(late))
+    after = [e for e in log if e[0] >= t_dead]
+    assert all(node_of(e) == a.node_id for e in after if e[2] == 200)  # the survivor answers everything
+    # the proxy routes around it: requests keep succeeding (answers every second after the kill) ...
+    seconds = {int(e[1] - t_kill) for e in after if e[2] == 200}
+    missing = set(range(int(max(e[1] for e in log) - t_kill))) - seconds
+    assert not missing, sorted(missing)
+    # ... and the p99 of a window after the kill is back within the bound within RECOVERY_S
+    recovered_at, bound, windows = recovery(log, t_kill, t_base, slo_ms)
+    assert recovered_at is not None and recovered_at + WINDOW_S <= RECOVERY_S, (round(bound, 1), windows)
+    print(f"serve node loss: p99 before {base_p99:.0f} ms; {len(errors)} errors "
+          f"({len(in_flight_on_b)} in flight on the lost node, {len(late)} sent after the kill); the p99 of the "
+          f"window from {recovered_at} s after the kill is within {bound:.0f} ms; windows {windows}")
+
+
+def recovery(log, t_kill: float, t_base: float, slo_ms: float):
+    """(start of the first window after the kill whose p99 is within the bound, in s after the kill,
+    or None; the bound; [(start, answers, p99 ms)] of the complete windows so far)."""
+    ms = lambda e: (e[1] - e[0]) * 1000  # noqa: E731
+    bound = max(RECOVERED_FACTOR * p99([ms(e) for e in log if t_base <= e[0] and e[1] < t_kill]), slo_ms)
+    end, windows, first = max((e[1] for e in list(log)), default=t_kill), [], None
+    for k in range(int(RECOVERY_S - WINDOW_S) + 1):
+        w0 = t_kill + k
+        if w0 + WINDOW_S > end:
+            break
+        ok = [ms(e) for e in log if w0 <= e[0] and e[1] < w0 + WINDOW_S and e[2] == 200]
+        windows.append((k, len(ok), round(p99(ok), 1) if ok else None))
+        if first is None and len(ok) >= 10 and p99(ok) <= bound:
+            first = k
+    return first, bound, windows

@@ -177,7 +177,7 @@ class Neighbour:
     """A noisy neighbour in the same replica: one client sending large requests with explicit steps
     (not the controller's to choose) in a closed loop. Its model work delays everyone's requests by a
     multiple of their own cost, whatever else runs on the machine, so the pressure it creates does
-    not depend on the machine's load (a CPU-hog process does: bench/serve_closed_loop.py measures
+    not depend on the machine's load (a CPU-hog process does: `bench/serve_load.py --profile phases` measures
     that one)."""
 
     BODY = {"rows": 4000, "steps": 16, "sampler": "heun", "format": "arrow"}

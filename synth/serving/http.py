@@ -233,6 +233,8 @@ def create_app(host: ModelHost, *, max_body_bytes: int = 1 << 20) -> FastAPI:
         headers = svc.headers(job)
         headers["X-Synth-Latency-Ms"] = f"{latency_ms:.2f}"
         headers["X-Synth-Model"] = model.id
+        if host.replica:
+            headers["X-Synth-Replica"] = host.replica  # which Serve replica answered (Ray's replica id)
         return Response(content=result, media_type=MEDIA_TYPES[job.fmt], headers=headers)
 
     @app.post("/v1/sample", response_class=Response, responses=SAMPLE_RESPONSES,

@@ -266,6 +266,8 @@ def train_denoising(engine: Engine, cfg, data: TrainingData, session: Session) -
     state = session.restore(lambda d: load_checkpoint(engine, d, modules))
     start_step = state.step if state else 0
     history = state.manifest.get("history", []) if state else []
+    # the steps this run went on from a checkpoint (a restart after a failure, or a rerun by name)
+    resumed_from = [*state.manifest.get("resumed_from", []), start_step] if state else []
     private = None
     plan = data.privacy.to_dict() if data.privacy is not None else None
     if data.privacy is not None:  # DP-SGD: Opacus' Poisson sampler over all rows
@@ -280,7 +282,7 @@ def train_denoising(engine: Engine, cfg, data: TrainingData, session: Session) -
         history.append(metrics)
         session.report(metrics, lambda d: save_checkpoint(
             engine, metrics["step"], d, {"kind": "checkpoint", "run": cfg.name, "history": history,
-                                         "privacy_plan": plan},
+                                         "resumed_from": resumed_from, "privacy_plan": plan},
             modules=modules, optimizers={"opt": optimizer}))
 
     metrics = train(engine, batches, cfg.train, x_val=data.x_val, start_step=start_step,

@@ -35,14 +35,39 @@ from synth.train.session import RaySession, TrainingData
 
 # -- Ray Data ingest ------------------------------------------------------------------------
 def read_reference(uri: str):
-    """A Ray dataset over the reference Parquet, after naming any unreadable file."""
+    """A Ray dataset over the reference Parquet, after naming any unreadable file.
+
+    Through Ray Data's V1 Parquet datasource, not the V2 default of Ray 2.60: V2 lists the files of
+    *every* execution of the dataset (codec statistics, held-out rows, each worker's ingest) on a
+    pool of 32 `FooterReader` actors (RAY_DATA_PARQUET_FOOTER_NUM_ACTORS), spread over the cluster,
+    each a new worker process that holds a CPU while it starts, created and killed per listing, even
+    for one file. On a cluster with a few CPUs per node that listing waited minutes for actors to be
+    placed and started (py-spy: the ListFiles task in FooterFileIndexer.list_files, creating them).
+    The footers are read here anyway (open_dataset), on the driver, once.
+
+    Blocks: one per file, more only for files over READ_BLOCK_BYTES (on disk). Ray Data's default
+    cuts even a 1 MB file into 8+ blocks, and every block is a task of each map over the data
+    (split, statistics, encoding): on a multi-node cluster each new task may be a new worker
+    process on some node, which cost far more than reading the rows."""
+    import math
+
     import ray.data
 
     from synth.io.data import open_dataset
 
     open_dataset(uri)  # validates every file's footer and schema, naming a bad file
     fs, files = parquet_files(uri)
-    return ray.data.read_parquet(files, filesystem=fs)
+    total = sum(i.size or 0 for i in fs.get_file_info(files))
+    ctx = ray.data.DataContext.get_current()
+    v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
+    try:
+        return ray.data.read_parquet(files, filesystem=fs,
+                                     override_num_blocks=max(len(files), math.ceil(total / READ_BLOCK_BYTES)))
+    finally:
+        ctx.use_datasource_v2 = v2
+
+
+READ_BLOCK_BYTES = 32 << 20  # Parquet bytes per read block (~100-300 MB decoded: Ray Data's 128 MiB target)
 
 
 def _split_filter(batch: pa.Table, split: dict, part: int) -> pa.Table:
@@ -284,7 +309,8 @@ def train_on_ray(cfg: RunConfig) -> tuple[Prepared, Any, dict, list[dict], dict]
         sc, name=cfg.name, storage_path=storage_path, what="training",
         datasets={"train": train_ds, "val": val_ds},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"] if sc.data_mode == "stream" else []))
-    extra = {"prepare_s": prepare_s, "ray": {"storage_path": storage_path, "run": cfg.name, "data_mode": sc.data_mode}}
+    extra = {"prepare_s": prepare_s, "ray": {"storage_path": storage_path, "run": cfg.name, "data_mode": sc.data_mode,
+                                             "resumed_from": engine.manifest.get("resumed_from", [])}}
     return prep, engine, metrics, engine.manifest.get("history", []), extra
 
 
