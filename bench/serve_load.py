@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+PROXY_LOGGING = {"enable_access_log": False}  # as serve/config.yaml: no log line per request in the proxy
 
 
 def _free_port() -> int:
@@ -205,7 +206,7 @@ def run(args: argparse.Namespace) -> dict:
     print("model path without HTTP:", json.dumps(model_path), flush=True)
     ray.init(address="local", num_cpus=4, include_dashboard=True, log_to_driver=False)
     port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=PROXY_LOGGING)
     base = f"http://127.0.0.1:{port}"
     results = []
     ceiling = None
@@ -517,7 +518,8 @@ def run_phases(args: argparse.Namespace) -> dict:
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
     port = _free_port()
-    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port},
+                logging_config=PROXY_LOGGING)
     base = f"http://127.0.0.1:{port}"
     runs = {}
     try:

@@ -443,7 +443,9 @@ def test_serve_config_from_values():
         "auth_token_env": "SYNTH_SERVE_TOKEN",
         "max_request_s": 10,
         "require_signature": False,
+        "access_log": False,
     }
+    assert cfg["logging_config"] == {"enable_access_log": False}  # the proxies' too
     assert isinstance(app["args"]["slo_p99_ms"], float)
     (dep,) = app["deployments"]
     assert dep["autoscaling_config"]["min_replicas"] == 2

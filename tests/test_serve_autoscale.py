@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from synth.serving.autoscale import BACKLOG_RATIO, P99_RATIO, POLICY_FUNCTION, SHED_SHARE, SLOPolicy, decide
+from synth.serving.autoscale import (ANSWERED, BACKLOG_RATIO, P99_RATIO, POLICY_FUNCTION, SHED_SHARE, Capacity,
+                                     SLOPolicy, decide)
 
 
 def rep(p99=0.0, backlog=0.0, shed=0.0) -> dict:
@@ -37,6 +38,48 @@ def test_decision_rule():
     assert decide(2, []).replicas == 2  # no reports yet: hold
     with pytest.raises(ValueError, match="downscale_below"):
         SLOPolicy(upscale_at=0.5, downscale_below=0.8)
+
+
+def test_a_step_up_that_adds_no_capacity_is_undone():
+    cap, state = Capacity(min_gain=0.15, settle_s=10.0, retry_after_s=300.0), {}
+    # 1 replica answering 100/s asks for 2: a trial; while it is judged, no more than its 2 replicas
+    assert cap.apply(state, 1, 2.0, 100.0, now=0.0) == (2.0, None) and state["trial"]["from"] == 1
+    assert cap.apply(state, 1, 4.0, 100.0, now=3.0) == (2.0, "judging")  # the new replica still starting
+    assert cap.apply(state, 2, 2.0, 104.0, now=5.0) == (2.0, None)  # running: settles for 10 s
+    assert cap.apply(state, 2, 3.0, 104.0, now=14.0) == (2.0, "judging")
+    # settled: 4 % more answers for 100 % more replicas, and the pressure still asks for more -> back to 1
+    assert cap.apply(state, 2, 3.0, 104.0, now=15.5) == (1.0, "capacity")
+    assert state["last_verdict"]["gain"] == pytest.approx(0.04) and "trial" not in state
+    assert cap.apply(state, 1, 2.0, 100.0, now=100.0) == (1.0, "capacity")  # held at 1 ...
+    assert cap.apply(state, 1, 1.0, 40.0, now=120.0) == (1.0, None)  # (going down is never held)
+    assert cap.apply(state, 1, 2.0, 100.0, now=316.0) == (2.0, None)  # ... until retry_after_s: a new trial
+    assert state["trial"]["at"] == 316.0 and "ceiling" not in state
+
+
+def test_a_step_up_that_adds_capacity_stays():
+    cap, state = Capacity(min_gain=0.15, settle_s=10.0), {}
+    cap.apply(state, 1, 2.0, 100.0, now=0.0)
+    cap.apply(state, 2, 2.0, 150.0, now=4.0)
+    assert cap.apply(state, 2, 3.0, 185.0, now=14.5) == (3.0, None)  # +85 %: kept, and the next step is a trial
+    assert state["last_verdict"]["gain"] == pytest.approx(0.85) and state["trial"]["from"] == 2
+    # a step that did not help but relieved the pressure (the rule wants no more): no ceiling
+    state = {}
+    cap.apply(state, 2, 3.0, 100.0, now=0.0)
+    cap.apply(state, 3, 3.0, 100.0, now=1.0)
+    assert cap.apply(state, 3, 3.0, 100.0, now=11.5) == (3.0, None) and "ceiling" not in state
+
+
+def test_a_trial_ends_without_verdict_when_replicas_are_lost_or_never_run():
+    cap, state = Capacity(settle_s=10.0), {}
+    cap.apply(state, 2, 3.0, 100.0, now=0.0)
+    assert cap.apply(state, 1, 3.0, 60.0, now=5.0) == (3.0, None)  # a node lost: a new trial from 1
+    assert state["trial"]["from"] == 1 and "ceiling" not in state
+    state = {}
+    cap.apply(state, 1, 2.0, 100.0, now=0.0)
+    assert cap.apply(state, 1, 3.0, 100.0, now=50.0) == (2.0, "judging")
+    assert cap.apply(state, 1, 2.0, 100.0, now=101.0) == (2.0, None) and state["trial"]["at"] == 101.0
+    with pytest.raises(ValueError, match="min_gain"):
+        SLOPolicy(min_gain=-0.1)
 
 
 @pytest.fixture(scope="module")

@@ -91,6 +91,8 @@ class ServeArgs(BaseModel):
     public_key: str | None = Field(
         None, description="Ed25519 public key PEM file or URI; default: SYNTH_PUBLIC_KEY in the replica (PEM text "
                           "or a path)")
+    access_log: bool = Field(False, description="Serve's access log line per request in the replica (off: it costs "
+                                                "CPU on the request path; the metrics count and time requests)")
     deployment_name: str = "SynthSampler"
 
     @model_validator(mode="after")

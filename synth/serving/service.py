@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import time
 from typing import Any
 
 
@@ -74,6 +75,7 @@ class SamplingService:
         self.pending: dict[tuple[str, int, int], int] = {}  # (sampler, steps, cfg) -> net rows admitted
         self.inflight_requests = 0
         self.inflight_rows = 0
+        self._state_exported = -math.inf  # when the controller's state gauges were last written
         self.ready = False
         cfg = self.engine.config
         self.defaults = {"sampler": cfg.sampler, "steps": cfg.steps, "guidance": float(cfg.guidance)}
@@ -237,10 +239,16 @@ class SamplingService:
     def record(self, job: Job, latency_ms: float) -> None:
         violated = self.tracker.record(latency_ms)
         self.metrics.request(job.sampler, job.steps, job.rows, job.nfe, latency_ms, violated)
-        for d in self.control.record(latency_ms):
+        now = time.monotonic()
+        decisions = self.control.record(latency_ms, now)
+        for d in decisions:
             self.metrics.control(d.what)
-        self.metrics.control_state(self.control.steps.steps_cap, self.control.admission.current,
-                                   self.control.steps.last_p99_ms)
+        # the controller's state changes only at its decisions (at most one per interval_s): exported
+        # then, not with every request (each gauge write costs the request path)
+        if decisions or now - self._state_exported >= self.args.control.interval_s:
+            self._state_exported = now
+            self.metrics.control_state(self.control.steps.steps_cap, self.control.admission.current,
+                                       self.control.steps.last_p99_ms)
 
     # -- responses ---------------------------------------------------------------------------
     def seed_reproducible(self, job: Job) -> bool:
