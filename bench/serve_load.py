@@ -533,7 +533,8 @@ def run_phases(args: argparse.Namespace) -> dict:
                     "target_ongoing_requests": 24, "metrics_interval_s": 1.0, "look_back_period_s": 5.0,
                     "upscale_delay_s": 3.0, "downscale_delay_s": args.downscale_delay_s,
                     "policy": {"policy_function": POLICY_FUNCTION,
-                               "policy_kwargs": {"upscale_at": 1.0, "downscale_below": 0.5, "shed_at": 0.02}}}}),
+                               "policy_kwargs": {"upscale_at": 1.0, "downscale_below": 0.5, "shed_at": 0.02,
+                                                 "min_gain": args.min_gain}}}}),
                 name="bench", route_prefix="/")
             replicas = Replicas("bench", "Bench")
             try:
@@ -560,6 +561,7 @@ def run_phases(args: argparse.Namespace) -> dict:
                         "note": "clients, Ray head, Serve proxy, replicas and hog share these cores"},
             "artifact": artifact, "family": args.family or "default", "request": body, "slo_p99_ms": args.slo_ms,
             "nodes": args.nodes, "min_replicas": args.min_replicas, "max_replicas": args.max_replicas, "hog_processes": hog_n,
+            "min_gain": args.min_gain,
             "phase_s": args.phase_s, "honor_retry_after": not args.no_honor_retry_after, "runs": runs}
 
 
@@ -602,6 +604,8 @@ def main() -> None:
     p.add_argument("--min-replicas", type=int, default=1, help="autoscaling minimum (phases)")
     p.add_argument("--initial-replicas", type=int, default=1, help="replicas at deployment (phases)")
     p.add_argument("--downscale-delay-s", type=float, default=30.0)
+    p.add_argument("--min-gain", type=float, default=0.15,
+                   help="SLOPolicy's capacity check: answers gained per added replica to keep it (0: off; phases)")
     p.add_argument("--hog", type=int, default=None, help="hog processes (default 4 per usable CPU)")
     p.add_argument("--no-honor-retry-after", action="store_true")
     p.add_argument("--modes", nargs="+", default=["closed"], choices=["closed", "open"],

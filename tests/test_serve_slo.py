@@ -111,6 +111,24 @@ def test_admission_limit_shrinks_under_pressure_and_grows_back_when_hit():
     assert lim2.update(w, t + 1.0) is None and lim2.current == 8
 
 
+def test_admission_limit_jumps_to_littles_law_and_probes_back():
+    args = ControlArgs(interval_s=1, min_samples=10, min_concurrency=2, decrease=0.7, increase=1.25, calm_share=0.6)
+    lim = AdmissionLimiter(target_ms=100, args=args, max_limit=64)
+    w = LatencyWindow()
+    for i in range(60):  # 60 answers in 1 s at 400 ms: 60/s x 0.1 s carries that rate at the target
+        w.add(i / 60, 400.0)
+    assert lim.update(w, 1.0).what == "shrink" and lim.current == 6  # not 64 x 0.7: one decision
+    for k in range(3):  # within the target but not calm, and the limit reached: one more per decision
+        for i in range(30):
+            w.add(1 + k + i / 30, 80.0)
+        lim.admits(lim.current - 1)
+        assert lim.update(w, 2.0 + k).what == "probe"
+    assert lim.current == 9
+    for i in range(30):  # within the target, limit not reached: nothing to learn
+        w.add(4 + i / 30, 80.0)
+    assert lim.update(w, 5.0) is None and lim.current == 9
+
+
 def test_disabled_controller_changes_nothing():
     ctl = SLOController(ControlArgs(enabled=False), slo_ms=100, steps_candidates=[4, 20], max_ongoing=8)
     feed(ctl, 0.0, 1e6, n=100)

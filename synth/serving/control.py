@@ -13,10 +13,12 @@ loop on the replica's *measured* in-replica p99 instead:
   `min_samples` of them, at most `window_s`), and a raise that is undone
   soon after doubles the wait before the next raise (at most `max_backoff` x): bounded oscillation.
 - `AdmissionLimiter`: the number of requests the replica admits at once. Under a p99 over the
-  target it shrinks (x `decrease`), under a calm p99 while the limit was reached it grows
-  (x `increase`), between `min_concurrency` and Serve's `max_ongoing_requests`. Requests past it are
-  answered 429 at once (reason `slo`), so overload becomes refusals instead of a queue whose
-  latency grows without bound.
+  target it shrinks to x `decrease`, or at once to what Little's law says carries the measured
+  answer rate at the target latency (answers per second x target seconds) when that is lower; while
+  the limit was reached it grows, x `increase` under a calm p99 and by one request under a p99 within
+  the target (a probe: the additive increase of AIMD); between `min_concurrency` and Serve's
+  `max_ongoing_requests`. Requests past it are answered 429 at once (reason `slo`), so overload
+  becomes refusals instead of a queue whose latency grows without bound.
 
 Both controllers take `now` (time.monotonic seconds) so their logic is plain and testable; the
 service feeds them the latencies it records.
@@ -71,6 +73,10 @@ class LatencyWindow:
         with self._lock:
             self.samples.append((now, ms))
 
+    def first_time(self) -> float | None:
+        with self._lock:
+            return self.samples[0][0] if self.samples else None
+
     def since(self, t0: float) -> np.ndarray:
         out = []
         with self._lock:
@@ -107,7 +113,7 @@ def due(ctrl: "StepController | AdmissionLimiter", window: "LatencyWindow", now:
 @dataclass
 class Decision:
     at: float
-    what: str  # "down", "up", "idle_up", "shrink", "grow"
+    what: str  # "down", "up", "idle_up", "shrink", "grow", "probe"
     p99_ms: float | None
     value: float
 
@@ -228,12 +234,17 @@ class AdmissionLimiter:
         if not enough(lat, self.target_ms, a):
             return None
         p = p99(lat)
+        start = max(self.consumed, now - a.window_s, window.first_time() or now)
+        rate = lat.size / max(now - start, a.interval_s)  # answers per second over what this decision read
         self.consumed = now
         new, what = self.limit, None
         if p > self.target_ms and self.limit > self.min_limit:
-            new, what = max(float(self.min_limit), self.limit * a.decrease), "shrink"
+            little = rate * self.target_ms / 1000.0  # requests in the replica at this rate and the target latency
+            new, what = max(float(self.min_limit), min(self.limit * a.decrease, little)), "shrink"
         elif p < a.calm_share * self.target_ms and self.hit and self.limit < self.max_limit:
             new, what = min(float(self.max_limit), max(self.limit * a.increase, self.limit + 1)), "grow"
+        elif p <= self.target_ms and self.hit and self.limit < self.max_limit:
+            new, what = min(float(self.max_limit), self.limit + 1), "probe"
         self.hit = False
         if what is None:
             return None

@@ -22,7 +22,7 @@ with the tag `model` as well as those listed:
 - synth_slo_steps_cap       gauge: the closed loop's cap on chosen steps (synth.serving.control)
 - synth_slo_admission_limit gauge: requests the replica admits at once now
 - synth_slo_measured_p99_ms gauge: the p99 the last step decision read (ms, in the replica)
-- synth_slo_adjustments     counter, tag action (down, up, idle_up, shrink, grow): controller decisions
+- synth_slo_adjustments     counter, tag action (down, up, idle_up, shrink, grow, probe): controller decisions
 - synth_model_loaded        gauge: 1 while the model is loaded in the replica, 0 after its eviction
 - synth_model_loads         counter, tag outcome (loaded, failed, evicted): model loads and LRU evictions
 - synth_model_load_ms       gauge: how long the model's last load took (read, verify, calibrate)
