@@ -44,6 +44,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 PROXY_LOGGING = {"enable_access_log": False}  # as serve/config.yaml: no log line per request in the proxy
+# as the chart: the proxy waits up to 0.5 s for a replica's queue length (Serve's default 0.1 s); set
+# before the benchmark's Ray starts, whose processes inherit it (docs/serving.md, "Request path")
+PROXY_ENV = {"RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S": "0.5"}
 
 
 def _free_port() -> int:
@@ -191,6 +194,8 @@ def noop_app():
 
 def run(args: argparse.Namespace) -> dict:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    for k, v in PROXY_ENV.items():
+        os.environ.setdefault(k, v)
     import httpx
     import ray
     from ray import serve
@@ -493,6 +498,8 @@ def lose_a_replica_node(cluster, app: str) -> dict:
 
 def run_phases(args: argparse.Namespace) -> dict:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    for k, v in PROXY_ENV.items():
+        os.environ.setdefault(k, v)
     import ray
     from ray import serve
     from ray.cluster_utils import Cluster
@@ -561,7 +568,7 @@ def run_phases(args: argparse.Namespace) -> dict:
                         "note": "clients, Ray head, Serve proxy, replicas and hog share these cores"},
             "artifact": artifact, "family": args.family or "default", "request": body, "slo_p99_ms": args.slo_ms,
             "nodes": args.nodes, "min_replicas": args.min_replicas, "max_replicas": args.max_replicas, "hog_processes": hog_n,
-            "min_gain": args.min_gain,
+            "min_gain": args.min_gain, "proxy_env": {k: os.environ.get(k) for k in PROXY_ENV},
             "phase_s": args.phase_s, "honor_retry_after": not args.no_honor_retry_after, "runs": runs}
 
 
