@@ -234,7 +234,8 @@ class AdmissionLimiter:
         if not enough(lat, self.target_ms, a):
             return None
         p = p99(lat)
-        start = max(self.consumed, now - a.window_s, window.first_time() or now)
+        first = window.first_time()
+        start = max(self.consumed, now - a.window_s, now if first is None else first)
         rate = lat.size / max(now - start, a.interval_s)  # answers per second over what this decision read
         self.consumed = now
         new, what = self.limit, None

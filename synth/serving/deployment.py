@@ -85,7 +85,8 @@ def _replica_name() -> str | None:
 
 
 # Ray Serve settings of the replica process (environment variables Serve reads at import, so they go in
-# through the replica's runtime_env). Measured with bench/serve_load.py (docs/serving.md, "Request path"):
+# through the replica's runtime_env). Measured in an A/B of the same app on one core (docs/serving.md,
+# "Request path"):
 # - user code on the replica's own event loop instead of a second thread: one thread hop less per
 #   request (the model already runs on its own thread, synth.serving.scheduler);
 # - the garbage collector frozen after start-up: the objects of start-up (the loaded model, the
