@@ -44,9 +44,23 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 PROXY_LOGGING = {"enable_access_log": False}  # as serve/config.yaml: no log line per request in the proxy
-# as the chart: the proxy waits up to 0.5 s for a replica's queue length (Serve's default 0.1 s); set
-# before the benchmark's Ray starts, whose processes inherit it (docs/serving.md, "Request path")
-PROXY_ENV = {"RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S": "0.5"}
+# The ingress, as the chart's serve.haproxy sets it (docs/serving.md, "Request path"): HAProxy in front of
+# replicas that answer HTTP themselves, or Serve's Python proxies waiting up to 0.5 s for a replica's
+# queue length (Serve's default 0.1 s). Set before the benchmark's Ray starts: its processes inherit it.
+INGRESS_ENV = {"haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
+               "proxy": {"RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S": "0.5"}}
+
+
+def set_ingress(ingress: str) -> dict:
+    """Environment for the benchmark's Ray: the ingress's settings (a value already in the environment
+    wins) and free ports for HAProxy's stats and metrics listeners (8404 and 9101 by default)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env = dict(INGRESS_ENV[ingress])
+    if ingress == "haproxy":
+        env.update(RAY_SERVE_HAPROXY_STATS_PORT=str(_free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(_free_port()))
+    for k, v in env.items():
+        os.environ.setdefault(k, v)
+    return {k: os.environ[k] for k in env}
 
 
 def _free_port() -> int:
@@ -73,10 +87,30 @@ def ensure_artifact(path: str | None, train_steps: int, family: str | None = Non
     return str(out / "model")
 
 
+def client_session(base: str, connections: int, timeout_s: float):
+    """The load client's HTTP/1.1 keep-alive pool. aiohttp, not httpx: on this 2-core machine the client
+    shares the cores with what it measures, and httpx's AsyncClient spent 53 % of a core at 16 clients
+    and 94 % at 64 (psutil, 15 s each), where it starved the replicas and became the bottleneck."""
+    import aiohttp
+
+    return aiohttp.ClientSession(base_url=base, timeout=aiohttp.ClientTimeout(total=timeout_s),
+                                 connector=aiohttp.TCPConnector(limit=connections, force_close=False))
+
+
+async def post(client, body: dict) -> tuple[int, dict]:
+    """POST /v1/sample; (status, lower-cased headers), or (599, {}) when no HTTP answer came."""
+    import aiohttp
+
+    try:
+        async with client.post("/v1/sample", json=body) as r:
+            await r.read()
+            return r.status, {k.lower(): v for k, v in r.headers.items()}
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        return 599, {}
+
+
 async def drive(base: str, body: dict, concurrency: int, max_requests: int, duration_s: float,
                 rate: float | None, timeout_s: float = 30.0) -> dict:
-    import httpx
-
     lat_ms: list[float] = []
     codes: dict[int, int] = {}
     steps_used: dict[str, int] = {}
@@ -85,22 +119,17 @@ async def drive(base: str, body: dict, concurrency: int, max_requests: int, dura
     issued = 0
     t_start = time.perf_counter()
     deadline = t_start + duration_s
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, timeout=timeout_s, limits=limits) as client:
+    async with client_session(base, concurrency, timeout_s) as client:
 
         async def one() -> None:
             t0 = time.perf_counter()
-            try:
-                r = await client.post("/v1/sample", json=body)
-                code = r.status_code
-            except httpx.HTTPError:
-                code, r = 599, None
+            code, headers = await post(client, body)
             dt = (time.perf_counter() - t0) * 1000.0
             codes[code] = codes.get(code, 0) + 1
             if code == 200:
                 lat_ms.append(dt)
-                steps_used[r.headers["x-synth-steps"]] = steps_used.get(r.headers["x-synth-steps"], 0) + 1
-                batch_reqs.append(int(r.headers.get("x-synth-batch-requests", 1)))
+                steps_used[headers["x-synth-steps"]] = steps_used.get(headers["x-synth-steps"], 0) + 1
+                batch_reqs.append(int(headers.get("x-synth-batch-requests", 1)))
 
         if rate is None:  # closed loop: each client sends its next request when the last returns
             async def worker() -> None:
@@ -193,9 +222,7 @@ def noop_app():
 
 
 def run(args: argparse.Namespace) -> dict:
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    for k, v in PROXY_ENV.items():
-        os.environ.setdefault(k, v)
+    ingress_env = set_ingress(args.ingress)
     import httpx
     import ray
     from ray import serve
@@ -255,8 +282,8 @@ def run(args: argparse.Namespace) -> dict:
                     "loadavg_after": [round(x, 2) for x in load_after],
                     "note": "client, Serve proxy and replica share these cores; other work may be running"},
         "artifact": artifact, "request": body, "concurrency": args.concurrency, "rate": args.rate,
-        "slo_p99_ms": args.slo_ms, "results": results, "model_path_without_http": model_path,
-        "http_ceiling_no_model": ceiling,
+        "slo_p99_ms": args.slo_ms, "ingress": args.ingress, "ingress_env": ingress_env, "results": results,
+        "model_path_without_http": model_path, "http_ceiling_no_model": ceiling,
     }
     on = [r for r in results if r["max_batch_size"] > 1]
     off = [r for r in results if r["max_batch_size"] == 1]
@@ -297,21 +324,15 @@ class Load:
         self.tasks: list[asyncio.Task] = []
 
     async def _client(self, c) -> None:
-        import httpx
-
         while True:
             t0 = time.perf_counter()
-            try:
-                r = await c.post("/v1/sample", json=self.body)
-                code = r.status_code
-            except httpx.HTTPError:
-                code, r = 599, None
+            code, headers = await post(c, self.body)
             t1 = time.perf_counter()
-            steps = int(r.headers["x-synth-steps"]) if code == 200 and "x-synth-steps" in r.headers else None
-            rms = float(r.headers["x-synth-latency-ms"]) if code == 200 else None
+            steps = int(headers["x-synth-steps"]) if code == 200 and "x-synth-steps" in headers else None
+            rms = float(headers["x-synth-latency-ms"]) if code == 200 else None
             self.log.append((t1, (t1 - t0) * 1000.0, code, steps, rms))
             if code in (429, 503) and self.honor:
-                await asyncio.sleep(float(r.headers.get("retry-after", 1)))
+                await asyncio.sleep(float(headers.get("retry-after", 1)))
             elif code == 599:
                 await asyncio.sleep(0.1)
 
@@ -422,18 +443,15 @@ def phase_summary(name, clients, hog, entries, seconds, replicas) -> dict:
 
 async def drive_phases(base: str, body: dict, phase_s: float, hog_n: int, honor: bool, slo_ms: float,
                        replicas: Replicas, cluster, app: str) -> dict:
-    import httpx
-
     load = Load(body, honor)
     timeline, phases, node_loss = [], [], None
     window_s = min(5.0, max(1.0, phase_s / 3))
-    limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
-    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as c:
+    async with client_session(base, 128, 60.0) as c:
         t_start = time.perf_counter()
         for name, clients, hog_on, kill in PHASES:
             hog = Hog(hog_n) if hog_on else None
             load.resize(c, clients)
-            p0 = time.perf_counter()
+            p0, cpu0 = time.perf_counter(), time.process_time()
             t_kill = None
             try:
                 while time.perf_counter() - p0 < phase_s:
@@ -460,6 +478,7 @@ async def drive_phases(base: str, body: dict, phase_s: float, hog_n: int, honor:
             phases.append(phase_summary(name, clients, hog_on, entries, p1 - p0,
                                         [r for r in replicas.log if p0 <= r[0] <= p1]))
             phases[-1]["replicas_over_time"] = [r[1] for r in replicas.log if p0 <= r[0] <= p1]
+            phases[-1]["client_cpu_pct"] = round(100 * (time.process_time() - cpu0) / (p1 - p0))  # of one core
             if kill and node_loss is not None:
                 if t_kill is not None:
                     after = [e for e in load.log if t_kill < e[0] <= p1]
@@ -497,9 +516,7 @@ def lose_a_replica_node(cluster, app: str) -> dict:
 
 
 def run_phases(args: argparse.Namespace) -> dict:
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    for k, v in PROXY_ENV.items():
-        os.environ.setdefault(k, v)
+    ingress_env = set_ingress(args.ingress)
     import ray
     from ray import serve
     from ray.cluster_utils import Cluster
@@ -568,7 +585,7 @@ def run_phases(args: argparse.Namespace) -> dict:
                         "note": "clients, Ray head, Serve proxy, replicas and hog share these cores"},
             "artifact": artifact, "family": args.family or "default", "request": body, "slo_p99_ms": args.slo_ms,
             "nodes": args.nodes, "min_replicas": args.min_replicas, "max_replicas": args.max_replicas, "hog_processes": hog_n,
-            "min_gain": args.min_gain, "proxy_env": {k: os.environ.get(k) for k in PROXY_ENV},
+            "min_gain": args.min_gain, "ingress": args.ingress, "ingress_env": ingress_env,
             "phase_s": args.phase_s, "honor_retry_after": not args.no_honor_retry_after, "runs": runs}
 
 
@@ -603,6 +620,8 @@ def main() -> None:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 1])
     p.add_argument("--batch-wait-s", type=float, default=0.005)
     p.add_argument("--slo-ms", type=float, default=150.0)
+    p.add_argument("--ingress", choices=list(INGRESS_ENV), default="haproxy",
+                   help="HAProxy in front of the replicas (the chart's default) or Serve's Python proxies")
     p.add_argument("--no-ceiling", action="store_true", help="skip the no-model HTTP ceiling run")
     # profile "phases"
     p.add_argument("--phase-s", type=float, default=20.0, help="seconds per phase (phases profile)")

@@ -455,7 +455,12 @@ def test_serve_config_from_values():
     svc = one(docs, "RayService")["spec"]
     head = containers(svc["rayClusterConfig"]["headGroupSpec"]["template"])[0]
     assert {"name": "serve", "containerPort": 8000, "protocol": "TCP"} in head["ports"]
-    assert {"name": "RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S", "value": "0.5"} in head["env"]  # the proxies'
+    assert {"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"} in head["env"]  # HAProxy ingress by default
+    assert not any(e["name"] == "RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S" for e in head["env"])
+    proxies = containers(one(render(*sets("serve.haproxy=false")), "RayService")["spec"]["rayClusterConfig"]
+                         ["headGroupSpec"]["template"])[0]["env"]
+    assert {"name": "RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S", "value": "0.5"} in proxies  # Serve's proxies'
+    assert not any(e["name"] == "RAY_SERVE_ENABLE_HA_PROXY" for e in proxies)
     # A fractional SLO stays as given.
     assert serve_config(render(*sets("serve.sloP99Ms=12.5")))["applications"][0]["args"]["slo_p99_ms"] == 12.5
 

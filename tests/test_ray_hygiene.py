@@ -12,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -51,8 +52,11 @@ def test_synth_starts_its_own_local_ray(dead_cluster_recorded, tiny_artifact, tm
 def test_readme_serve_run_starts_a_local_ray(dead_cluster_recorded, tiny_artifact, tmp_path):
     import httpx
 
-    line = readme_line("RAY_ADDRESS=local serve run serve/config.yaml")
-    assert line == "RAY_ADDRESS=local serve run serve/config.yaml"
+    line = readme_line("RAY_ADDRESS=local ")
+    settings, sep, config_arg = line.partition(" serve run ")
+    assert sep and config_arg == "serve/config.yaml", line
+    line_env = dict(a.split("=", 1) for a in settings.split())
+    assert line_env == {"RAY_ADDRESS": "local", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
     raw = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())  # the README's config, with a model
     port = free_port()                                                   # of this test and a free port
     raw["http_options"]["port"] = port
@@ -60,7 +64,9 @@ def test_readme_serve_run_starts_a_local_ray(dead_cluster_recorded, tiny_artifac
     raw["applications"][0]["deployments"][0]["autoscaling_config"]["max_replicas"] = 1
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(raw))
-    env = {**dead_cluster_recorded, "RAY_ADDRESS": "local"}
+    # the README's settings; HAProxy's stats and metrics listeners on free ports, not beside this session's
+    env = {**dead_cluster_recorded, **line_env, "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+           "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
     serve_exe = str(Path(sys.executable).with_name("serve"))
     proc = subprocess.Popen([serve_exe, "run", str(config)], env=env, cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -74,6 +80,10 @@ def test_readme_serve_run_starts_a_local_ray(dead_cluster_recorded, tiny_artifac
         assert ready, "serve run did not come up: " + (proc.stdout.read()[-3000:] if proc.poll() is not None else "")
         r = httpx.post(f"http://127.0.0.1:{port}/v1/sample", json={"rows": 2, "steps": 2, "seed": 1}, timeout=60)
         assert r.status_code == 200 and len(r.json()["records"]) == 2, r.text
+        # the port is HAProxy's (a process of this Ray), not a Python proxy's
+        listener = {c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port
+                    and c.status == psutil.CONN_LISTEN}
+        assert {psutil.Process(pid).name() for pid in listener} == {"haproxy"}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # serve run shuts its local Ray down on SIGTERM
         try:
