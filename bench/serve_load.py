@@ -44,20 +44,16 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 PROXY_LOGGING = {"enable_access_log": False}  # as serve/config.yaml: no log line per request in the proxy
-# The ingress, as the chart's serve.haproxy sets it (docs/serving.md, "Request path"): HAProxy in front of
-# replicas that answer HTTP themselves, or Serve's Python proxies waiting up to 0.5 s for a replica's
-# queue length (Serve's default 0.1 s). Set before the benchmark's Ray starts: its processes inherit it.
-INGRESS_ENV = {"haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
-               "proxy": {"RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S": "0.5"}}
 
 
 def set_ingress(ingress: str) -> dict:
-    """Environment for the benchmark's Ray: the ingress's settings (a value already in the environment
-    wins) and free ports for HAProxy's stats and metrics listeners (8404 and 9101 by default)."""
+    """Environment for the benchmark's Ray, whose processes inherit it: the ingress's settings as the
+    chart sets them (synth.serving.ingress; a value already in the environment wins) and, with HAProxy,
+    free ports for its stats and metrics listeners."""
+    from synth.serving.ingress import HAPROXY_ENV, PROXY_ENV, haproxy_listener_ports
+
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    env = dict(INGRESS_ENV[ingress])
-    if ingress == "haproxy":
-        env.update(RAY_SERVE_HAPROXY_STATS_PORT=str(_free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(_free_port()))
+    env = {**HAPROXY_ENV, **haproxy_listener_ports(_free_port)} if ingress == "haproxy" else dict(PROXY_ENV)
     for k, v in env.items():
         os.environ.setdefault(k, v)
     return {k: os.environ[k] for k in env}
@@ -98,15 +94,16 @@ def client_session(base: str, connections: int, timeout_s: float):
 
 
 async def post(client, body: dict) -> tuple[int, dict]:
-    """POST /v1/sample; (status, lower-cased headers), or (599, {}) when no HTTP answer came."""
+    """POST /v1/sample; (status, lower-cased headers), or (599, {"error": the exception's name}) when no
+    HTTP answer came."""
     import aiohttp
 
     try:
         async with client.post("/v1/sample", json=body) as r:
             await r.read()
             return r.status, {k.lower(): v for k, v in r.headers.items()}
-    except (aiohttp.ClientError, asyncio.TimeoutError):
-        return 599, {}
+    except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        return 599, {"error": type(e).__name__}
 
 
 async def drive(base: str, body: dict, concurrency: int, max_requests: int, duration_s: float,
@@ -321,6 +318,7 @@ class Load:
     def __init__(self, body: dict, honor_retry_after: bool):
         self.body, self.honor = body, honor_retry_after
         self.log: list[tuple[float, float, int, int | None, float | None]] = []
+        self.no_answer: list[tuple[float, str]] = []  # (when, the client's exception) for status 599
         self.tasks: list[asyncio.Task] = []
 
     async def _client(self, c) -> None:
@@ -334,6 +332,7 @@ class Load:
             if code in (429, 503) and self.honor:
                 await asyncio.sleep(float(headers.get("retry-after", 1)))
             elif code == 599:
+                self.no_answer.append((t1, headers["error"]))
                 await asyncio.sleep(0.1)
 
     def resize(self, c, n: int) -> None:
@@ -487,6 +486,11 @@ async def drive_phases(base: str, body: dict, phase_s: float, hog_n: int, honor:
                         if e[2] != 200:
                             errs[str(e[2])] = errs.get(str(e[2]), 0) + 1
                     node_loss["errors_after_kill"] = errs
+                    kinds: dict[str, int] = {}
+                    for t, kind in load.no_answer:
+                        if t_kill < t <= p1:
+                            kinds[kind] = kinds.get(kind, 0) + 1
+                    node_loss["no_answer_after_kill"] = kinds  # 599s by the client's exception
                     node_loss["recovered_after_s"] = None
                     k = 0.0
                     while t_kill + k + window_s <= p1:  # the first window whose p99 is within the SLO
@@ -620,7 +624,7 @@ def main() -> None:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 1])
     p.add_argument("--batch-wait-s", type=float, default=0.005)
     p.add_argument("--slo-ms", type=float, default=150.0)
-    p.add_argument("--ingress", choices=list(INGRESS_ENV), default="haproxy",
+    p.add_argument("--ingress", choices=["haproxy", "proxy"], default="haproxy",
                    help="HAProxy in front of the replicas (the chart's default) or Serve's Python proxies")
     p.add_argument("--no-ceiling", action="store_true", help="skip the no-model HTTP ceiling run")
     # profile "phases"

@@ -85,11 +85,11 @@ def ray_session():
 
     port = free_port()
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    # Serve's ingress as deployed (the chart's serve.haproxy, cluster/*.yaml, the README's `serve run`):
-    # HAProxy in front of replicas that answer HTTP themselves; its stats and metrics listeners on free
-    # ports (8404 and 9101 by default), away from any other Serve on the machine.
-    os.environ.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()),
-                      RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
+    # Serve's ingress as deployed (synth.serving.ingress): HAProxy in front of replicas that answer HTTP
+    # themselves; its stats and metrics listeners on free ports, away from any other Serve on the machine.
+    from synth.serving.ingress import HAPROXY_ENV, haproxy_listener_ports
+
+    os.environ.update({**HAPROXY_ENV, **haproxy_listener_ports(free_port)})
     with machine_ray_record_kept():
         cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 4, "include_dashboard": True, "metrics_export_port": port, "object_store_memory": 1 << 30,

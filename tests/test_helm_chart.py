@@ -17,6 +17,7 @@ import functools
 import json
 import os
 import re
+import shlex
 import subprocess
 from pathlib import Path
 from typing import Iterator
@@ -26,6 +27,7 @@ import pytest
 import yaml
 from referencing import Registry, Resource
 
+from synth.serving.ingress import HAPROXY_ENV, PROXY_ENV
 from tests.conftest import require_tool
 
 REPO = Path(__file__).resolve().parents[1]
@@ -455,12 +457,13 @@ def test_serve_config_from_values():
     svc = one(docs, "RayService")["spec"]
     head = containers(svc["rayClusterConfig"]["headGroupSpec"]["template"])[0]
     assert {"name": "serve", "containerPort": 8000, "protocol": "TCP"} in head["ports"]
-    assert {"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"} in head["env"]  # HAProxy ingress by default
-    assert not any(e["name"] == "RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S" for e in head["env"])
+    ray_env = lambda env: {e["name"]: e.get("value") for e in env if e["name"].startswith("RAY_SERVE_")}  # noqa: E731
+    assert ray_env(head["env"]) == HAPROXY_ENV  # HAProxy ingress by default, as synth.serving.ingress says
+    for group in svc["rayClusterConfig"]["workerGroupSpecs"]:
+        assert ray_env(containers(group["template"])[0]["env"]) == HAPROXY_ENV
     proxies = containers(one(render(*sets("serve.haproxy=false")), "RayService")["spec"]["rayClusterConfig"]
                          ["headGroupSpec"]["template"])[0]["env"]
-    assert {"name": "RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S", "value": "0.5"} in proxies  # Serve's proxies'
-    assert not any(e["name"] == "RAY_SERVE_ENABLE_HA_PROXY" for e in proxies)
+    assert ray_env(proxies) == PROXY_ENV  # Serve's Python proxies instead
     # A fractional SLO stays as given.
     assert serve_config(render(*sets("serve.sloP99Ms=12.5")))["applications"][0]["args"]["slo_p99_ms"] == 12.5
 
@@ -780,6 +783,10 @@ def test_cluster_launcher_configs(name):
     assert "--metrics-export-port=8080" in " ".join(cfg["worker_start_ray_commands"])
     setup = " ".join(cfg.get("setup_commands", []))
     assert "pip install -c constraints.txt ." in setup
+    for cmds in (cfg["head_start_ray_commands"], cfg["worker_start_ray_commands"]):  # Serve's ingress as deployed
+        words = shlex.split(next(c for c in cmds if "ray start" in c).replace(";", " ; "))
+        env = dict(w.split("=", 1) for w in words if "=" in w and w.split("=", 1)[0].isupper())
+        assert {k: env.get(k) for k in HAPROXY_ENV} == HAPROXY_ENV, env
     if name == "aws-gpu.yaml":
         types = cfg["available_node_types"]
         assert cfg["head_node_type"] in types

@@ -231,9 +231,6 @@ def test_bulk_synthesis_across_nodes_with_a_killed_node(ray_session, tiny_artifa
 # Serve: replicas on 2 nodes under a closed-loop HTTP load, one node killed
 # ---------------------------------------------------------------------------------------------
 CLIENTS = 4
-# Requests the proxy may still send to the lost replica after the kill, before its router has
-# dropped it (each client at most one): beyond the requests in flight on that node at the kill.
-ROUTING_ALLOWANCE = CLIENTS
 RECOVERY_S = 30.0  # the p99 of a window must be back within the bound this long after the kill
 WINDOW_S = 5.0  # the p99 after the kill is taken over windows this long, one starting every second
 WATCH_S = 20.0  # the load runs at least this long after the kill (the GCS marks the node dead at ~15 s)
@@ -288,14 +285,15 @@ def replica_nodes(app: str) -> dict[str, str]:
 
 
 def test_serve_on_two_nodes_routes_around_a_killed_node(ray_session, serve_http, tiny_artifact):
-    """Two replicas (one per extra node) behind the proxy on the head; a node lost under load.
+    """Two replicas (one per extra node) behind HAProxy on the head; a node lost under load.
 
-    Seen here after the kill: the errors are the 2-3 requests in flight on the lost replica (500 from
-    the proxy), none later; the survivor answers at the same or a lower p99 from the first window on.
-    Ray cannot place the replacement replica (no node left with `synth_serve`), and while a task is
-    unplaceable every raylet asks its workers for a Python GC every 10 s: the proxy's pauses show as
-    ~450 ms answers every 10 s from ~15 s after the node is marked dead, which is why the test bounds
-    the recovery (a window within the bound) and not every later window."""
+    HAProxy sends the requests in flight on the lost replica once more, to the survivor
+    (synth.serving.ingress: retry-on empty-response), unless the answer had begun, and routes later ones
+    around it. The survivor answers at the same or a lower p99 from the first window on. Ray cannot place
+    the replacement replica (no node left with `synth_serve`), and while a task is unplaceable every
+    raylet asks its workers for a Python GC every 10 s, pauses that can show as slow answers from ~15 s
+    after the node is marked dead, which is why the test bounds the recovery (a window within the bound)
+    and not every later window."""
     from ray import serve
 
     from serve.app import build_app
@@ -332,15 +330,13 @@ def test_serve_on_two_nodes_routes_around_a_killed_node(ray_session, serve_http,
     assert before and all(e[2] == 200 for e in before), sorted({e[2] for e in before})
     assert {node_of(e) for e in before} == {a.node_id, b.node_id}  # both replicas answered
     base_p99 = p99([(e[1] - e[0]) * 1000 for e in before])
-    # errors: only those in flight on the lost node at the kill, plus the routing allowance
+    # errors: at most the requests in flight on the lost node whose answer was already on its way when
+    # it died (HAProxy sends the others again, to the survivor); none sent after the kill
     errors = [e for e in log if e[2] != 200]
     in_flight = [e for e in log if e[0] < t_dead and e[1] > t_kill]  # sent before the node was gone
     in_flight_on_b = [e for e in in_flight if node_of(e) != a.node_id]  # not answered by the survivor
     assert all(e[2] >= 500 for e in errors), sorted({e[2] for e in errors})  # connection or 5xx: no 4xx
-    assert all(e[1] >= t_kill for e in errors)  # nothing failed before the kill
-    late = [e for e in errors if e[0] >= t_dead]
-    assert len(errors) <= len(in_flight_on_b) + ROUTING_ALLOWANCE and len(late) <= ROUTING_ALLOWANCE, \
-        (len(errors), len(in_flight_on_b), len(late))
+    assert all(e in in_flight_on_b for e in errors), [(round(e[0] - t_kill, 2), e[2]) for e in errors]
     after = [e for e in log if e[0] >= t_dead]
     assert all(node_of(e) == a.node_id for e in after if e[2] == 200)  # the survivor answers everything
     # the proxy routes around it: requests keep succeeding (answers every second after the kill) ...
@@ -350,8 +346,8 @@ def test_serve_on_two_nodes_routes_around_a_killed_node(ray_session, serve_http,
     # ... and the p99 of a window after the kill is back within the bound within RECOVERY_S
     recovered_at, bound, windows = recovery(log, t_kill, t_base, slo_ms)
     assert recovered_at is not None and recovered_at + WINDOW_S <= RECOVERY_S, (round(bound, 1), windows)
-    print(f"serve node loss: p99 before {base_p99:.0f} ms; {len(errors)} errors "
-          f"({len(in_flight_on_b)} in flight on the lost node, {len(late)} sent after the kill); the p99 of the "
+    print(f"serve node loss: p99 before {base_p99:.0f} ms; {len(errors)} errors, {len(in_flight)} requests in "
+          f"flight at the kill ({len(in_flight_on_b)} not answered by the survivor); the p99 of the "
           f"window from {recovered_at} s after the kill is within {bound:.0f} ms; windows {windows}")
 
 
