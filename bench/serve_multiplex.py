@@ -22,7 +22,7 @@ import re
 import time
 from pathlib import Path
 
-from serve_load import _free_port, ensure_artifact  # bench/ is on the path when run as a script
+from serve_load import _free_port, ensure_artifact, set_ingress  # bench/ is on the path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,9 +69,11 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=60, help="requests per phase")
     p.add_argument("--replicas", type=int, default=2)
     p.add_argument("--train-steps", type=int, default=50)
+    p.add_argument("--ingress", choices=["haproxy", "proxy"], default="haproxy",
+                   help="HAProxy in front of the replicas (the chart's default) or Serve's Python proxies")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "serve_multiplex.json"))
     args = p.parse_args()
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ingress_env = set_ingress(args.ingress)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     models = {"a": ensure_artifact(None, args.train_steps, "diffusion"), "b": ensure_artifact(None, args.train_steps, "gan")}
 
@@ -106,7 +108,8 @@ def main() -> None:
     finally:
         serve.shutdown()
         ray.shutdown()
-    out = {"replicas": args.replicas, "max_models_per_replica": 1, "phases": phases,
+    out = {"replicas": args.replicas, "max_models_per_replica": 1, "ingress": args.ingress,
+           "ingress_env": ingress_env, "phases": phases,
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.out}")

@@ -90,6 +90,10 @@ def ray_session():
     from synth.serving.ingress import HAPROXY_ENV, haproxy_listener_ports
 
     os.environ.update({**HAPROXY_ENV, **haproxy_listener_ports(free_port)})
+    # A stopping replica stays reachable this long so that load balancers drop it first (Serve's default
+    # 30 s, kept in deployments); this machine's one HAProxy reloads within a second. The tests stop
+    # many replicas: 30 s each added about 7 minutes to the suite.
+    os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "2"
     with machine_ray_record_kept():
         cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 4, "include_dashboard": True, "metrics_export_port": port, "object_store_memory": 1 << 30,
