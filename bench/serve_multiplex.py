@@ -1,11 +1,11 @@
-"""Several models behind one deployment: does Serve's proxy keep each model on the replica that has it?
+"""Several models behind one deployment: does the ingress keep each model on the replica that has it?
 
 One local Ray + Serve, `--replicas` replicas holding at most one model each (max_models_per_replica
 1), two models (a diffusion model and a GAN of Adult, trained once into the temp folder). Sequential
-requests alternate between the two models, in phases:
+requests pick one of the two models at random (the same seeded order in every phase), in phases:
 
     header  (x2): POST /v1/models/{id}/sample with the serve_multiplexed_model_id header
-    path        : the same requests without the header (the proxy does not read the path)
+    path        : the same requests without the header (no ingress reads the path)
 
 Prints, per phase, the model loads the replicas did (LRU evictions: `ray_synth_model_loads_total`
 from Ray's metrics port) and the client p50/p99; writes them to bench/results/serve_multiplex.json.
@@ -53,8 +53,9 @@ def phase(client, n: int, header: bool) -> dict:
     import numpy as np
 
     lat, codes = [], {}
-    for i in range(n):
-        model = ("a", "b")[i % 2]
+    order = np.random.default_rng(0).choice(["a", "b"], size=n)  # not alternating: a balancer that takes
+    for model in order:                                          # replicas in turn would match that by chance
+        model = str(model)
         t0 = time.perf_counter()
         r = client.post(f"/v1/models/{model}/sample", json={"rows": 2, "steps": 4},
                         headers={HEADER: model} if header else {})
