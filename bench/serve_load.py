@@ -107,7 +107,7 @@ async def post(client, body: dict) -> tuple[int, dict]:
 
 
 async def drive(base: str, body: dict, concurrency: int, max_requests: int, duration_s: float,
-                rate: float | None, timeout_s: float = 30.0) -> dict:
+                rate: float | None, timeout_s: float = 30.0, honor_retry_after: bool = True) -> dict:
     lat_ms: list[float] = []
     codes: dict[int, int] = {}
     steps_used: dict[str, int] = {}
@@ -127,6 +127,8 @@ async def drive(base: str, body: dict, concurrency: int, max_requests: int, dura
                 lat_ms.append(dt)
                 steps_used[headers["x-synth-steps"]] = steps_used.get(headers["x-synth-steps"], 0) + 1
                 batch_reqs.append(int(headers.get("x-synth-batch-requests", 1)))
+            elif code in (429, 503) and honor_retry_after:  # a client told to come back later waits
+                await asyncio.sleep(float(headers.get("retry-after", 1)))
 
         if rate is None:  # closed loop: each client sends its next request when the last returns
             async def worker() -> None:
@@ -256,7 +258,8 @@ def run(args: argparse.Namespace) -> dict:
             asyncio.run(drive(base, body, args.concurrency, args.warmup, 30, None))
             print(f"batch size {bs}: {args.concurrency} clients, up to {args.requests} requests / "
                   f"{args.duration_s:.0f} s{'' if args.rate is None else f' at {args.rate}/s'} ...", flush=True)
-            res = asyncio.run(drive(base, body, args.concurrency, args.requests, args.duration_s, args.rate))
+            res = asyncio.run(drive(base, body, args.concurrency, args.requests, args.duration_s, args.rate,
+                                    honor_retry_after=not args.no_honor_retry_after))
             lat = np.array(res.pop("_lat") or [np.inf])
             res["slo_adherence"] = round(float((lat <= args.slo_ms).mean()), 4)
             res["meets_p99_slo"] = bool(res["p99_ms"] <= args.slo_ms)
