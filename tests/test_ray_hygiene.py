@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from synth.serving.ingress import haproxy_listener_ports
 from tests.conftest import REPO, free_port
 
 pytestmark = [pytest.mark.slow]
@@ -65,8 +66,7 @@ def test_readme_serve_run_starts_a_local_ray(dead_cluster_recorded, tiny_artifac
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(raw))
     # the README's settings; HAProxy's stats and metrics listeners on free ports, not beside this session's
-    env = {**dead_cluster_recorded, **line_env, "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-           "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
+    env = {**dead_cluster_recorded, **line_env, **haproxy_listener_ports(free_port)}
     serve_exe = str(Path(sys.executable).with_name("serve"))
     proc = subprocess.Popen([serve_exe, "run", str(config)], env=env, cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
